@@ -1,1 +1,30 @@
-//! placeholder
+//! litefs-proxy's request path: forwards writes to the primary, stalls reads until the
+//! local LiteFS TXID reaches the client's token, mints the token after writes.
+#![forbid(unsafe_code)]
+
+pub mod body;
+pub mod config;
+mod endpoints;
+pub mod error;
+mod handler;
+pub mod headers;
+pub mod litefs_api;
+pub mod metrics;
+pub mod patterns;
+pub mod position;
+pub mod primary;
+mod serve;
+pub mod token;
+pub mod txid;
+pub mod upstream;
+
+pub use config::{ConfigError, OnReadTimeout, ProxyConfig, TxidSource};
+pub use error::ProxyError;
+pub use handler::{Proxy, StatusExtension};
+pub use primary::Primary;
+pub use serve::serve;
+pub use txid::TxId;
+
+/// Response body: an upstream's streamed body, or a small one of the proxy's own.
+pub type ProxyBody =
+    http_body_util::Either<hyper::body::Incoming, http_body_util::Full<bytes::Bytes>>;

@@ -1,0 +1,309 @@
+//! The proxy's settings: the `[proxy]` table of litefs-proxy.toml. Plain data with
+//! defaults; the server crate layers file, env and flags on top and calls `validate`.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+/// What a read does when its token is still ahead of the local position after
+/// `read_wait_timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnReadTimeout {
+    /// Forward the read to the primary: never stale, costs a hop.
+    Primary,
+    /// Answer 504.
+    Error,
+}
+
+/// Where the local TXID comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TxidSource {
+    /// Re-read `<mount>/<db>-pos` (FUSE has no inotify).
+    PosFile,
+    /// LiteFS `GET /events` stream, falling back to the pos file while it is down.
+    Events,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Listen address; LiteFS's `:8080` form means all interfaces.
+    pub addr: String,
+    /// The local app, `host:port` or `http://host:port`.
+    pub target: String,
+    /// Database whose position gates reads, e.g. `db.sqlite3`.
+    pub db: String,
+    /// LiteFS FUSE mount holding `<db>-pos` and `.lag`.
+    pub mount: PathBuf,
+    /// Globs (LiteFS syntax) sent straight to the app with no token logic.
+    pub passthrough: Vec<String>,
+    /// Globs whose requests are always sent to the primary, whatever the method.
+    pub always_forward: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub primary_redirect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub read_wait_timeout: Duration,
+    pub on_read_timeout: OnReadTimeout,
+    /// `/litefs/health` answers 503 above this replication lag.
+    #[serde(with = "humantime_serde")]
+    pub max_lag: Duration,
+    pub cookie_name: String,
+    #[serde(with = "humantime_serde")]
+    pub cookie_max_age: Duration,
+    /// When set, tokens are `<txid>.<mac>` and unsigned or forged ones are ignored.
+    pub token_secret: Option<String>,
+    pub txid_source: TxidSource,
+    /// LiteFS HTTP API, for `txid_source = "events"` and the `litefs` role source.
+    pub litefs_api: String,
+    /// Prefix of the proxy's own endpoints.
+    pub endpoint_prefix: String,
+    /// This node's name in status output.
+    pub node_name: String,
+    /// Largest accepted request head; larger gets 431.
+    pub max_header_size: usize,
+    /// A client must send a whole request head within this (also bounds keep-alive idle).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection on which no byte moves either way for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Reads waiting for replication at once; past it a read goes straight to the fallback.
+    pub max_waiting_reads: usize,
+    /// While the app refuses connections (booting), retry every 100 ms for this long.
+    #[serde(with = "humantime_serde")]
+    pub target_connect_retry: Duration,
+    /// On SIGTERM, in-flight requests get this long to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// How often the pos file is re-read while reads are waiting on it.
+    #[serde(with = "humantime_serde")]
+    pub pos_poll_interval: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            addr: ":8080".into(),
+            target: "127.0.0.1:8000".into(),
+            db: "db.sqlite3".into(),
+            mount: PathBuf::from("/litefs"),
+            passthrough: Vec::new(),
+            always_forward: Vec::new(),
+            primary_redirect_timeout: Duration::from_secs(5),
+            read_wait_timeout: Duration::from_secs(2),
+            on_read_timeout: OnReadTimeout::Primary,
+            max_lag: Duration::from_secs(10),
+            cookie_name: "litefs-txid".into(),
+            cookie_max_age: Duration::from_secs(300),
+            token_secret: None,
+            txid_source: TxidSource::PosFile,
+            litefs_api: "http://127.0.0.1:20202".into(),
+            endpoint_prefix: "/litefs".into(),
+            node_name: String::new(),
+            max_header_size: 32 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_waiting_reads: 10_000,
+            target_connect_retry: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(25),
+            pos_poll_interval: Duration::from_millis(1),
+        }
+    }
+}
+
+/// A setting that cannot work, naming the key, its value and why.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("invalid config: {key} = {value:?}: {why}")]
+pub struct ConfigError {
+    pub key: String,
+    pub value: String,
+    pub why: String,
+}
+
+impl ConfigError {
+    pub fn new(key: &str, value: impl ToString, why: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            value: value.to_string(),
+            why: why.into(),
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// The listen address, accepting LiteFS's `:8080` form.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        parse_listen_addr(&self.addr).ok_or_else(|| {
+            ConfigError::new("proxy.addr", &self.addr, "expected host:port or :port")
+        })
+    }
+
+    /// The app's base URI, `http://host:port`.
+    pub fn target_uri(&self) -> Result<http::Uri, ConfigError> {
+        let with_scheme = if self.target.contains("://") {
+            self.target.clone()
+        } else {
+            format!("http://{}", self.target)
+        };
+        let uri: http::Uri = with_scheme.parse().map_err(|e| {
+            ConfigError::new(
+                "proxy.target",
+                &self.target,
+                format!("not a host:port: {e}"),
+            )
+        })?;
+        match (uri.scheme_str(), uri.authority()) {
+            (Some("http"), Some(a)) if a.port_u16().is_some() => Ok(uri),
+            _ => Err(ConfigError::new(
+                "proxy.target",
+                &self.target,
+                "expected host:port (plain http)",
+            )),
+        }
+    }
+
+    /// Checks every setting; the first problem is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        self.target_uri()?;
+        if self.db.is_empty() || self.db.contains('/') {
+            return Err(ConfigError::new(
+                "proxy.db",
+                &self.db,
+                "expected a database file name such as db.sqlite3",
+            ));
+        }
+        if self.cookie_name.is_empty()
+            || !self
+                .cookie_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(ConfigError::new(
+                "proxy.cookie_name",
+                &self.cookie_name,
+                "expected letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if !self.endpoint_prefix.starts_with('/') || self.endpoint_prefix.ends_with('/') {
+            return Err(ConfigError::new(
+                "proxy.endpoint_prefix",
+                &self.endpoint_prefix,
+                "expected a path like /litefs",
+            ));
+        }
+        if let Some(secret) = &self.token_secret {
+            if secret.len() < 16 {
+                return Err(ConfigError::new(
+                    "proxy.token_secret",
+                    "(hidden)",
+                    "must be at least 16 characters",
+                ));
+            }
+        }
+        if self.txid_source == TxidSource::Events || !self.litefs_api.is_empty() {
+            let ok = self
+                .litefs_api
+                .parse::<http::Uri>()
+                .ok()
+                .is_some_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+            if !ok {
+                return Err(ConfigError::new(
+                    "proxy.litefs_api",
+                    &self.litefs_api,
+                    "expected http://host:port",
+                ));
+            }
+        }
+        if self.max_header_size < 8192 {
+            return Err(ConfigError::new(
+                "proxy.max_header_size",
+                self.max_header_size,
+                "must be at least 8192",
+            ));
+        }
+        for (key, d) in [
+            ("proxy.header_read_timeout", self.header_read_timeout),
+            ("proxy.idle_timeout", self.idle_timeout),
+            ("proxy.pos_poll_interval", self.pos_poll_interval),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::new(key, "0s", "must be above zero"));
+            }
+        }
+        let longest_wait = self.read_wait_timeout.max(self.primary_redirect_timeout);
+        if self.idle_timeout <= longest_wait {
+            return Err(ConfigError::new(
+                "proxy.idle_timeout",
+                humantime::format_duration(self.idle_timeout),
+                "must be longer than read_wait_timeout and primary_redirect_timeout, or waiting requests are cut",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `host:port`, `[v6]:port` or LiteFS's `:port` (all interfaces).
+pub fn parse_listen_addr(s: &str) -> Option<SocketAddr> {
+    if let Some(port) = s.strip_prefix(':') {
+        return Some(SocketAddr::from(([0, 0, 0, 0], port.parse().ok()?)));
+    }
+    if let Ok(a) = s.parse() {
+        return Some(a);
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    if host == "localhost" {
+        return Some(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        ProxyConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn litefs_style_addr() {
+        assert_eq!(
+            parse_listen_addr(":8080"),
+            Some(SocketAddr::from(([0, 0, 0, 0], 8080)))
+        );
+        assert_eq!(
+            parse_listen_addr("127.0.0.1:9"),
+            Some(SocketAddr::from(([127, 0, 0, 1], 9)))
+        );
+        assert_eq!(parse_listen_addr("8080"), None);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cfg = ProxyConfig {
+            target: "nope".into(),
+            ..Default::default()
+        };
+        assert_eq!(cfg.validate().unwrap_err().key, "proxy.target");
+        let cfg = ProxyConfig {
+            idle_timeout: Duration::from_secs(1),
+            ..Default::default()
+        };
+        assert_eq!(cfg.validate().unwrap_err().key, "proxy.idle_timeout");
+        let cfg = ProxyConfig {
+            token_secret: Some("short".into()),
+            ..Default::default()
+        };
+        let err = cfg.validate().unwrap_err();
+        assert_eq!(err.key, "proxy.token_secret");
+        assert!(
+            !err.to_string().contains("short"),
+            "the secret must not be echoed"
+        );
+    }
+}

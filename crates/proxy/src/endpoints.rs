@@ -1,0 +1,81 @@
+//! The proxy's own endpoints under the prefix (default `/litefs`): `health`
+//! (LiteFS-compatible), `status` (JSON) and `metrics` (Prometheus text).
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::{error::text, handler::Shared, position::read_lag_ms, primary::Primary, ProxyBody};
+
+pub(crate) fn answer(s: &Shared, rest: &str) -> Response<ProxyBody> {
+    match rest {
+        "/health" => health(s),
+        "/status" => status(s),
+        "/metrics" => metrics(s),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn lag_ms(s: &Shared) -> i64 {
+    read_lag_ms(&s.cfg.mount).unwrap_or(0)
+}
+
+fn health(s: &Shared) -> Response<ProxyBody> {
+    let lag = lag_ms(s);
+    let max = i64::try_from(s.cfg.max_lag.as_millis()).unwrap_or(i64::MAX);
+    if lag > max {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("replication lag {lag}ms exceeds max-lag {max}ms\n"),
+        )
+    } else {
+        text(StatusCode::OK, "OK\n")
+    }
+}
+
+fn status(s: &Shared) -> Response<ProxyBody> {
+    let primary = s.primary.borrow().clone();
+    let (primary_node, primary_url) = match &primary {
+        Primary::Local => (Some(s.cfg.node_name.clone()), None),
+        Primary::Remote { node, url } => (Some(node.clone()), Some(url.to_string())),
+        Primary::Unknown => (None, None),
+    };
+    let mut body = serde_json::json!({
+        "node": s.cfg.node_name,
+        "role": primary.role(),
+        "primary": primary_node,
+        "primary_url": primary_url,
+        "db": s.cfg.db,
+        "txid": s.txid.current().to_string(),
+        "lag_ms": lag_ms(s),
+        "held_requests": s.metrics.held.get(),
+        "waiting_reads": s.metrics.waiting.get(),
+    });
+    if let (Some(ext), Some(obj)) = (&s.extension, body.as_object_mut()) {
+        obj.insert("election".into(), ext.status());
+    }
+    let mut resp = text(StatusCode::OK, body.to_string());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn metrics(s: &Shared) -> Response<ProxyBody> {
+    let m = &s.metrics;
+    m.local_txid
+        .set(i64::try_from(s.txid.current().0).unwrap_or(i64::MAX));
+    m.is_primary
+        .set(i64::from(*s.primary.borrow() == Primary::Local));
+    let mut out = String::with_capacity(4096);
+    m.encode(&mut out);
+    if let Some(ext) = &s.extension {
+        ext.metrics(&mut out);
+    }
+    out.push_str("# EOF\n");
+    let mut resp = text(StatusCode::OK, out);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
+}

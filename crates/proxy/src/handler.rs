@@ -1,0 +1,368 @@
+//! The request path: classify, stall reads until the local TXID reaches the client's
+//! token, send writes to the primary (holding them while none is reachable), mint the
+//! token after writes on the primary.
+
+use std::{net::IpAddr, sync::Arc, time::Duration};
+
+use http::{request::Parts, HeaderValue, Method, Request, Response};
+use http_body_util::Either;
+use hyper::{body::Incoming, upgrade::OnUpgrade};
+use tokio::{sync::watch, time::Instant};
+
+use crate::{
+    config::{ConfigError, OnReadTimeout, ProxyConfig, TxidSource},
+    endpoints,
+    error::ProxyError,
+    headers::{self, HOP_HEADER},
+    litefs_api::LitefsApi,
+    metrics::{GaugeGuard, Metrics, WaitOutcome},
+    patterns::Patterns,
+    position::LocalTxid,
+    primary::Primary,
+    token::Tokens,
+    txid::TxId,
+    upstream::{SendError, Upstream},
+    ProxyBody,
+};
+
+/// A forwarded request is never forwarded again; more hops than this means a loop.
+const MAX_HOPS: u8 = 1;
+/// Retry pace for an upstream that refuses connections.
+const RETRY_EVERY: Duration = Duration::from_millis(100);
+
+/// Status and metrics contributed by the role source (e.g. the election).
+pub trait StatusExtension: Send + Sync {
+    fn status(&self) -> serde_json::Value;
+    fn metrics(&self, out: &mut String);
+}
+
+/// The request path, shared by every connection.
+#[derive(Clone)]
+pub struct Proxy {
+    pub(crate) inner: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) cfg: ProxyConfig,
+    target: http::Uri,
+    passthrough: Patterns,
+    always_forward: Patterns,
+    tokens: Tokens,
+    pub(crate) txid: LocalTxid,
+    pub(crate) primary: watch::Receiver<Primary>,
+    upstream: Upstream,
+    pub(crate) metrics: Metrics,
+    pub(crate) extension: Option<Arc<dyn StatusExtension>>,
+}
+
+/// What a request is, decided once from method, path and config.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Class {
+    Passthrough,
+    Read,
+    Write,
+}
+
+impl Class {
+    fn label(self) -> &'static str {
+        match self {
+            Class::Passthrough => "passthrough",
+            Class::Read => "read",
+            Class::Write => "write",
+        }
+    }
+}
+
+/// A request taken apart so it can be sent, held, or (if it never left) sent again.
+struct Pending {
+    head: Parts,
+    body: Incoming,
+    upgrade: Option<OnUpgrade>,
+    /// Token the client brought; a write mints only above it.
+    token: Option<TxId>,
+}
+
+impl Proxy {
+    pub fn new(cfg: ProxyConfig, primary: watch::Receiver<Primary>) -> Result<Proxy, ConfigError> {
+        cfg.validate()?;
+        let target = cfg.target_uri()?;
+        let passthrough = Patterns::new(&cfg.passthrough).map_err(|e| {
+            ConfigError::new(
+                "proxy.passthrough",
+                cfg.passthrough.join(","),
+                e.to_string(),
+            )
+        })?;
+        let always_forward = Patterns::new(&cfg.always_forward).map_err(|e| {
+            ConfigError::new(
+                "proxy.always_forward",
+                cfg.always_forward.join(","),
+                e.to_string(),
+            )
+        })?;
+        let tokens = Tokens::new(
+            &cfg.cookie_name,
+            cfg.cookie_max_age,
+            cfg.token_secret.as_deref(),
+        );
+        let txid = LocalTxid::new(&cfg.mount, &cfg.db);
+        Ok(Proxy {
+            inner: Arc::new(Shared {
+                target,
+                passthrough,
+                always_forward,
+                tokens,
+                txid,
+                primary,
+                upstream: Upstream::new(Duration::from_secs(1)),
+                metrics: Metrics::default(),
+                extension: None,
+                cfg,
+            }),
+        })
+    }
+
+    /// Adds the role source's status and metrics to `/litefs/status` and `/litefs/metrics`.
+    /// Call before the proxy is shared.
+    pub fn with_extension(mut self, ext: Arc<dyn StatusExtension>) -> Proxy {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.extension = Some(ext);
+        }
+        self
+    }
+
+    pub fn config(&self) -> &ProxyConfig {
+        &self.inner.cfg
+    }
+
+    pub fn local_txid(&self) -> &LocalTxid {
+        &self.inner.txid
+    }
+
+    /// The position watcher of the configured database; `serve` runs it.
+    pub(crate) async fn run_watcher(&self, shutdown: impl std::future::Future<Output = ()>) {
+        let cfg = &self.inner.cfg;
+        let api = (cfg.txid_source == TxidSource::Events).then(|| LitefsApi::new(&cfg.litefs_api));
+        self.inner
+            .txid
+            .clone()
+            .run(cfg.txid_source, api, cfg.pos_poll_interval, shutdown)
+            .await;
+    }
+
+    /// Handles one request from `client`.
+    pub async fn handle(&self, mut req: Request<Incoming>, client: IpAddr) -> Response<ProxyBody> {
+        let s = &*self.inner;
+        let path = req.uri().path();
+        if let Some(rest) = path.strip_prefix(s.cfg.endpoint_prefix.as_str()) {
+            if rest.starts_with('/') {
+                return endpoints::answer(s, rest);
+            }
+        }
+        let class = if s.passthrough.matches(path) {
+            Class::Passthrough
+        } else if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+            && !s.always_forward.matches(path)
+        {
+            Class::Read
+        } else {
+            Class::Write
+        };
+        let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        let (mut head, body) = req.into_parts();
+        let hops = headers::hops(&head.headers);
+        let found = match class {
+            Class::Passthrough => Default::default(),
+            _ => s.tokens.extract(&head.headers),
+        };
+        if found.invalid > 0 {
+            s.metrics.invalid_tokens.inc_by(u64::from(found.invalid));
+        }
+        headers::strip_hop_by_hop(&mut head.headers);
+        headers::add_forwarded(&mut head.headers, client);
+        let pending = Pending {
+            head,
+            body,
+            upgrade,
+            token: found.txid,
+        };
+        let result = if hops > MAX_HOPS {
+            Err(ProxyError::Loop(hops))
+        } else {
+            match class {
+                Class::Passthrough => self.to_app(pending, false).await,
+                Class::Read => self.read(pending, hops).await,
+                Class::Write => self.to_primary(pending, hops, true).await,
+            }
+        };
+        match result {
+            Ok((resp, outcome)) => {
+                s.metrics.request(class.label(), outcome);
+                resp
+            }
+            Err(e) => {
+                s.metrics.request(class.label(), e.outcome());
+                tracing::info!(error = %e, class = class.label(), "request failed");
+                e.into_response()
+            }
+        }
+    }
+
+    async fn read(
+        &self,
+        p: Pending,
+        hops: u8,
+    ) -> Result<(Response<ProxyBody>, &'static str), ProxyError> {
+        let s = &*self.inner;
+        let Some(token) = p.token else {
+            return self.to_app(p, false).await;
+        };
+        if *s.primary.borrow() == Primary::Local || s.txid.current() >= token {
+            return self.to_app(p, false).await;
+        }
+        if hops > 0 {
+            // A fallback read from a replica whose view of the primary is stale: never
+            // bounce it on; hold it until this node is primary or times out.
+            return self.to_primary(p, hops, false).await;
+        }
+        let start = Instant::now();
+        if s.txid.waiting() >= s.cfg.max_waiting_reads {
+            s.metrics.read_wait(WaitOutcome::Fallback, 0.0);
+            return self.to_primary(p, hops, false).await;
+        }
+        let caught_up = {
+            let _w = GaugeGuard::new(&s.metrics.waiting);
+            s.txid.wait_for(token, s.cfg.read_wait_timeout).await
+        };
+        let waited = start.elapsed().as_secs_f64();
+        if caught_up {
+            s.metrics.read_wait(WaitOutcome::CaughtUp, waited);
+            return self.to_app(p, false).await;
+        }
+        match s.cfg.on_read_timeout {
+            OnReadTimeout::Error => {
+                s.metrics.read_wait(WaitOutcome::Timeout, waited);
+                Err(ProxyError::ReadTimeout(s.cfg.read_wait_timeout))
+            }
+            OnReadTimeout::Primary => {
+                s.metrics.read_wait(WaitOutcome::Fallback, waited);
+                self.to_primary(p, hops, false).await
+            }
+        }
+    }
+
+    /// Sends a request to the primary: the local app when this node is primary, else the
+    /// primary's proxy. With no primary reachable it is held up to
+    /// `primary_redirect_timeout`. A request that arrived forwarded (`hops > 0`) is only
+    /// ever served here, never sent on.
+    async fn to_primary(
+        &self,
+        mut p: Pending,
+        hops: u8,
+        is_write: bool,
+    ) -> Result<(Response<ProxyBody>, &'static str), ProxyError> {
+        let s = &*self.inner;
+        let deadline = Instant::now() + s.cfg.primary_redirect_timeout;
+        let mut primary = s.primary.clone();
+        let mut _held = None;
+        loop {
+            let current = primary.borrow_and_update().clone();
+            let mut refused = false;
+            match current {
+                Primary::Local => return self.to_app(p, is_write).await,
+                Primary::Remote { url, .. } if hops == 0 => {
+                    p.head
+                        .headers
+                        .insert(HOP_HEADER, HeaderValue::from_static("1"));
+                    let start = Instant::now();
+                    match s.upstream.send(&url, &p.head, p.body, &mut p.upgrade).await {
+                        Ok(resp) => {
+                            s.metrics
+                                .forward_latency
+                                .observe(start.elapsed().as_secs_f64());
+                            return Ok((response(resp), "forwarded"));
+                        }
+                        Err(SendError::NotSent(body, why)) => {
+                            tracing::debug!(error = %why, primary = %url, "primary unreachable; holding");
+                            p.body = body;
+                            refused = true;
+                        }
+                        Err(SendError::MaybeSent(why)) => return Err(ProxyError::Primary(why)),
+                    }
+                }
+                _ => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ProxyError::NoPrimary(s.cfg.primary_redirect_timeout));
+            }
+            _held.get_or_insert_with(|| GaugeGuard::new(&s.metrics.held));
+            let wake = if refused {
+                deadline.min(now + RETRY_EVERY)
+            } else {
+                deadline
+            };
+            tokio::select! {
+                changed = primary.changed() => {
+                    if changed.is_err() {
+                        // The role source is gone: nothing will change any more.
+                        tokio::time::sleep_until(wake).await;
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// Sends to the local app, retrying refused connections briefly while it boots.
+    /// After a write, mints the token from the position file.
+    async fn to_app(
+        &self,
+        mut p: Pending,
+        mint: bool,
+    ) -> Result<(Response<ProxyBody>, &'static str), ProxyError> {
+        let s = &*self.inner;
+        let deadline = Instant::now() + s.cfg.target_connect_retry;
+        loop {
+            match s
+                .upstream
+                .send(&s.target, &p.head, p.body, &mut p.upgrade)
+                .await
+            {
+                Ok(resp) => {
+                    let mut resp = response(resp);
+                    if mint {
+                        self.mint(p.token, resp.headers_mut());
+                    }
+                    return Ok((resp, "local"));
+                }
+                Err(SendError::NotSent(body, why)) => {
+                    if Instant::now() + RETRY_EVERY > deadline {
+                        return Err(ProxyError::App(why));
+                    }
+                    p.body = body;
+                    tokio::time::sleep(RETRY_EVERY).await;
+                }
+                Err(SendError::MaybeSent(why)) => return Err(ProxyError::App(why)),
+            }
+        }
+    }
+
+    fn mint(&self, token: Option<TxId>, headers: &mut http::HeaderMap) {
+        let s = &*self.inner;
+        match s.txid.read_file() {
+            Ok(Some(txid)) if Some(txid) > token => s.tokens.mint(txid, headers),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot mint token: position unreadable"),
+        }
+    }
+}
+
+/// An upstream response on its way back: hop-by-hop headers removed, body streamed.
+fn response(resp: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    if parts.status != http::StatusCode::SWITCHING_PROTOCOLS {
+        headers::strip_hop_by_hop(&mut parts.headers);
+    }
+    Response::from_parts(parts, Either::Left(body))
+}

@@ -1,0 +1,153 @@
+//! Prometheus metrics of the request path, encoded at `/litefs/metrics`.
+
+use std::sync::atomic::{AtomicI64, AtomicU64};
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
+    registry::Registry,
+};
+
+/// Label set `{class, outcome}`; both are static strings.
+pub type ClassOutcome = [(&'static str, &'static str); 2];
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<ClassOutcome, Counter>,
+    /// Seconds reads spent waiting for the local TXID, whatever the outcome.
+    pub stall_wait: Histogram,
+    pub read_waits: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Seconds from sending to the primary's proxy until its response head.
+    pub forward_latency: Histogram,
+    pub held: Gauge<i64, AtomicI64>,
+    pub waiting: Gauge<i64, AtomicI64>,
+    pub invalid_tokens: Counter<u64, AtomicU64>,
+    pub local_txid: Gauge<i64, AtomicI64>,
+    pub is_primary: Gauge<i64, AtomicI64>,
+}
+
+/// How a stalled read ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitOutcome {
+    CaughtUp,
+    /// Timed out and answered 504 (`on_read_timeout = "error"`).
+    Timeout,
+    /// Sent to the primary: timed out with `on_read_timeout = "primary"`, or over the waiter cap.
+    Fallback,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("litefs_proxy");
+        let requests = Family::<ClassOutcome, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests by class and outcome",
+            requests.clone(),
+        );
+        let stall_wait = Histogram::new(exponential_buckets(0.000_5, 2.0, 16));
+        registry.register(
+            "stall_wait_seconds",
+            "Time reads waited for the local TXID",
+            stall_wait.clone(),
+        );
+        let read_waits = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        registry.register("read_waits", "Stalled reads by outcome", read_waits.clone());
+        let forward_latency = Histogram::new(exponential_buckets(0.000_1, 2.0, 18));
+        registry.register(
+            "forward_seconds",
+            "Time from forwarding to the primary until its response head",
+            forward_latency.clone(),
+        );
+        let held = Gauge::default();
+        registry.register(
+            "held_requests",
+            "Requests held waiting for a primary",
+            held.clone(),
+        );
+        let waiting = Gauge::default();
+        registry.register(
+            "waiting_reads",
+            "Reads waiting for replication",
+            waiting.clone(),
+        );
+        let invalid_tokens = Counter::default();
+        registry.register(
+            "invalid_tokens",
+            "Malformed, unsigned or forged tokens ignored",
+            invalid_tokens.clone(),
+        );
+        let local_txid = Gauge::default();
+        registry.register(
+            "local_txid",
+            "Local TXID of the database",
+            local_txid.clone(),
+        );
+        let is_primary = Gauge::default();
+        registry.register(
+            "is_primary",
+            "1 while this node is the primary",
+            is_primary.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            stall_wait,
+            read_waits,
+            forward_latency,
+            held,
+            waiting,
+            invalid_tokens,
+            local_txid,
+            is_primary,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn request(&self, class: &'static str, outcome: &'static str) {
+        self.requests
+            .get_or_create(&[("class", class), ("outcome", outcome)])
+            .inc();
+    }
+
+    pub fn read_wait(&self, outcome: WaitOutcome, seconds: f64) {
+        let label = match outcome {
+            WaitOutcome::CaughtUp => "caught_up",
+            WaitOutcome::Timeout => "timeout",
+            WaitOutcome::Fallback => "fallback",
+        };
+        self.read_waits.get_or_create(&[("outcome", label)]).inc();
+        self.stall_wait.observe(seconds);
+    }
+
+    /// Prometheus text format (without the trailing `# EOF`, so more can be appended).
+    pub fn encode(&self, out: &mut String) {
+        if encode(out, &self.registry).is_ok() {
+            if let Some(stripped) = out.strip_suffix("# EOF\n") {
+                out.truncate(stripped.len());
+            }
+        }
+    }
+}
+
+/// Counts a held or waiting request for as long as it lives.
+pub struct GaugeGuard<'a>(&'a Gauge<i64, AtomicI64>);
+
+impl<'a> GaugeGuard<'a> {
+    pub fn new(g: &'a Gauge<i64, AtomicI64>) -> Self {
+        g.inc();
+        GaugeGuard(g)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
