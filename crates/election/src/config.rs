@@ -1,0 +1,433 @@
+//! The `[election]` configuration table: who the peers are, where to listen, timing,
+//! and the checks that turn a bad value into an error naming the key, the value and why.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Election settings, embedded by the server as the `[election]` TOML table.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's name; must match one peer's `id` (or is added to the peers).
+    pub node_id: String,
+    /// Where the Raft RPC listener binds.
+    pub raft_addr: SocketAddr,
+    /// The address other nodes use to reach this one, if `raft_addr` is a wildcard;
+    /// only used when this node is not listed in `peers`.
+    pub advertise_raft: Option<String>,
+    /// Directory of the SQLite file holding the vote and the log.
+    pub data_dir: PathBuf,
+    /// The LiteFS-style `.primary` file; default `<data_dir>/.primary`.
+    pub primary_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub election_timeout_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub election_timeout_max: Duration,
+    /// Shared secret; when set every RPC carries an HMAC-SHA256 and unsigned ones are refused.
+    pub cluster_secret: Option<String>,
+    /// Shell command run (via `sh -c`) when this node becomes leader.
+    pub on_promote: Option<String>,
+    /// Shell command run when this node stops being leader.
+    pub on_demote: Option<String>,
+    pub peers: Vec<PeerSpec>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: String::new(),
+            raft_addr: SocketAddr::from(([0, 0, 0, 0], 4321)),
+            advertise_raft: None,
+            data_dir: PathBuf::from("/var/lib/litefs-proxy"),
+            primary_file: None,
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout_min: Duration::from_millis(150),
+            election_timeout_max: Duration::from_millis(300),
+            cluster_secret: None,
+            on_promote: None,
+            on_demote: None,
+            peers: Vec::new(),
+        }
+    }
+}
+
+/// One peer as written in the config: a table, or the short `"host:port"` string.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum PeerSpec {
+    /// `"node-1:4321"`: id = host, proxy = `http://host:<local proxy port>`.
+    Short(String),
+    /// `{ id = "node-1", raft = "10.0.0.1:4321", proxy = "http://10.0.0.1:8080" }`.
+    Table {
+        id: String,
+        raft: String,
+        #[serde(default)]
+        proxy: Option<String>,
+    },
+}
+
+/// A peer with every field resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Peer {
+    pub id: String,
+    /// `host:port` of its Raft listener (resolved at connect time, so names work).
+    pub raft: String,
+    /// Base URL of its proxy, where forwarded writes go.
+    pub proxy: String,
+}
+
+/// A config value that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("election.{key} = {value:?}: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub value: String,
+    pub reason: String,
+}
+
+fn err(key: impl Into<String>, value: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        value: value.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Minimum length of `cluster_secret`, so a typo'd one-letter secret is not accepted.
+const MIN_SECRET_LEN: usize = 16;
+
+impl Config {
+    /// The `.primary` path actually used.
+    pub fn primary_path(&self) -> PathBuf {
+        self.primary_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(".primary"))
+    }
+
+    /// Check every value; the error names the key, the value and why.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id.is_empty() {
+            return Err(err("node_id", "", "must not be empty"));
+        }
+        if self.node_id.contains(char::is_whitespace) {
+            return Err(err("node_id", &self.node_id, "must not contain whitespace"));
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err(err("heartbeat_interval", "0s", "must be above zero"));
+        }
+        if self.election_timeout_min <= self.heartbeat_interval {
+            return Err(err(
+                "election_timeout_min",
+                fmt_dur(self.election_timeout_min),
+                format!(
+                    "must be above heartbeat_interval ({})",
+                    fmt_dur(self.heartbeat_interval)
+                ),
+            ));
+        }
+        if self.election_timeout_max <= self.election_timeout_min {
+            return Err(err(
+                "election_timeout_max",
+                fmt_dur(self.election_timeout_max),
+                format!(
+                    "must be above election_timeout_min ({})",
+                    fmt_dur(self.election_timeout_min)
+                ),
+            ));
+        }
+        if let Some(secret) = &self.cluster_secret {
+            if secret.len() < MIN_SECRET_LEN {
+                return Err(err(
+                    "cluster_secret",
+                    "<redacted>",
+                    format!("must be at least {MIN_SECRET_LEN} characters"),
+                ));
+            }
+        }
+        for (key, cmd) in [
+            ("on_promote", &self.on_promote),
+            ("on_demote", &self.on_demote),
+        ] {
+            if cmd.as_deref().is_some_and(|c| c.trim().is_empty()) {
+                return Err(err(key, "", "must not be empty when set"));
+            }
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(err("data_dir", "", "must not be empty"));
+        }
+        if self.peers.is_empty() {
+            return Err(err(
+                "peers",
+                "[]",
+                "list every node of the cluster (3 or 5 for fault tolerance)",
+            ));
+        }
+        for (i, spec) in self.peers.iter().enumerate() {
+            let key = format!("peers[{i}]");
+            match spec {
+                PeerSpec::Short(s) => {
+                    let (host, port) =
+                        split_host_port(s).ok_or_else(|| err(&key, s, "expected \"host:port\""))?;
+                    check_id(&key, host)?;
+                    check_port(&key, s, port)?;
+                }
+                PeerSpec::Table { id, raft, proxy } => {
+                    check_id(&format!("{key}.id"), id)?;
+                    let (_, port) = split_host_port(raft).ok_or_else(|| {
+                        err(format!("{key}.raft"), raft, "expected \"host:port\"")
+                    })?;
+                    check_port(&format!("{key}.raft"), raft, port)?;
+                    if let Some(p) = proxy {
+                        if !(p.starts_with("http://") || p.starts_with("https://")) {
+                            return Err(err(
+                                format!("{key}.proxy"),
+                                p,
+                                "must be an http:// or https:// URL",
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        let peers = self.resolve_peers(0);
+        let mut names = HashSet::new();
+        let mut nums: BTreeMap<u64, &str> = BTreeMap::new();
+        for p in &peers {
+            if !names.insert(p.id.as_str()) {
+                return Err(err("peers", &p.id, "this id is listed twice"));
+            }
+            if let Some(other) = nums.insert(node_num(&p.id), &p.id) {
+                return Err(err(
+                    "peers",
+                    &p.id,
+                    format!("its hashed Raft id collides with {other:?}; rename one"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every member of the cluster, this node included, sorted by id.
+    ///
+    /// Short-form peers get `http://<host>:<local_proxy_port>` as proxy URL. If this node is
+    /// not listed it is added with `advertise_raft` (or `raft_addr`).
+    pub fn resolve_peers(&self, local_proxy_port: u16) -> Vec<Peer> {
+        let mut out: Vec<Peer> = self
+            .peers
+            .iter()
+            .map(|spec| match spec {
+                PeerSpec::Short(s) => {
+                    let host = split_host_port(s).map(|(h, _)| h).unwrap_or(s.as_str());
+                    Peer {
+                        id: host.to_string(),
+                        raft: s.clone(),
+                        proxy: format!("http://{}:{local_proxy_port}", bracket(host)),
+                    }
+                }
+                PeerSpec::Table { id, raft, proxy } => {
+                    let host = split_host_port(raft)
+                        .map(|(h, _)| h)
+                        .unwrap_or(raft.as_str());
+                    Peer {
+                        id: id.clone(),
+                        raft: raft.clone(),
+                        proxy: proxy.clone().unwrap_or_else(|| {
+                            format!("http://{}:{local_proxy_port}", bracket(host))
+                        }),
+                    }
+                }
+            })
+            .collect();
+        if !self.node_id.is_empty() && !out.iter().any(|p| p.id == self.node_id) {
+            let raft = self
+                .advertise_raft
+                .clone()
+                .unwrap_or_else(|| self.raft_addr.to_string());
+            out.push(Peer {
+                id: self.node_id.clone(),
+                raft,
+                proxy: format!("http://{}:{local_proxy_port}", bracket(&self.node_id)),
+            });
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+}
+
+/// The numeric Raft id of a node name: the first 8 bytes of SHA-256(name).
+///
+/// Derived from the name (not the position in `peers`) so editing the peer list never
+/// renumbers a node whose vote is already on disk.
+pub fn node_num(name: &str) -> u64 {
+    let digest = Sha256::digest(name.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(b)
+}
+
+fn check_id(key: &str, id: &str) -> Result<(), ConfigError> {
+    if id.is_empty() || id.contains(|c: char| c.is_whitespace() || c == '/') {
+        return Err(err(
+            key,
+            id,
+            "must be a non-empty name without spaces or '/'",
+        ));
+    }
+    Ok(())
+}
+
+fn check_port(key: &str, value: &str, port: &str) -> Result<(), ConfigError> {
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(err(key, value, "port must be 1..65535")),
+    }
+}
+
+/// Split `host:port`, `[v6]:port`.
+fn split_host_port(s: &str) -> Option<(&str, &str)> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, tail) = rest.split_once(']')?;
+        let port = tail.strip_prefix(':')?;
+        return Some((host, port));
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    if host.is_empty() || host.contains(':') {
+        return None;
+    }
+    Some((host, port))
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+fn fmt_dur(d: Duration) -> String {
+    humantime_serde::re::humantime::format_duration(d).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Config {
+        Config {
+            node_id: "node-1".into(),
+            peers: vec![
+                PeerSpec::Short("node-1:4321".into()),
+                PeerSpec::Short("node-2:4321".into()),
+                PeerSpec::Table {
+                    id: "node-3".into(),
+                    raft: "10.0.0.3:4321".into(),
+                    proxy: Some("http://10.0.0.3:8080".into()),
+                },
+            ],
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn toml_accepts_short_and_table_peers_and_humantime() {
+        let cfg: Config = toml::from_str(
+            r#"
+            node_id = "node-1"
+            raft_addr = "127.0.0.1:4321"
+            data_dir = "/tmp/x"
+            heartbeat_interval = "40ms"
+            election_timeout_min = "200ms"
+            election_timeout_max = "1s"
+            peers = ["node-1:4321", { id = "node-2", raft = "10.0.0.2:4321", proxy = "http://10.0.0.2:8080" }]
+            "#,
+        )
+        .expect("parse");
+        assert_eq!(cfg.heartbeat_interval, Duration::from_millis(40));
+        assert_eq!(cfg.election_timeout_max, Duration::from_secs(1));
+        cfg.validate().expect("valid");
+        let peers = cfg.resolve_peers(8080);
+        assert_eq!(
+            peers,
+            vec![
+                Peer {
+                    id: "node-1".into(),
+                    raft: "node-1:4321".into(),
+                    proxy: "http://node-1:8080".into()
+                },
+                Peer {
+                    id: "node-2".into(),
+                    raft: "10.0.0.2:4321".into(),
+                    proxy: "http://10.0.0.2:8080".into()
+                },
+            ]
+        );
+        assert_eq!(cfg.primary_path(), PathBuf::from("/tmp/x/.primary"));
+    }
+
+    #[test]
+    fn defaults_are_lan_tuned() {
+        let c = Config::default();
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(50));
+        assert_eq!(c.election_timeout_min, Duration::from_millis(150));
+        assert_eq!(c.election_timeout_max, Duration::from_millis(300));
+    }
+
+    #[test]
+    fn validate_names_key_value_and_reason() {
+        base().validate().expect("base is valid");
+
+        let mut c = base();
+        c.election_timeout_max = Duration::from_millis(100);
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "election_timeout_max");
+        assert_eq!(e.value, "100ms");
+        assert!(e.reason.contains("election_timeout_min"), "{e}");
+
+        let mut c = base();
+        c.peers.push(PeerSpec::Short("node-2:4322".into()));
+        assert_eq!(c.validate().unwrap_err().value, "node-2");
+
+        let mut c = base();
+        c.peers[1] = PeerSpec::Short("node-2".into());
+        let e = c.validate().unwrap_err();
+        assert_eq!((e.key.as_str(), e.value.as_str()), ("peers[1]", "node-2"));
+
+        let mut c = base();
+        c.cluster_secret = Some("short".into());
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "cluster_secret");
+        assert!(
+            !e.to_string().contains("short"),
+            "secret must not leak: {e}"
+        );
+
+        let mut c = base();
+        c.peers.clear();
+        assert_eq!(c.validate().unwrap_err().key, "peers");
+    }
+
+    #[test]
+    fn self_is_added_when_missing_from_peers() {
+        let mut c = base();
+        c.node_id = "node-4".into();
+        c.advertise_raft = Some("10.0.0.4:4321".into());
+        let peers = c.resolve_peers(8080);
+        assert_eq!(peers.len(), 4);
+        let me = peers.iter().find(|p| p.id == "node-4").expect("self added");
+        assert_eq!(me.raft, "10.0.0.4:4321");
+    }
+
+    #[test]
+    fn node_num_is_stable() {
+        assert_eq!(node_num("node-1"), node_num("node-1"));
+        assert_ne!(node_num("node-1"), node_num("node-2"));
+    }
+}

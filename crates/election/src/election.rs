@@ -1,0 +1,330 @@
+//! The running election node: wires the store, transport, openraft and the leadership tracker
+//! together, bootstraps the cluster from the config, and shuts down with a handover.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InitializeError, RaftError};
+use openraft::BasicNode;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::auth::Auth;
+use crate::config::{node_num, Config, ConfigError, Peer};
+use crate::faults::Faults;
+use crate::handover::{self, HandoverCtx};
+use crate::hooks::Hooks;
+use crate::leadership::{Leadership, Tracker};
+use crate::network::{NetworkFactory, RpcClient};
+use crate::rpc_server::{self, RpcState};
+use crate::status::{Status, StatusCell};
+use crate::store::{LogStore, OpenError, StateMachine, Store};
+use crate::types::{NodeId, Raft};
+
+/// Why the election could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid config: {0}")]
+    Config(#[from] ConfigError),
+    #[error("creating data_dir {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    #[error("binding raft_addr {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Handle to a running election node.
+pub struct Election {
+    raft: Raft,
+    me: NodeId,
+    local_addr: SocketAddr,
+    leadership: watch::Receiver<Leadership>,
+    status: StatusCell,
+    stepping_down: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+    handover: HandoverCtx,
+    client: RpcClient,
+    faults: Faults,
+    store: Store,
+    server_stop: Option<oneshot::Sender<()>>,
+    server_task: JoinHandle<()>,
+    tracker_task: JoinHandle<()>,
+}
+
+impl Election {
+    /// Validate `cfg`, open the store, bind `raft_addr`, start Raft and bootstrap the cluster
+    /// (every node initializes the same membership when its log is empty, which openraft allows).
+    pub async fn start(cfg: Config, local_proxy_port: u16) -> Result<Election, Error> {
+        Self::start_with_faults(cfg, local_proxy_port, Faults::default()).await
+    }
+
+    /// [`Election::start`] with a fault-injection switchboard (tests).
+    pub async fn start_with_faults(
+        cfg: Config,
+        local_proxy_port: u16,
+        faults: Faults,
+    ) -> Result<Election, Error> {
+        cfg.validate()?;
+        let peers: BTreeMap<NodeId, Peer> = cfg
+            .resolve_peers(local_proxy_port)
+            .into_iter()
+            .map(|p| (node_num(&p.id), p))
+            .collect();
+        let peers = Arc::new(peers);
+        let me = node_num(&cfg.node_id);
+
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| Error::DataDir {
+            path: cfg.data_dir.display().to_string(),
+            source,
+        })?;
+        let store = Store::open(&cfg.data_dir)?;
+        let listener = TcpListener::bind(cfg.raft_addr)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: cfg.raft_addr,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: cfg.raft_addr,
+            source,
+        })?;
+
+        let raft_config = openraft::Config {
+            cluster_name: "litefs-proxy".into(),
+            heartbeat_interval: cfg.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: cfg.election_timeout_min.as_millis() as u64,
+            election_timeout_max: cfg.election_timeout_max.as_millis() as u64,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::Raft(e.to_string()))?;
+
+        let auth = Auth::new(cfg.cluster_secret.as_deref());
+        let client = RpcClient::new(
+            cfg.node_id.clone(),
+            peers.clone(),
+            auth.clone(),
+            faults.clone(),
+            cfg.election_timeout_min,
+        );
+        let network = NetworkFactory {
+            client: client.clone(),
+            me,
+            backoff: cfg.election_timeout_min,
+        };
+        let raft = Raft::new(
+            me,
+            Arc::new(raft_config),
+            network,
+            LogStore::new(store.clone()),
+            StateMachine::new(store.clone()),
+        )
+        .await
+        .map_err(|e| Error::Raft(e.to_string()))?;
+
+        let members: BTreeMap<NodeId, BasicNode> = peers
+            .iter()
+            .map(|(id, p)| (*id, BasicNode::new(&p.id)))
+            .collect();
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        if !initialized {
+            match raft.initialize(members.clone()).await {
+                Ok(()) => {
+                    tracing::info!(members = ?peers.values().map(|p| &p.id).collect::<Vec<_>>(), "initialized cluster membership")
+                }
+                Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                    tracing::debug!(error = %e, "already initialized")
+                }
+                Err(e) => return Err(Error::Raft(e.to_string())),
+            }
+        } else {
+            let stored: BTreeSet<NodeId> = raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .voter_ids()
+                .collect();
+            let configured: BTreeSet<NodeId> = members.keys().copied().collect();
+            if stored != configured {
+                tracing::warn!(
+                    "peers in the config differ from the stored membership; membership changes are not supported, the stored one is used"
+                );
+            }
+        }
+
+        let status = StatusCell::new(&cfg.node_id);
+        let hooks = Hooks::spawn(
+            cfg.node_id.clone(),
+            cfg.on_promote.clone(),
+            cfg.on_demote.clone(),
+        );
+        let (tx, rx) = watch::channel(Leadership::Unknown);
+        let stepping_down = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new(Notify::new());
+        let rpc_rejected = Arc::new(AtomicU64::new(0));
+        let handover = HandoverCtx {
+            raft: raft.clone(),
+            me,
+            peers: peers.clone(),
+            heartbeat: cfg.heartbeat_interval,
+            election_timeout_max: cfg.election_timeout_max,
+        };
+
+        let tracker = Tracker {
+            raft: raft.clone(),
+            me,
+            peers: peers.clone(),
+            tx,
+            status: status.clone(),
+            hooks,
+            primary_path: cfg.primary_path(),
+            lease: cfg.election_timeout_min,
+            tick: (cfg.heartbeat_interval / 2).max(Duration::from_millis(5)),
+            stepping_down: stepping_down.clone(),
+            wake: wake.clone(),
+            rpc_rejected: rpc_rejected.clone(),
+        };
+        let tracker_task = tokio::spawn(tracker.run());
+
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let state = RpcState {
+            raft: raft.clone(),
+            auth,
+            faults: faults.clone(),
+            handover: handover.clone(),
+            status: status.clone(),
+            rpc_rejected,
+        };
+        let server_task = tokio::spawn(rpc_server::serve(listener, state, async move {
+            let _ = stop_rx.await;
+        }));
+        tracing::info!(node = %cfg.node_id, raft_addr = %local_addr, "election started");
+
+        Ok(Election {
+            raft,
+            me,
+            local_addr,
+            leadership: rx,
+            status,
+            stepping_down,
+            wake,
+            handover,
+            client,
+            faults,
+            store,
+            server_stop: Some(stop_tx),
+            server_task,
+            tracker_task,
+        })
+    }
+
+    /// The role to act on; changes are pushed.
+    pub fn leadership(&self) -> watch::Receiver<Leadership> {
+        self.leadership.clone()
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.get()
+    }
+
+    /// Prometheus text lines prefixed `litefs_election_`.
+    pub fn encode_metrics(&self, out: &mut String) {
+        self.status.encode_metrics(out)
+    }
+
+    /// The bound Raft address (tests bind port 0).
+    pub fn raft_local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// openraft's own metrics (term, state, vote), for tests and diagnostics.
+    pub fn raft_metrics(&self) -> watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>> {
+        self.raft.metrics()
+    }
+
+    /// This node's numeric Raft id.
+    pub fn raft_id(&self) -> NodeId {
+        self.me
+    }
+
+    /// The vote as persisted on disk.
+    pub fn persisted_vote(&self) -> Option<openraft::Vote<NodeId>> {
+        self.store.vote()
+    }
+
+    /// The fault-injection switchboard this node was started with.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// Stop. A leader first stops acting as primary, then hands leadership to its most
+    /// up-to-date follower and waits (bounded) to see the new leader; returns that time.
+    pub async fn shutdown(mut self) -> Option<Duration> {
+        let was_leader = self.raft.metrics().borrow().state == openraft::ServerState::Leader;
+        let mut took = None;
+        if was_leader {
+            self.stepping_down.store(true, Ordering::SeqCst);
+            self.wake.notify_one();
+            // The watch must say "not leader" before anyone else can become leader.
+            let mut rx = self.leadership.clone();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                rx.wait_for(|l| *l != Leadership::Leader),
+            )
+            .await;
+            took = handover::hand_over(&self.handover, &self.client).await;
+            // Let the tracker publish the new leader (and write .primary) before it stops.
+            if took.is_some() {
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    rx.wait_for(|l| matches!(l, Leadership::Follower { .. })),
+                )
+                .await;
+            }
+        }
+        self.stop().await;
+        took
+    }
+
+    /// Stop at once without a handover, as a crash would (tests). The `.primary` file is left
+    /// as it was.
+    pub async fn kill(mut self) {
+        self.stop().await;
+    }
+
+    async fn stop(&mut self) {
+        self.tracker_task.abort();
+        if let Some(tx) = self.server_stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.server_task).await;
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+impl Drop for Election {
+    fn drop(&mut self) {
+        self.tracker_task.abort();
+        self.server_task.abort();
+    }
+}

@@ -1,0 +1,186 @@
+//! Planned leadership handover, since openraft 0.9 has no `transfer_leader`.
+//!
+//! The leader (already no longer acting as primary) stops heartbeats and elections, then sends
+//! a signed `timeout-now` to its most up-to-date follower. That follower, after checking the
+//! request comes from the leader it follows in that term, campaigns at once
+//! (`trigger().elect()`), repeating every few heartbeats until some leader exists.
+//! The old leader's own lease on itself has expired (it is never refreshed after election),
+//! so it grants the vote: in a 3-node cluster that is a quorum right away; larger clusters
+//! win once the other followers' leases (one `election_timeout_max`) run out.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::ServerState;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Peer;
+use crate::network::RpcClient;
+use crate::rpc_server::PATH_TIMEOUT_NOW;
+use crate::types::{NodeId, Raft};
+
+/// "Campaign now": sent by a stepping-down leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TimeoutNowRequest {
+    /// Name of the leader sending it.
+    pub leader: String,
+    /// Its term; stale requests are ignored.
+    pub term: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TimeoutNowResponse {
+    pub accepted: bool,
+    pub reason: String,
+}
+
+/// What both sides need.
+#[derive(Clone)]
+pub struct HandoverCtx {
+    pub raft: Raft,
+    pub me: NodeId,
+    pub peers: Arc<BTreeMap<NodeId, Peer>>,
+    pub heartbeat: Duration,
+    pub election_timeout_max: Duration,
+}
+
+/// Follower side: validate, then campaign in the background.
+pub async fn on_timeout_now(ctx: &HandoverCtx, req: TimeoutNowRequest) -> TimeoutNowResponse {
+    let reject = |reason: String| {
+        tracing::info!(from = %req.leader, term = req.term, %reason, "timeout-now refused");
+        TimeoutNowResponse {
+            accepted: false,
+            reason,
+        }
+    };
+    let Some((&leader_id, _)) = ctx.peers.iter().find(|(_, p)| p.id == req.leader) else {
+        return reject("unknown sender".into());
+    };
+    let m = ctx.raft.metrics().borrow().clone();
+    if m.current_leader != Some(leader_id) || m.current_term != req.term {
+        return reject(format!(
+            "sender is not my leader in term {} (I follow {:?} in term {})",
+            req.term, m.current_leader, m.current_term
+        ));
+    }
+    if m.state == ServerState::Leader || m.state == ServerState::Learner {
+        return reject(format!("state {:?}", m.state));
+    }
+    let ctx = ctx.clone();
+    let old_term = req.term;
+    tokio::spawn(async move { campaign(ctx, leader_id, old_term).await });
+    TimeoutNowResponse {
+        accepted: true,
+        reason: String::new(),
+    }
+}
+
+/// Trigger elections until a leader of a newer term exists, or give up after a while
+/// (openraft's own timers still elect someone then).
+async fn campaign(ctx: HandoverCtx, old_leader: NodeId, old_term: u64) {
+    let started = Instant::now();
+    let deadline = started + ctx.election_timeout_max * 4;
+    let retry = ctx.heartbeat * 2;
+    let mut metrics = ctx.raft.metrics();
+    while Instant::now() < deadline {
+        if let Err(e) = ctx.raft.trigger().elect().await {
+            tracing::warn!(error = %e, "timeout-now: cannot trigger election");
+            return;
+        }
+        let until = tokio::time::Instant::now() + retry;
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                let done =
+                    m.current_term > old_term && m.current_leader.is_some_and(|l| l != old_leader);
+                if done {
+                    tracing::info!(
+                        term = m.current_term,
+                        leader = ?m.current_leader,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "timeout-now: new leader"
+                    );
+                    return;
+                }
+            }
+            match tokio::time::timeout_at(until, metrics.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return,
+                Err(_) => break,
+            }
+        }
+    }
+    tracing::warn!("timeout-now: no leader after campaigning");
+}
+
+/// Leader side: returns how long until another node was seen leading, or None when this node
+/// was not leader or nobody took over in time.
+pub async fn hand_over(ctx: &HandoverCtx, client: &RpcClient) -> Option<Duration> {
+    let m = ctx.raft.metrics().borrow().clone();
+    if m.state != ServerState::Leader {
+        return None;
+    }
+    let started = Instant::now();
+    ctx.raft.runtime_config().heartbeat(false);
+    ctx.raft.runtime_config().elect(false);
+
+    // Most up-to-date followers first; ties by id for determinism.
+    let mut targets: Vec<(Option<u64>, NodeId)> = m
+        .replication
+        .as_ref()
+        .map(|r| {
+            r.iter()
+                .filter(|(id, _)| **id != ctx.me)
+                .map(|(id, matched)| (matched.map(|l| l.index), *id))
+                .collect()
+        })
+        .unwrap_or_default();
+    targets.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let me_name = ctx
+        .peers
+        .get(&ctx.me)
+        .map(|p| p.id.clone())
+        .unwrap_or_default();
+    let req = TimeoutNowRequest {
+        leader: me_name,
+        term: m.current_term,
+    };
+    let mut sent = false;
+    for (_, target) in &targets {
+        let res: Result<TimeoutNowResponse, _> = client
+            .call(*target, PATH_TIMEOUT_NOW, &req, ctx.election_timeout_max)
+            .await;
+        match res {
+            Ok(r) if r.accepted => {
+                tracing::info!(target_node = ?client.peer(*target).map(|p| &p.id), "handover: timeout-now accepted");
+                sent = true;
+                break;
+            }
+            Ok(r) => tracing::info!(target_node = *target, reason = %r.reason, "handover: refused"),
+            Err(e) => tracing::info!(target_node = *target, error = %e, "handover: unreachable"),
+        }
+    }
+    if !sent {
+        tracing::warn!("handover: no follower accepted; the cluster will elect after the lease");
+    }
+    // Wait to see someone else lead (we voted for them, so we learn it from their heartbeat).
+    let wait = ctx.election_timeout_max * 4;
+    let mut metrics = ctx.raft.metrics();
+    let seen = tokio::time::timeout(
+        wait,
+        metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != ctx.me)),
+    )
+    .await;
+    match seen {
+        Ok(Ok(_)) => {
+            let took = started.elapsed();
+            tracing::info!(took_ms = took.as_millis() as u64, "handover: new leader");
+            Some(took)
+        }
+        _ => {
+            tracing::warn!("handover: no new leader seen in {wait:?}");
+            None
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The incoming half of the RPC transport: our own hyper listener on `raft_addr`. It checks the
+//! MAC, caps bodies, times out slow clients, and hands each request to openraft. Nothing a
+//! stranger sends can crash it: every failure is a 4xx/5xx answer or a closed connection.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use openraft::raft::AppendEntriesResponse;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::auth::{now_ms, Auth, FROM_HEADER};
+use crate::faults::Faults;
+use crate::handover::{self, HandoverCtx, TimeoutNowRequest};
+use crate::status::StatusCell;
+use crate::types::Raft;
+
+pub const PATH_APPEND: &str = "/raft/append";
+pub const PATH_VOTE: &str = "/raft/vote";
+pub const PATH_SNAPSHOT: &str = "/raft/snapshot";
+pub const PATH_TIMEOUT_NOW: &str = "/raft/timeout-now";
+
+/// Largest request or response body accepted.
+pub const MAX_BODY: usize = 8 * 1024 * 1024;
+/// A client must send its request head within this time.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// ... and its whole body within this time.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more are closed at accept.
+const MAX_CONNECTIONS: usize = 256;
+
+/// What the handlers need.
+#[derive(Clone)]
+pub struct RpcState {
+    pub raft: Raft,
+    pub auth: Auth,
+    pub faults: Faults,
+    pub handover: HandoverCtx,
+    /// Successful AppendEntries count as contact with a live leader (failover timing).
+    pub status: StatusCell,
+    pub rpc_rejected: Arc<AtomicU64>,
+}
+
+/// Serve Raft RPCs on `listener` until `shutdown` completes; then every open connection is
+/// dropped at once (a stopped node must fall silent, not linger on keep-alive connections).
+pub async fn serve(listener: TcpListener, state: RpcState, shutdown: impl Future<Output = ()>) {
+    let state = Arc::new(state);
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            a = listener.accept() => a,
+            // Reap finished connection tasks so the set does not grow.
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "raft listener accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(client.addr = %peer, "too many raft connections, closing");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, req).await) }
+            });
+            let res = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(64 * 1024)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+            if let Err(e) = res {
+                tracing::debug!(client.addr = %peer, error = %e, "raft connection ended with error");
+            }
+        });
+    }
+    conns.abort_all();
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(msg.into())));
+    *r.status_mut() = status;
+    r
+}
+
+fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec(value) {
+        Ok(b) => {
+            let mut r = Response::new(Full::new(Bytes::from(b)));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("encode: {e}")),
+    }
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response<Full<Bytes>>> {
+    serde_json::from_slice(body)
+        .map_err(|e| text(StatusCode::BAD_REQUEST, format!("bad body: {e}")))
+}
+
+async fn handle(state: &RpcState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    if req.method() != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "POST only");
+    }
+    if ![PATH_APPEND, PATH_VOTE, PATH_SNAPSHOT, PATH_TIMEOUT_NOW].contains(&path.as_str()) {
+        return text(StatusCode::NOT_FOUND, "no such rpc");
+    }
+    let from = req
+        .headers()
+        .get(FROM_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    if !from.is_empty() && state.faults.is_blocked(&from) {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "blocked by fault injection",
+        );
+    }
+    let (parts, body) = req.into_parts();
+    let body =
+        match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+            Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "body too slow"),
+            Ok(Err(e)) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("body: {e}")),
+            Ok(Ok(c)) => c.to_bytes(),
+        };
+    if let Err(e) = state.auth.verify(&path, &parts.headers, &body, now_ms()) {
+        state.rpc_rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(path, from, error = %e, "rejected unauthenticated raft rpc");
+        return text(StatusCode::UNAUTHORIZED, e.to_string());
+    }
+    match path.as_str() {
+        PATH_VOTE => match decode(&body) {
+            Ok(rpc) => json(&state.raft.vote(rpc).await),
+            Err(r) => r,
+        },
+        PATH_APPEND => match decode(&body) {
+            Ok(rpc) => {
+                let res = state.raft.append_entries(rpc).await;
+                if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+                    state.status.leader_contact(Instant::now());
+                }
+                json(&res)
+            }
+            Err(r) => r,
+        },
+        PATH_SNAPSHOT => match decode(&body) {
+            Ok(rpc) => json(&state.raft.install_snapshot(rpc).await),
+            Err(r) => r,
+        },
+        _ => match decode::<TimeoutNowRequest>(&body) {
+            Ok(rpc) => json(&handover::on_timeout_now(&state.handover, rpc).await),
+            Err(r) => r,
+        },
+    }
+}

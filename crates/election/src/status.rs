@@ -1,0 +1,250 @@
+//! What the node knows about the election, for `/litefs/status` (JSON) and
+//! `/litefs/metrics` (Prometheus text, `litefs_election_` prefix).
+
+use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+
+/// A snapshot of the election state of this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Status {
+    pub node_id: String,
+    /// Current Raft term.
+    pub term: u64,
+    /// The leader this node acts on (None while unknown).
+    pub leader: Option<String>,
+    /// "leader", "follower" or "unknown".
+    pub role: &'static str,
+    /// Distinct (term, leader) pairs observed since start.
+    pub elections_seen: u64,
+    /// Time from the last contact with the previous leader to knowing the next one.
+    pub last_failover_ms: Option<u64>,
+    /// On the leader: age of the last quorum acknowledgement.
+    pub quorum_ack_age_ms: Option<u64>,
+    /// Role hook runs started.
+    pub hook_runs: u64,
+    /// Role hook runs that failed.
+    pub hook_failures: u64,
+    /// RPCs refused for a missing or bad MAC.
+    pub rpc_rejected: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    status: Status,
+    /// Last moment we knew the leader alive: a successful AppendEntries from it (follower) or a
+    /// fresh quorum ack (leader). The failover time is measured from here.
+    last_leader_contact: Option<Instant>,
+    /// The (term, leader) pair last counted in `elections_seen`.
+    last_pair: Option<(u64, String)>,
+}
+
+/// Shared, lock-protected status; cheap to clone.
+#[derive(Clone, Default)]
+pub struct StatusCell {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl StatusCell {
+    pub fn new(node_id: &str) -> Self {
+        let cell = StatusCell::default();
+        cell.with(|i| {
+            i.status.node_id = node_id.to_string();
+            i.status.role = "unknown";
+        });
+        cell
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+
+    pub fn get(&self) -> Status {
+        self.with(|i| i.status.clone())
+    }
+
+    /// A live leader was heard from just now.
+    pub fn leader_contact(&self, at: Instant) {
+        self.with(|i| {
+            if i.last_leader_contact.map_or(true, |t| t < at) {
+                i.last_leader_contact = Some(at);
+            }
+        });
+    }
+
+    pub fn set_counters(&self, hook_runs: u64, hook_failures: u64, rpc_rejected: u64) {
+        self.with(|i| {
+            i.status.hook_runs = hook_runs;
+            i.status.hook_failures = hook_failures;
+            i.status.rpc_rejected = rpc_rejected;
+        });
+    }
+
+    /// Record the current view; `leader` is the acted-on leader, `raft_leader` what openraft says.
+    pub fn update(
+        &self,
+        term: u64,
+        role: &'static str,
+        leader: Option<String>,
+        raft_leader: Option<String>,
+        quorum_ack_age_ms: Option<u64>,
+        now: Instant,
+    ) {
+        self.with(|i| {
+            if let Some(l) = &raft_leader {
+                let pair = (term, l.clone());
+                if i.last_pair.as_ref() != Some(&pair) {
+                    let had_previous = i.last_pair.is_some();
+                    i.last_pair = Some(pair);
+                    i.status.elections_seen += 1;
+                    if had_previous {
+                        if let Some(t) = i.last_leader_contact {
+                            let ms = now.saturating_duration_since(t).as_millis() as u64;
+                            i.status.last_failover_ms = Some(ms);
+                            tracing::info!(term, leader = %l, failover_ms = ms, "new leader observed");
+                        }
+                    }
+                }
+            }
+            i.status.term = term;
+            i.status.role = role;
+            i.status.leader = leader;
+            i.status.quorum_ack_age_ms = quorum_ack_age_ms;
+        });
+    }
+
+    /// Append Prometheus text lines.
+    pub fn encode_metrics(&self, out: &mut String) {
+        let s = self.get();
+        let mut line = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(out, "# HELP litefs_election_{name} {help}");
+            let _ = writeln!(out, "# TYPE litefs_election_{name} {kind}");
+            let _ = writeln!(out, "litefs_election_{name} {value}");
+        };
+        line("term", "gauge", "Current Raft term.", s.term.to_string());
+        line(
+            "is_leader",
+            "gauge",
+            "1 while this node acts as primary.",
+            u8::from(s.role == "leader").to_string(),
+        );
+        line(
+            "leader_known",
+            "gauge",
+            "1 while some leader is known.",
+            u8::from(s.leader.is_some()).to_string(),
+        );
+        line(
+            "elections_seen_total",
+            "counter",
+            "Distinct (term, leader) pairs observed.",
+            s.elections_seen.to_string(),
+        );
+        line(
+            "last_failover_seconds",
+            "gauge",
+            "Last contact with the previous leader to knowing the next one.",
+            secs(s.last_failover_ms),
+        );
+        line(
+            "quorum_ack_age_seconds",
+            "gauge",
+            "Leader only: age of the last quorum acknowledgement.",
+            secs(s.quorum_ack_age_ms),
+        );
+        line(
+            "hook_runs_total",
+            "counter",
+            "Role hooks started.",
+            s.hook_runs.to_string(),
+        );
+        line(
+            "hook_failures_total",
+            "counter",
+            "Role hooks that failed.",
+            s.hook_failures.to_string(),
+        );
+        line(
+            "rpc_rejected_total",
+            "counter",
+            "Raft RPCs refused for a missing or bad MAC.",
+            s.rpc_rejected.to_string(),
+        );
+    }
+}
+
+fn secs(ms: Option<u64>) -> String {
+    match ms {
+        Some(ms) => format!("{:.3}", ms as f64 / 1000.0),
+        None => "NaN".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn counts_elections_and_failover_time() {
+        let c = StatusCell::new("n1");
+        let t0 = Instant::now();
+        c.update(
+            1,
+            "follower",
+            Some("n2".into()),
+            Some("n2".into()),
+            None,
+            t0,
+        );
+        c.leader_contact(t0);
+        c.update(
+            1,
+            "follower",
+            Some("n2".into()),
+            Some("n2".into()),
+            None,
+            t0,
+        );
+        assert_eq!(c.get().elections_seen, 1);
+        assert_eq!(c.get().last_failover_ms, None);
+        c.update(
+            2,
+            "unknown",
+            None,
+            None,
+            None,
+            t0 + Duration::from_millis(300),
+        );
+        c.update(
+            3,
+            "leader",
+            None,
+            Some("n1".into()),
+            Some(5),
+            t0 + Duration::from_millis(450),
+        );
+        let s = c.get();
+        assert_eq!(s.elections_seen, 2);
+        assert_eq!(s.last_failover_ms, Some(450));
+        assert_eq!(
+            (s.term, s.role, s.quorum_ack_age_ms),
+            (3, "leader", Some(5))
+        );
+
+        let mut out = String::new();
+        c.encode_metrics(&mut out);
+        assert!(out.contains("litefs_election_term 3\n"), "{out}");
+        assert!(out.contains("litefs_election_is_leader 1\n"), "{out}");
+        assert!(
+            out.contains("litefs_election_last_failover_seconds 0.450\n"),
+            "{out}"
+        );
+        for l in out.lines().filter(|l| !l.starts_with('#')) {
+            assert!(l.starts_with("litefs_election_"), "{l}");
+        }
+    }
+}
