@@ -139,6 +139,16 @@ impl Proxy {
         &self.inner.txid
     }
 
+    /// Requests currently held waiting for a primary.
+    pub fn held_requests(&self) -> i64 {
+        self.inner.metrics.held.get()
+    }
+
+    /// Reads currently waiting for replication.
+    pub fn waiting_reads(&self) -> i64 {
+        self.inner.metrics.waiting.get()
+    }
+
     /// The position watcher of the configured database; `serve` runs it.
     pub(crate) async fn run_watcher(&self, shutdown: impl std::future::Future<Output = ()>) {
         let cfg = &self.inner.cfg;

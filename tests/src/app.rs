@@ -1,0 +1,243 @@
+//! A recording app standing in for Django: remembers every request it got, commits to
+//! the LiteFS stand-in before answering a write (as a real app's COMMIT does through
+//! FUSE), and offers streaming, upload and upgrade routes.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::{body::Frame, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+    sync::{watch, Notify},
+};
+
+/// One request as the app saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+#[derive(Default)]
+pub struct AppState {
+    pub seen: Mutex<Vec<Seen>>,
+    /// Bytes of the current `/upload` body received so far.
+    pub upload_progress: watch::Sender<usize>,
+    /// Releases the second chunk of `/stream` and the answer of `/slow`.
+    pub release: Notify,
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub state: Arc<AppState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+type AppBody = BoxBody<Bytes, Infallible>;
+
+impl TestApp {
+    /// Starts the app; writes call `node.commit()` before answering.
+    pub async fn start(name: &str, node: Option<litefs_sim::Node>) -> TestApp {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+        Self::start_on(listener, name, node)
+    }
+
+    pub fn start_on(listener: TcpListener, name: &str, node: Option<litefs_sim::Node>) -> TestApp {
+        let addr = listener.local_addr().expect("local addr");
+        let state = Arc::new(AppState::default());
+        let task = tokio::spawn({
+            let state = state.clone();
+            let name = name.to_owned();
+            async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let (state, name, node) = (state.clone(), name.clone(), node.clone());
+                    tokio::spawn(async move {
+                        let svc = service_fn(move |req| {
+                            handle(req, state.clone(), name.clone(), node.clone())
+                        });
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .with_upgrades()
+                            .await;
+                    });
+                }
+            }
+        });
+        TestApp {
+            addr,
+            name: name.to_owned(),
+            state,
+            task,
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().expect("lock").clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.state.seen.lock().expect("lock").len()
+    }
+
+    /// Stops accepting (existing connections may linger until they close).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn is_write(m: &Method) -> bool {
+    !matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+async fn handle(
+    req: Request<hyper::body::Incoming>,
+    state: Arc<AppState>,
+    name: String,
+    node: Option<litefs_sim::Node>,
+) -> Result<Response<AppBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    match path.as_str() {
+        "/upload" => return Ok(upload(req, state).await),
+        "/ws" => return Ok(upgrade(req)),
+        _ => {}
+    }
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let len = body.len();
+    state.seen.lock().expect("lock").push(Seen {
+        method: parts.method.clone(),
+        path: path.clone(),
+        headers: parts.headers.clone(),
+        body,
+    });
+    if is_write(&parts.method) {
+        if let Some(node) = &node {
+            node.commit();
+        }
+    }
+    if path == "/stream" {
+        return Ok(stream(state));
+    }
+    if path == "/slow" {
+        state.release.notified().await;
+    }
+    let status = parts
+        .headers
+        .get("x-test-status")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(StatusCode::OK);
+    let text = format!("{name} {} {path} {len}", parts.method);
+    let resp = Response::builder()
+        .status(status)
+        .header("x-app", name)
+        .header("set-cookie", "app-session=abc; Path=/")
+        .body(Full::new(Bytes::from(text)).boxed())
+        .expect("response");
+    Ok(resp)
+}
+
+/// Counts body bytes as they arrive, so a test can see the upload stream.
+async fn upload(req: Request<hyper::body::Incoming>, state: Arc<AppState>) -> Response<AppBody> {
+    let (parts, mut body) = req.into_parts();
+    let mut total = 0usize;
+    let mut sum: u64 = 0;
+    state.upload_progress.send_replace(0);
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            sum = data
+                .iter()
+                .fold(sum, |s, b| s.wrapping_mul(31).wrapping_add(u64::from(*b)));
+            state.upload_progress.send_replace(total);
+        }
+    }
+    state.seen.lock().expect("lock").push(Seen {
+        method: parts.method,
+        path: "/upload".into(),
+        headers: parts.headers,
+        body: Bytes::new(),
+    });
+    Response::new(Full::new(Bytes::from(format!("{total} {sum}"))).boxed())
+}
+
+/// A chunked response: the first piece at once, the second after `release`.
+fn stream(state: Arc<AppState>) -> Response<AppBody> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
+    tokio::spawn(async move {
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from_static(b"data: first\n\n"))))
+            .await;
+        state.release.notified().await;
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from_static(b"data: second\n\n"))))
+            .await;
+    });
+    let body = StreamBody::new(tokio_stream(rx));
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(BodyExt::boxed(body))
+        .expect("response")
+}
+
+fn tokio_stream<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Switches protocols and echoes bytes back, upper-cased, until the peer closes.
+fn upgrade(mut req: Request<hyper::body::Incoming>) -> Response<AppBody> {
+    if !req.headers().contains_key("upgrade") {
+        return Response::builder()
+            .status(StatusCode::BAD_REQUEST)
+            .body(Full::new(Bytes::from_static(b"upgrade required")).boxed())
+            .expect("response");
+    }
+    let on = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(up) = on.await {
+            let mut io = TokioIo::new(up);
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let reply = buf[..n].to_ascii_uppercase();
+                if io.write_all(&reply).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(Full::new(Bytes::new()).boxed())
+        .expect("response")
+}

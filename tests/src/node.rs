@@ -1,0 +1,112 @@
+//! One litefs-proxy node on real sockets: a LiteFS stand-in mount, the recording app,
+//! and the proxy served in-process through `litefs_proxy::serve`.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use litefs_proxy::{Primary, Proxy, ProxyConfig};
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::app::TestApp;
+
+pub struct ProxyNode {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub sim: litefs_sim::Node,
+    pub app: TestApp,
+    pub primary: watch::Sender<Primary>,
+    pub proxy: Proxy,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub served: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+/// Settings short enough for tests; each test adjusts what it exercises.
+pub fn test_config() -> ProxyConfig {
+    ProxyConfig {
+        primary_redirect_timeout: Duration::from_secs(3),
+        read_wait_timeout: Duration::from_secs(3),
+        target_connect_retry: Duration::from_millis(300),
+        shutdown_grace: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(30),
+        ..ProxyConfig::default()
+    }
+}
+
+impl ProxyNode {
+    /// A node whose app commits to its own sim on every write.
+    pub async fn start(name: &str, primary: Primary, cfg: ProxyConfig) -> ProxyNode {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        Self::start_on(listener, name, primary, cfg).await
+    }
+
+    pub async fn start_on(
+        listener: TcpListener,
+        name: &str,
+        primary: Primary,
+        cfg: ProxyConfig,
+    ) -> ProxyNode {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mount: PathBuf = dir.path().join("litefs");
+        let sim = litefs_sim::Node::new(litefs_sim::NodeConfig {
+            mount: mount.clone(),
+            db: cfg.db.clone(),
+            hostname: name.to_owned(),
+            is_primary: primary == Primary::Local,
+            primary_hostname: None,
+        });
+        let app = TestApp::start(name, Some(sim.clone())).await;
+        let addr = listener.local_addr().expect("addr");
+        let cfg = ProxyConfig {
+            addr: addr.to_string(),
+            target: app.addr.to_string(),
+            mount,
+            node_name: name.to_owned(),
+            ..cfg
+        };
+        let (tx, rx) = watch::channel(primary);
+        let proxy = Proxy::new(cfg, rx).expect("valid config");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn({
+            let proxy = proxy.clone();
+            async move {
+                let _ = litefs_proxy::serve(listener, proxy, async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            }
+        });
+        ProxyNode {
+            name: name.to_owned(),
+            addr,
+            sim,
+            app,
+            primary: tx,
+            proxy,
+            stop: Some(stop_tx),
+            served,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `Primary::Remote` pointing at this node.
+    pub fn as_remote(&self) -> Primary {
+        Primary::remote(&self.name, &self.url()).expect("url")
+    }
+
+    /// Fires the proxy's shutdown (graceful drain).
+    pub fn shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+impl Drop for ProxyNode {
+    fn drop(&mut self) {
+        self.served.abort();
+    }
+}

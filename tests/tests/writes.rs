@@ -1,0 +1,261 @@
+//! Rules 1, 2, 5, 6: writes reach the primary's app exactly once, the token is minted
+//! there, writes are held while no primary is reachable, and loops cannot happen.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use litefs_proxy::{Primary, ProxyConfig};
+use litefs_proxy_tests::{
+    client::{self, get, minted, post},
+    eventually,
+    node::{test_config, ProxyNode},
+};
+
+async fn pair(cfg: ProxyConfig) -> (ProxyNode, ProxyNode) {
+    let a = ProxyNode::start("node-a", Primary::Local, cfg.clone()).await;
+    let b = ProxyNode::start("node-b", a.as_remote(), cfg).await;
+    (a, b)
+}
+
+#[tokio::test]
+async fn write_on_replica_reaches_primary_app_exactly_once_with_response_intact() {
+    let (a, b) = pair(test_config()).await;
+    let resp = post(
+        b.addr,
+        "/items?x=1",
+        &[("x-test-status", "201"), ("content-type", "text/plain")],
+        "hello",
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status, 201);
+    assert_eq!(resp.text(), "node-a POST /items 5");
+    assert_eq!(resp.header("x-app"), Some("node-a"));
+    let cookies: Vec<_> = resp
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert!(
+        cookies.contains(&"app-session=abc; Path=/"),
+        "app cookie kept: {cookies:?}"
+    );
+    assert_eq!(a.app.count(), 1, "primary app got it once");
+    assert_eq!(b.app.count(), 0, "replica app never sees a write");
+    let seen = &a.app.seen()[0];
+    assert_eq!(seen.body, Bytes::from_static(b"hello"));
+    assert_eq!(seen.headers["content-type"], "text/plain");
+    assert_eq!(
+        seen.headers["host"], "example.test",
+        "Host kept across the hop"
+    );
+}
+
+#[tokio::test]
+async fn write_on_primary_mints_token_from_position() {
+    let (a, b) = pair(test_config()).await;
+    a.sim.set_txid(41);
+    let resp = post(a.addr, "/items", &[], "x").await.unwrap();
+    assert_eq!(a.sim.txid(), 42, "the app committed");
+    let cookie = resp
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("litefs-txid="));
+    assert_eq!(
+        cookie.as_deref(),
+        Some("litefs-txid=000000000000002a; Path=/; HttpOnly; SameSite=Lax; Max-Age=300")
+    );
+    assert_eq!(resp.header("litefs-txid"), Some("000000000000002a"));
+
+    // Through the replica the primary's proxy mints it, and it comes back intact.
+    let resp = post(b.addr, "/items", &[], "y").await.unwrap();
+    assert_eq!(minted(&resp).as_deref(), Some("000000000000002b"));
+
+    // A write carrying a token at or above the position gets no new one.
+    let resp = post(
+        a.addr,
+        "/noop",
+        &[
+            ("x-test-status", "200"),
+            ("cookie", "litefs-txid=00000000000000ff"),
+        ],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(minted(&resp), None);
+    // Reads never mint.
+    let resp = get(a.addr, "/items", &[]).await.unwrap();
+    assert_eq!(minted(&resp), None);
+}
+
+#[tokio::test]
+async fn always_forward_paths_and_methods_are_writes() {
+    let cfg = ProxyConfig {
+        always_forward: vec!["/api/refresh*".into()],
+        ..test_config()
+    };
+    let (a, b) = pair(cfg).await;
+    get(b.addr, "/api/refresh/now", &[]).await.unwrap();
+    assert_eq!(
+        (a.app.count(), b.app.count()),
+        (1, 0),
+        "GET on an always_forward path goes to the primary"
+    );
+    for m in ["PUT", "PATCH", "DELETE"] {
+        client::send(
+            b.addr,
+            client::request(m, "/x").body(client::empty()).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(a.app.count(), 4);
+    // OPTIONS (CORS preflight) and HEAD are reads, served locally.
+    for m in ["OPTIONS", "HEAD", "GET"] {
+        client::send(
+            b.addr,
+            client::request(m, "/x").body(client::empty()).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!((a.app.count(), b.app.count()), (4, 3));
+}
+
+#[tokio::test]
+async fn write_is_held_while_no_primary_is_known_then_delivered() {
+    let a = ProxyNode::start("node-a", Primary::Local, test_config()).await;
+    let b = ProxyNode::start("node-b", Primary::Unknown, test_config()).await;
+    let pending = tokio::spawn(post(b.addr, "/items", &[], "held"));
+    let proxy = b.proxy.clone();
+    assert!(eventually(Duration::from_secs(2), || proxy.held_requests() == 1).await);
+    assert_eq!(a.app.count(), 0);
+    b.primary.send_replace(a.as_remote());
+    let resp = pending.await.unwrap().unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "node-a POST /items 4");
+    assert_eq!(a.app.count(), 1);
+    assert_eq!(b.proxy.held_requests(), 0);
+}
+
+#[tokio::test]
+async fn write_held_past_primary_redirect_timeout_gets_503_with_retry_after() {
+    let cfg = ProxyConfig {
+        primary_redirect_timeout: Duration::from_millis(300),
+        ..test_config()
+    };
+    let b = ProxyNode::start("node-b", Primary::Unknown, cfg).await;
+    let start = std::time::Instant::now();
+    let resp = post(b.addr, "/items", &[], "x").await.unwrap();
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.header("retry-after"), Some("1"));
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert_eq!(b.app.count(), 0);
+}
+
+#[tokio::test]
+async fn primary_refusing_connections_is_retried_until_it_comes_up() {
+    // Reserve a port, free it: the "primary" is down.
+    let reserved = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = reserved.local_addr().unwrap();
+    drop(reserved);
+    let remote = Primary::remote("node-a", &format!("http://{port}")).unwrap();
+    let b = ProxyNode::start("node-b", remote, test_config()).await;
+    let pending = tokio::spawn(post(b.addr, "/items", &[], "late"));
+    let proxy = b.proxy.clone();
+    assert!(eventually(Duration::from_secs(2), || proxy.held_requests() == 1).await);
+    // The primary's proxy starts on that port.
+    let listener = tokio::net::TcpListener::bind(port).await.unwrap();
+    let a = ProxyNode::start_on(listener, "node-a", Primary::Local, test_config()).await;
+    let resp = pending.await.unwrap().unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(a.app.count(), 1);
+}
+
+/// A primary that reads the request and then drops the connection: the request may have
+/// been applied, so it must be answered 502 and never sent again.
+#[tokio::test]
+async fn request_that_may_have_reached_the_primary_is_never_resent() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = vec![0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+            drop(s);
+        }
+    });
+    let remote = Primary::remote("flaky", &format!("http://{addr}")).unwrap();
+    let b = ProxyNode::start("node-b", remote, test_config()).await;
+    let resp = post(b.addr, "/items", &[], "once").await.unwrap();
+    assert_eq!(resp.status, 502);
+    assert_eq!(resp.header("litefs-proxy-error"), Some("1"));
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "sent exactly once"
+    );
+}
+
+#[tokio::test]
+async fn forwarded_write_on_a_non_primary_is_held_not_bounced() {
+    let cfg = ProxyConfig {
+        primary_redirect_timeout: Duration::from_millis(400),
+        ..test_config()
+    };
+    // Each thinks the other is primary: the classic loop.
+    let a = ProxyNode::start("node-a", Primary::Unknown, cfg.clone()).await;
+    let b = ProxyNode::start("node-b", a.as_remote(), cfg).await;
+    a.primary.send_replace(b.as_remote());
+    let resp = post(b.addr, "/items", &[], "loop").await.unwrap();
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    assert_eq!((a.app.count(), b.app.count()), (0, 0));
+    let m = metrics(&a).await;
+    assert!(
+        m.contains(r#"litefs_proxy_requests_total{class="write",outcome="no_primary"} 1"#),
+        "{m}"
+    );
+    let m = metrics(&b).await;
+    assert!(
+        m.contains(r#"litefs_proxy_requests_total{class="write",outcome="forwarded"} 1"#),
+        "{m}"
+    );
+
+    // Once the node holding it becomes primary, the held forwarded write is served there.
+    let pending = tokio::spawn(post(b.addr, "/items", &[], "later"));
+    let proxy = a.proxy.clone();
+    assert!(eventually(Duration::from_secs(2), || proxy.held_requests() == 1).await);
+    a.primary.send_replace(Primary::Local);
+    assert_eq!(pending.await.unwrap().unwrap().status, 200);
+    assert_eq!(a.app.count(), 1);
+}
+
+#[tokio::test]
+async fn hop_limit_rejects_looping_requests() {
+    let a = ProxyNode::start("node-a", Primary::Local, test_config()).await;
+    let resp = post(a.addr, "/items", &[("litefs-proxy-hop", "2")], "x")
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 508);
+    let resp = post(a.addr, "/items", &[("litefs-proxy-hop", "garbage")], "x")
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 508);
+    assert_eq!(a.app.count(), 0);
+    let resp = post(a.addr, "/items", &[("litefs-proxy-hop", "1")], "x")
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200, "one hop is a normal forwarded write");
+}
+
+async fn metrics(n: &ProxyNode) -> String {
+    get(n.addr, "/litefs/metrics", &[]).await.unwrap().text()
+}
