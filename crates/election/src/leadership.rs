@@ -122,7 +122,7 @@ impl Tracker {
             if m.state == ServerState::Leader {
                 if let Some(ms) = m.millis_since_quorum_ack {
                     let t = now.checked_sub(Duration::from_millis(ms)).unwrap_or(now);
-                    if ack_at.map_or(true, |a| a < t) {
+                    if !matches!(ack_at, Some(a) if a >= t) {
                         ack_at = Some(t);
                     }
                 }
@@ -141,8 +141,8 @@ impl Tracker {
                 },
             );
             if next == Leadership::Leader {
-                if let Some(t) = ack_at {
-                    self.status.leader_contact(t);
+                if let (Some(t), Some(p)) = (ack_at, self.peers.get(&self.me)) {
+                    self.status.leader_contact(&p.id, t);
                 }
             }
             let raft_leader = m

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use openraft::raft::AppendEntriesResponse;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -26,7 +26,7 @@ use crate::auth::{now_ms, Auth, FROM_HEADER};
 use crate::faults::Faults;
 use crate::handover::{self, HandoverCtx, TimeoutNowRequest};
 use crate::status::StatusCell;
-use crate::types::Raft;
+use crate::types::{Raft, TypeConfig};
 
 pub const PATH_APPEND: &str = "/raft/append";
 pub const PATH_VOTE: &str = "/raft/vote";
@@ -122,9 +122,8 @@ fn json<T: Serialize>(value: &T) -> Response<Full<Bytes>> {
     }
 }
 
-fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response<Full<Bytes>>> {
-    serde_json::from_slice(body)
-        .map_err(|e| text(StatusCode::BAD_REQUEST, format!("bad body: {e}")))
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("bad body: {e}"))
 }
 
 async fn handle(state: &RpcState, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -162,25 +161,28 @@ async fn handle(state: &RpcState, req: Request<Incoming>) -> Response<Full<Bytes
     match path.as_str() {
         PATH_VOTE => match decode(&body) {
             Ok(rpc) => json(&state.raft.vote(rpc).await),
-            Err(r) => r,
+            Err(e) => text(StatusCode::BAD_REQUEST, e),
         },
         PATH_APPEND => match decode(&body) {
-            Ok(rpc) => {
+            Ok::<AppendEntriesRequest<TypeConfig>, _>(rpc) => {
+                let leader = rpc.vote.leader_id().voted_for();
                 let res = state.raft.append_entries(rpc).await;
                 if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
-                    state.status.leader_contact(Instant::now());
+                    if let Some(p) = leader.and_then(|l| state.handover.peers.get(&l)) {
+                        state.status.leader_contact(&p.id, Instant::now());
+                    }
                 }
                 json(&res)
             }
-            Err(r) => r,
+            Err(e) => text(StatusCode::BAD_REQUEST, e),
         },
         PATH_SNAPSHOT => match decode(&body) {
             Ok(rpc) => json(&state.raft.install_snapshot(rpc).await),
-            Err(r) => r,
+            Err(e) => text(StatusCode::BAD_REQUEST, e),
         },
         _ => match decode::<TimeoutNowRequest>(&body) {
             Ok(rpc) => json(&handover::on_timeout_now(&state.handover, rpc).await),
-            Err(r) => r,
+            Err(e) => text(StatusCode::BAD_REQUEST, e),
         },
     }
 }

@@ -1,6 +1,7 @@
 //! What the node knows about the election, for `/litefs/status` (JSON) and
 //! `/litefs/metrics` (Prometheus text, `litefs_election_` prefix).
 
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -34,9 +35,10 @@ pub struct Status {
 #[derive(Default)]
 struct Inner {
     status: Status,
-    /// Last moment we knew the leader alive: a successful AppendEntries from it (follower) or a
-    /// fresh quorum ack (leader). The failover time is measured from here.
-    last_leader_contact: Option<Instant>,
+    /// Per leader name, the last moment we knew it alive: a successful AppendEntries from it
+    /// (follower) or a fresh quorum ack (leader). Failover time is measured from the previous
+    /// leader's entry.
+    contacts: HashMap<String, Instant>,
     /// The (term, leader) pair last counted in `elections_seen`.
     last_pair: Option<(u64, String)>,
 }
@@ -66,11 +68,13 @@ impl StatusCell {
         self.with(|i| i.status.clone())
     }
 
-    /// A live leader was heard from just now.
-    pub fn leader_contact(&self, at: Instant) {
-        self.with(|i| {
-            if i.last_leader_contact.map_or(true, |t| t < at) {
-                i.last_leader_contact = Some(at);
+    /// Leader `name` was known alive at `at`.
+    pub fn leader_contact(&self, name: &str, at: Instant) {
+        self.with(|i| match i.contacts.get_mut(name) {
+            Some(t) if *t >= at => {}
+            Some(t) => *t = at,
+            None => {
+                i.contacts.insert(name.to_string(), at);
             }
         });
     }
@@ -97,11 +101,10 @@ impl StatusCell {
             if let Some(l) = &raft_leader {
                 let pair = (term, l.clone());
                 if i.last_pair.as_ref() != Some(&pair) {
-                    let had_previous = i.last_pair.is_some();
-                    i.last_pair = Some(pair);
+                    let previous = i.last_pair.replace(pair);
                     i.status.elections_seen += 1;
-                    if had_previous {
-                        if let Some(t) = i.last_leader_contact {
+                    if let Some((_, prev)) = previous {
+                        if let Some(&t) = i.contacts.get(&prev) {
                             let ms = now.saturating_duration_since(t).as_millis() as u64;
                             i.status.last_failover_ms = Some(ms);
                             tracing::info!(term, leader = %l, failover_ms = ms, "new leader observed");
@@ -200,7 +203,9 @@ mod tests {
             None,
             t0,
         );
-        c.leader_contact(t0);
+        c.leader_contact("n2", t0);
+        // Contact with the *new* leader must not shorten the measured failover.
+        c.leader_contact("n1", t0 + Duration::from_millis(440));
         c.update(
             1,
             "follower",

@@ -5,6 +5,9 @@
 //! The SQLite calls run inline on the Raft task: each is one short transaction (one fsync), and
 //! openraft serializes storage IO anyway.
 
+// StorageError is openraft's (large) error type, imposed by the storage traits.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};

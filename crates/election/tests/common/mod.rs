@@ -1,0 +1,205 @@
+//! Helpers for in-process clusters on 127.0.0.1: reserve ports, start/stop nodes, wait for
+//! conditions with a deadline.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use litefs_election::{Config, Election, Faults, Leadership, PeerSpec};
+
+pub const PROXY_PORT: u16 = 18080;
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,openraft=off".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Free loopback ports, found by binding port 0 (the listeners are dropped again).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let ls: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+        .collect();
+    ls.iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
+/// One slot of a test cluster: its config and, while running, its node.
+pub struct Slot {
+    pub name: String,
+    pub cfg: Config,
+    pub faults: Faults,
+    pub node: Option<Election>,
+}
+
+pub struct Cluster {
+    pub slots: Vec<Slot>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn new(n: usize, secret: Option<&str>, tune: impl Fn(&mut Config)) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports = free_ports(n);
+        let names: Vec<String> = (1..=n).map(|i| format!("node-{i}")).collect();
+        let peers: Vec<PeerSpec> = names
+            .iter()
+            .zip(&ports)
+            .map(|(name, port)| PeerSpec::Table {
+                id: name.clone(),
+                raft: format!("127.0.0.1:{port}"),
+                proxy: Some(format!("http://{name}.test:{PROXY_PORT}")),
+            })
+            .collect();
+        let slots = names
+            .iter()
+            .zip(&ports)
+            .map(|(name, port)| {
+                let mut cfg = Config {
+                    node_id: name.clone(),
+                    raft_addr: SocketAddr::from(([127, 0, 0, 1], *port)),
+                    data_dir: dir.path().join(name),
+                    cluster_secret: secret.map(str::to_string),
+                    peers: peers.clone(),
+                    ..Config::default()
+                };
+                tune(&mut cfg);
+                Slot {
+                    name: name.clone(),
+                    cfg,
+                    faults: Faults::default(),
+                    node: None,
+                }
+            })
+            .collect();
+        Cluster { slots, _dir: dir }
+    }
+
+    pub async fn start(&mut self, i: usize) {
+        let s = &mut self.slots[i];
+        assert!(s.node.is_none(), "{} already running", s.name);
+        let node = Election::start_with_faults(s.cfg.clone(), PROXY_PORT, s.faults.clone())
+            .await
+            .unwrap_or_else(|e| panic!("start {}: {e}", s.name));
+        s.node = Some(node);
+    }
+
+    pub async fn start_all(&mut self) {
+        for i in 0..self.slots.len() {
+            self.start(i).await;
+        }
+    }
+
+    pub async fn kill(&mut self, i: usize) {
+        if let Some(n) = self.slots[i].node.take() {
+            n.kill().await;
+        }
+    }
+
+    pub async fn shutdown(&mut self, i: usize) -> Option<Duration> {
+        match self.slots[i].node.take() {
+            Some(n) => n.shutdown().await,
+            None => None,
+        }
+    }
+
+    pub async fn stop_all(&mut self) {
+        for i in 0..self.slots.len() {
+            self.kill(i).await;
+        }
+    }
+
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|i| self.slots[*i].node.is_some())
+            .collect()
+    }
+
+    pub fn leadership(&self, i: usize) -> Option<Leadership> {
+        self.slots[i]
+            .node
+            .as_ref()
+            .map(|n| n.leadership().borrow().clone())
+    }
+
+    /// Indices of running nodes whose watch says Leader.
+    pub fn leaders(&self) -> Vec<usize> {
+        self.running()
+            .into_iter()
+            .filter(|i| self.leadership(*i) == Some(Leadership::Leader))
+            .collect()
+    }
+
+    /// Some(i) when exactly node i leads and every other running node follows it.
+    pub fn agreed_leader(&self) -> Option<usize> {
+        let leaders = self.leaders();
+        let [l] = leaders[..] else { return None };
+        let name = &self.slots[l].name;
+        let all_follow = self.running().into_iter().filter(|i| *i != l).all(|i| {
+            matches!(self.leadership(i), Some(Leadership::Follower { leader, .. }) if &leader == name)
+        });
+        all_follow.then_some(l)
+    }
+
+    /// Wait (polling every 5 ms) until the running nodes agree on a leader.
+    pub async fn wait_agreed(&self, within: Duration) -> usize {
+        let start = Instant::now();
+        loop {
+            if let Some(l) = self.agreed_leader() {
+                return l;
+            }
+            assert!(
+                start.elapsed() < within,
+                "no agreed leader within {within:?}: {:?}",
+                self.running()
+                    .iter()
+                    .map(|i| (self.slots[*i].name.clone(), self.leadership(*i)))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    pub fn primary_path(&self, i: usize) -> PathBuf {
+        self.slots[i].cfg.primary_path()
+    }
+
+    /// `.primary` of node i: None when absent.
+    pub fn primary_file(&self, i: usize) -> Option<String> {
+        std::fs::read_to_string(self.primary_path(i)).ok()
+    }
+
+    /// Isolate node i from every other node (both directions).
+    pub fn isolate(&self, i: usize) {
+        for (j, s) in self.slots.iter().enumerate() {
+            if j != i {
+                s.faults.block(&self.slots[i].name);
+                self.slots[i].faults.block(&s.name);
+            }
+        }
+    }
+
+    pub fn heal(&self) {
+        for s in &self.slots {
+            s.faults.heal();
+        }
+    }
+}
+
+/// Poll `cond` every 5 ms until true; panics with `what` after `within`.
+pub async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
