@@ -154,8 +154,13 @@ async fn handle(state: &RpcState, req: Request<Incoming>) -> Response<Full<Bytes
             Ok(Ok(c)) => c.to_bytes(),
         };
     if let Err(e) = state.auth.verify(&path, &parts.headers, &body, now_ms()) {
-        state.rpc_rejected.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(path, from, error = %e, "rejected unauthenticated raft rpc");
+        let n = state.rpc_rejected.fetch_add(1, Ordering::Relaxed);
+        // Rate-limited: a stranger hammering the port must not flood the log.
+        if n % 100 == 0 {
+            tracing::warn!(path, from, error = %e, rejected_total = n + 1, "rejected unauthenticated raft rpc");
+        } else {
+            tracing::debug!(path, from, error = %e, "rejected unauthenticated raft rpc");
+        }
         return text(StatusCode::UNAUTHORIZED, e.to_string());
     }
     match path.as_str() {

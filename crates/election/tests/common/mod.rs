@@ -203,3 +203,32 @@ pub async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bo
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Send one raw HTTP/1.1 request over a fresh TCP connection and return the status code
+/// (None if the server closed without answering). `extra` are full header lines.
+pub async fn raw_post(
+    addr: SocketAddr,
+    path: &str,
+    extra: &[(&str, String)],
+    body: &[u8],
+) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = s.write_all(head.as_bytes()).await;
+    let _ = s.write_all(body).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    text.lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+}
