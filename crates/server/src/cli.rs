@@ -1,0 +1,143 @@
+//! Command line: `litefs-proxy run|check` and the flags that override every other
+//! config layer.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "litefs-proxy",
+    version,
+    about = "Consistency-aware HTTP proxy for LiteFS clusters"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Run(ConfigArgs),
+    /// Validate the config and print the effective config as TOML (secrets redacted).
+    Check(ConfigArgs),
+}
+
+impl Command {
+    pub fn args(&self) -> &ConfigArgs {
+        match self {
+            Command::Run(a) | Command::Check(a) => a,
+        }
+    }
+}
+
+/// Where the config comes from, and flags that override it. Layers, lowest first:
+/// defaults < `--litefs-config` < `--config` < `LITEFS_PROXY_<TABLE>__<KEY>` env < flags.
+/// Flag values are passed through as text so that a bad one is reported by the same
+/// validation, naming its config key.
+#[derive(Debug, Args, Default, Clone)]
+pub struct ConfigArgs {
+    /// litefs-proxy TOML config file.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// An existing LiteFS config (litefs.yml): its `proxy:` section and `fuse.dir` are read.
+    #[arg(long, value_name = "FILE")]
+    pub litefs_config: Option<PathBuf>,
+    /// Log filter (tracing EnvFilter syntax, e.g. `info,litefs_proxy=debug`); default
+    /// RUST_LOG, else `info`.
+    #[arg(long, value_name = "FILTER")]
+    pub log: Option<String>,
+
+    /// [proxy] addr: listen address, `host:port` or `:port`.
+    #[arg(long, value_name = "ADDR")]
+    pub addr: Option<String>,
+    /// [proxy] target: the local app, `host:port`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub target: Option<String>,
+    /// [proxy] db: database whose position gates reads.
+    #[arg(long, value_name = "NAME")]
+    pub db: Option<String>,
+    /// [proxy] mount: LiteFS FUSE mount directory.
+    #[arg(long, value_name = "DIR")]
+    pub mount: Option<String>,
+    /// [proxy] node_name: this node's name (default: the machine's hostname).
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// [proxy] litefs_api: LiteFS HTTP API base URL.
+    #[arg(long, value_name = "URL")]
+    pub litefs_api: Option<String>,
+    /// [proxy] txid_source: `pos-file` or `events`.
+    #[arg(long, value_name = "SOURCE")]
+    pub txid_source: Option<String>,
+    /// [proxy] on_read_timeout: `primary` or `error`.
+    #[arg(long, value_name = "ACTION")]
+    pub on_read_timeout: Option<String>,
+    /// [proxy] read_wait_timeout, e.g. `2s`.
+    #[arg(long, value_name = "DURATION")]
+    pub read_wait_timeout: Option<String>,
+    /// [proxy] primary_redirect_timeout, e.g. `5s`.
+    #[arg(long, value_name = "DURATION")]
+    pub primary_redirect_timeout: Option<String>,
+
+    /// [role] source: `static`, `litefs` or `raft`.
+    #[arg(long, value_name = "SOURCE")]
+    pub role_source: Option<String>,
+    /// [role] is_primary (static): `--is-primary`, `--is-primary=false`.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub is_primary: Option<bool>,
+    /// [role] primary_url (static replica): the primary's litefs-proxy URL.
+    #[arg(long, value_name = "URL")]
+    pub primary_url: Option<String>,
+    /// [role] primary_name (static replica): the primary's node name.
+    #[arg(long, value_name = "NAME")]
+    pub primary_name: Option<String>,
+    /// [role] primary_url_template (litefs): e.g. `http://{hostname}:8080`.
+    #[arg(long, value_name = "TEMPLATE")]
+    pub primary_url_template: Option<String>,
+}
+
+impl ConfigArgs {
+    /// The flags that were given, as (config key path, flag, value).
+    pub fn overrides(&self) -> Vec<(&'static str, &'static str, toml::Value)> {
+        let text =
+            |key, flag, v: &Option<String>| v.clone().map(|v| (key, flag, toml::Value::String(v)));
+        [
+            text("proxy.addr", "--addr", &self.addr),
+            text("proxy.target", "--target", &self.target),
+            text("proxy.db", "--db", &self.db),
+            text("proxy.mount", "--mount", &self.mount),
+            text("proxy.node_name", "--node-name", &self.node_name),
+            text("proxy.litefs_api", "--litefs-api", &self.litefs_api),
+            text("proxy.txid_source", "--txid-source", &self.txid_source),
+            text(
+                "proxy.on_read_timeout",
+                "--on-read-timeout",
+                &self.on_read_timeout,
+            ),
+            text(
+                "proxy.read_wait_timeout",
+                "--read-wait-timeout",
+                &self.read_wait_timeout,
+            ),
+            text(
+                "proxy.primary_redirect_timeout",
+                "--primary-redirect-timeout",
+                &self.primary_redirect_timeout,
+            ),
+            text("role.source", "--role-source", &self.role_source),
+            self.is_primary
+                .map(|b| ("role.is_primary", "--is-primary", toml::Value::Boolean(b))),
+            text("role.primary_url", "--primary-url", &self.primary_url),
+            text("role.primary_name", "--primary-name", &self.primary_name),
+            text(
+                "role.primary_url_template",
+                "--primary-url-template",
+                &self.primary_url_template,
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}

@@ -1,0 +1,80 @@
+//! The `litefs-proxy` binary as a library: CLI, layered config, role sources feeding the
+//! proxy's `Primary` watch, signals and drain.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod litefs_yml;
+pub mod role;
+pub mod run;
+pub mod signals;
+
+use std::{ffi::OsString, process::ExitCode};
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command};
+
+/// Exit code for a bad command line or config (sysexits EX_USAGE).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// Parses `args` and runs the command.
+pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let args = cli.command.args();
+    if let Err(e) = init_tracing(args.log.as_deref()) {
+        eprintln!(
+            "litefs-proxy: invalid config: --log = {:?}: {e}",
+            args.log.as_deref().unwrap_or("")
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let cfg = match config::load(args) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("litefs-proxy: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match cli.command {
+        Command::Check(_) => {
+            print!("{}", config::to_redacted_toml(&cfg));
+            ExitCode::SUCCESS
+        }
+        Command::Run(_) => match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(run::run(cfg)),
+            Err(e) => {
+                eprintln!("litefs-proxy: cannot start the runtime: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Logs to stderr, filtered by `--log`, else `RUST_LOG`, else `info`.
+fn init_tracing(filter: Option<&str>) -> Result<(), String> {
+    let filter = match filter {
+        Some(f) => EnvFilter::try_new(f).map_err(|e| e.to_string())?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init()
+        .map_err(|e| e.to_string())
+}

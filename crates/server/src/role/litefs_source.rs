@@ -1,0 +1,186 @@
+//! The `litefs` role source: follow LiteFS itself. `GET /info`, then the `/events` stream
+//! (`init`, `primaryChange`) say whether this node is primary and name the primary's
+//! hostname, mapped to its litefs-proxy URL by `primary_url_template`. While the API is
+//! down, `<mount>/.primary` is the fallback.
+
+use std::{
+    convert::Infallible,
+    io,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use litefs_proxy::{
+    litefs_api::{ApiError, Event, EventStream, LitefsApi},
+    Primary,
+};
+use tokio::sync::watch;
+
+/// First reconnect delay after the API fails; doubled per failure up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often `.primary` is re-read while the API is down (FUSE: no inotify).
+const FILE_POLL: Duration = Duration::from_millis(150);
+
+/// Follows LiteFS's view of the primary and publishes it.
+pub struct LitefsSource {
+    api: LitefsApi,
+    api_url: String,
+    /// `<mount>/.primary`, read while the API is down.
+    primary_file: PathBuf,
+    template: String,
+}
+
+impl LitefsSource {
+    pub fn new(api_url: &str, mount: &Path, template: &str) -> LitefsSource {
+        LitefsSource {
+            api: LitefsApi::new(api_url),
+            api_url: api_url.to_owned(),
+            primary_file: mount.join(".primary"),
+            template: template.to_owned(),
+        }
+    }
+
+    /// Publishes the primary into `tx` until the task is dropped. Starts by trying the API
+    /// at once; until it answers, the `.primary` fallback decides.
+    pub async fn run(self, tx: watch::Sender<Primary>) {
+        let mut delay = Duration::ZERO;
+        let mut backoff = MIN_BACKOFF;
+        let mut warned = false;
+        loop {
+            let attempt = async {
+                tokio::time::sleep(delay).await;
+                self.connect().await
+            };
+            // Connecting (and any wait before it) runs alongside the fallback poll, so a
+            // slow or black-holed API never freezes the role.
+            let connected = tokio::select! {
+                r = attempt => r,
+                never = self.follow_file(&tx) => match never {},
+            };
+            match connected {
+                Ok((first, mut stream)) => {
+                    publish(&tx, first);
+                    tracing::info!(api = %self.api_url, "following LiteFS primary changes");
+                    warned = false;
+                    backoff = MIN_BACKOFF;
+                    let why = self.follow_events(&mut stream, &tx).await;
+                    tracing::warn!(api = %self.api_url, error = %why, "LiteFS event stream ended; falling back to .primary");
+                    delay = MIN_BACKOFF;
+                }
+                Err(e) => {
+                    if warned {
+                        tracing::debug!(api = %self.api_url, error = %e, "LiteFS API still unreachable");
+                    } else {
+                        tracing::warn!(api = %self.api_url, error = %e, "LiteFS API unreachable; following .primary until it returns");
+                        warned = true;
+                    }
+                    delay = backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// `/info`, then the `/events` stream. The primary `/info` names is published by the
+    /// caller once the fallback poll has stopped, so the two never interleave.
+    async fn connect(&self) -> Result<(Primary, EventStream), ApiError> {
+        let info = self.api.info().await?;
+        let stream = self.api.events().await?;
+        let primary = self.role_from_litefs(
+            info.is_primary,
+            info.primary_hostname.as_deref().unwrap_or(""),
+        );
+        Ok((primary, stream))
+    }
+
+    /// Applies `init` and `primaryChange` until the stream ends; returns why it ended.
+    async fn follow_events(
+        &self,
+        stream: &mut EventStream,
+        tx: &watch::Sender<Primary>,
+    ) -> ApiError {
+        loop {
+            match stream.next().await {
+                Some(Ok(Event::Init {
+                    is_primary,
+                    hostname,
+                }))
+                | Some(Ok(Event::PrimaryChange {
+                    is_primary,
+                    hostname,
+                })) => publish(tx, self.role_from_litefs(is_primary, &hostname)),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return e,
+                None => return ApiError::Malformed("stream closed by LiteFS".into()),
+            }
+        }
+    }
+
+    /// While the API is down: re-reads `.primary` forever.
+    async fn follow_file(&self, tx: &watch::Sender<Primary>) -> Infallible {
+        loop {
+            publish(tx, self.role_from_file());
+            tokio::time::sleep(FILE_POLL).await;
+        }
+    }
+
+    /// LiteFS's role report: primary → `Local`; a named primary → `Remote`; none → `Unknown`.
+    fn role_from_litefs(&self, is_primary: bool, hostname: &str) -> Primary {
+        if is_primary {
+            Primary::Local
+        } else {
+            self.remote(hostname)
+        }
+    }
+
+    /// The fallback while the API is down. `.primary` present: a replica connected to the
+    /// primary it names. Absent: LiteFS writes it on neither the primary nor a disconnected
+    /// replica, and without the API we cannot tell which. We choose `Unknown` (writes are
+    /// held, then 503) over `Local`: wrongly taking writes on a replica is unsafe, while
+    /// holding them on a primary whose API is down only delays them.
+    fn role_from_file(&self) -> Primary {
+        match std::fs::read_to_string(&self.primary_file) {
+            Ok(text) => self.remote(text.trim()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Primary::Unknown,
+            Err(e) => {
+                tracing::debug!(path = %self.primary_file.display(), error = %e, "reading .primary");
+                Primary::Unknown
+            }
+        }
+    }
+
+    fn remote(&self, hostname: &str) -> Primary {
+        if hostname.is_empty() {
+            return Primary::Unknown;
+        }
+        let url = self.template.replace("{hostname}", hostname);
+        match super::proxy_url(&url) {
+            Ok(url) => Primary::Remote {
+                node: hostname.to_owned(),
+                url,
+            },
+            Err(why) => {
+                tracing::warn!(
+                    hostname,
+                    url,
+                    why,
+                    "primary hostname gives no usable proxy URL"
+                );
+                Primary::Unknown
+            }
+        }
+    }
+}
+
+/// Sends only real changes, so the proxy's held writes wake once per change.
+fn publish(tx: &watch::Sender<Primary>, new: Primary) {
+    tx.send_if_modified(|cur| {
+        if *cur == new {
+            return false;
+        }
+        tracing::info!(from = %cur, to = %new, "primary changed");
+        *cur = new;
+        true
+    });
+}

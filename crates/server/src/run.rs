@@ -1,0 +1,85 @@
+//! `litefs-proxy run`: start the role source, bind, serve until a signal, drain.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use litefs_proxy::{Primary, Proxy};
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::{
+    config::Config,
+    role::{litefs_source::LitefsSource, static_source, RoleSource},
+    signals, EXIT_CONFIG,
+};
+
+/// Runs the proxy to completion. Exit codes: 0 after a clean drain, 64 for a config the
+/// proxy refuses, 1 when the address cannot be bound or serving fails.
+pub async fn run(cfg: Config) -> ExitCode {
+    match serve(cfg).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("litefs-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
+    let addr = cfg.proxy.listen_addr()?;
+    let (tx, rx) = watch::channel(Primary::Unknown);
+    // The sender lives as long as the proxy: a dropped sender would end the watch that
+    // held writes wait on.
+    let _role_task = match cfg.role.source {
+        RoleSource::Static => {
+            tx.send_replace(static_source::initial(&cfg.role)?);
+            None
+        }
+        RoleSource::Litefs => {
+            let source = LitefsSource::new(
+                &cfg.proxy.litefs_api,
+                &cfg.proxy.mount,
+                &cfg.role.primary_url_template,
+            );
+            Some(AbortOnDrop(tokio::spawn(source.run(tx.clone()))))
+        }
+        RoleSource::Raft => {
+            eprintln!("litefs-proxy: invalid config: role.source = \"raft\": not wired yet");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let proxy = match Proxy::new(cfg.proxy.clone(), rx) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("litefs-proxy: {}", crate::config::InvalidConfig::from(e));
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let shutdown = signals::shutdown().context("installing signal handlers")?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let bound = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(
+        addr = %bound,
+        node = %cfg.proxy.node_name,
+        target = %cfg.proxy.target,
+        role_source = ?cfg.role.source,
+        primary = %*tx.borrow(),
+        "litefs-proxy listening"
+    );
+    litefs_proxy::serve(listener, proxy, shutdown)
+        .await
+        .context("serving")?;
+    tracing::info!("drained; bye");
+    drop(tx);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Stops a background task when the run ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,19 @@
+//! Shutdown on SIGTERM or SIGINT.
+
+use std::future::Future;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Resolves on the first SIGTERM or SIGINT. Handlers are installed now, so a signal that
+/// arrives before the future is polled is not lost.
+pub fn shutdown() -> std::io::Result<impl Future<Output = ()>> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutting down: no new connections, draining");
+    })
+}
