@@ -118,7 +118,15 @@ async fn handle(
     let path = req.uri().path().to_owned();
     match path.as_str() {
         "/upload" => return Ok(upload(req, state).await),
-        "/ws" => return Ok(upgrade(req)),
+        "/ws" => {
+            state.seen.lock().expect("lock").push(Seen {
+                method: req.method().clone(),
+                path: path.clone(),
+                headers: req.headers().clone(),
+                body: Bytes::new(),
+            });
+            return Ok(upgrade(req));
+        }
         _ => {}
     }
     let (parts, body) = req.into_parts();
@@ -151,7 +159,16 @@ async fn handle(
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .unwrap_or(StatusCode::OK);
     let text = format!("{name} {} {path} {len}", parts.method);
-    let resp = Response::builder()
+    let mut resp = Response::builder();
+    if path == "/hop" {
+        // Hop-by-hop headers a proxy must not pass on.
+        resp = resp
+            .header("connection", "x-conn-secret")
+            .header("x-conn-secret", "1")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-authenticate", "Basic");
+    }
+    let resp = resp
         .status(status)
         .header("x-app", name)
         .header("set-cookie", "app-session=abc; Path=/")
