@@ -114,7 +114,7 @@ impl LocalTxid {
             Ok(t) => self.publish(t.unwrap_or_default()),
             Err(e) => {
                 let n = self.inner.bad_reads.fetch_add(1, Ordering::Relaxed);
-                if n % 1000 == 0 {
+                if n.is_multiple_of(1000) {
                     tracing::warn!(error = %e, path = %self.inner.pos_path.display(), "ignoring bad position file");
                 }
             }

@@ -18,7 +18,7 @@ use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     sync::watch,
     task::JoinSet,
     time::Instant,
@@ -90,14 +90,16 @@ pub async fn serve(
     Ok(())
 }
 
-async fn connection(
+async fn connection<S>(
     builder: http1::Builder,
     proxy: Proxy,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
     idle_timeout: Duration,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(IdleIo {
         inner: stream,
@@ -164,12 +166,12 @@ impl Activity {
 }
 
 /// The client socket, recording activity on every successful read or write.
-struct IdleIo {
-    inner: TcpStream,
+struct IdleIo<S> {
+    inner: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for IdleIo {
+impl<S: AsyncRead + Unpin> AsyncRead for IdleIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -184,7 +186,7 @@ impl AsyncRead for IdleIo {
     }
 }
 
-impl AsyncWrite for IdleIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -219,5 +221,88 @@ impl AsyncWrite for IdleIo {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Primary, ProxyConfig};
+    use http_body_util::{BodyExt, Full};
+
+    /// A client connection to `proxy` over an in-memory pipe, so time can be paused.
+    async fn client(proxy: Proxy) -> hyper::client::conn::http1::SendRequest<Full<bytes::Bytes>> {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let mut b = http1::Builder::new();
+        b.timer(TokioTimer::new());
+        tokio::spawn(async move {
+            let _keep = _stop_tx;
+            connection(
+                b,
+                proxy,
+                server_io,
+                ([127, 0, 0, 1], 1).into(),
+                Duration::from_secs(3600),
+                stop_rx,
+            )
+            .await
+        });
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        send
+    }
+
+    fn post(path: &str, hop: Option<&str>) -> http::Request<Full<bytes::Bytes>> {
+        let mut b = http::Request::post(path).header("host", "x");
+        if let Some(h) = hop {
+            b = b.header("litefs-proxy-hop", h);
+        }
+        b.body(Full::new(bytes::Bytes::from_static(b"w"))).unwrap()
+    }
+
+    fn proxy(primary: Primary) -> (Proxy, watch::Sender<Primary>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ProxyConfig {
+            mount: dir.path().to_path_buf(),
+            primary_redirect_timeout: Duration::from_secs(5),
+            ..ProxyConfig::default()
+        };
+        let (tx, rx) = watch::channel(primary);
+        (Proxy::new(cfg, rx).unwrap(), tx, dir)
+    }
+
+    /// Rule 5 under paused time: a write with no primary is held for exactly
+    /// `primary_redirect_timeout`, counted while held, then answered 503 + Retry-After.
+    #[tokio::test(start_paused = true)]
+    async fn write_without_primary_is_held_exactly_the_redirect_timeout() {
+        let (proxy, _tx, _dir) = proxy(Primary::Unknown);
+        let mut send = client(proxy.clone()).await;
+        let start = tokio::time::Instant::now();
+        let resp = tokio::spawn(send.send_request(post("/w", None)));
+        tokio::time::sleep(Duration::from_millis(4999)).await;
+        assert_eq!(proxy.held_requests(), 1);
+        assert!(!resp.is_finished());
+        let resp = resp.await.unwrap().unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()["retry-after"], "1");
+        assert_eq!(proxy.held_requests(), 0);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.starts_with(b"litefs-proxy: no primary available"));
+    }
+
+    /// A forwarded write reaching a replica that knows another primary is held, not
+    /// bounced on, for the same bounded time.
+    #[tokio::test(start_paused = true)]
+    async fn forwarded_write_on_a_replica_is_held_not_bounced() {
+        let (proxy, _tx, _dir) = proxy(Primary::remote("elsewhere", "http://127.0.0.1:9").unwrap());
+        let mut send = client(proxy.clone()).await;
+        let start = tokio::time::Instant::now();
+        let resp = send.send_request(post("/w", Some("1"))).await.unwrap();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
     }
 }
