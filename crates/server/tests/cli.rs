@@ -1,0 +1,500 @@
+//! The real `litefs-proxy` binary: `check` output and layering, bad configs (exit 64
+//! naming the key), `--litefs-config`, the example config, and `run` until SIGTERM.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The binary with a clean environment: no inherited `LITEFS_PROXY_*` or `RUST_LOG`.
+fn cmd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_litefs-proxy"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("LITEFS_PROXY_") {
+            c.env_remove(k);
+        }
+    }
+    c.env_remove("RUST_LOG");
+    c
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn check(args: &[&str], env: &[(&str, &str)]) -> Out {
+    let out = cmd()
+        .arg("check")
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("running litefs-proxy");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn ok_config(args: &[&str], env: &[(&str, &str)]) -> toml::Table {
+    let out = check(args, env);
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+    out.stdout
+        .parse()
+        .unwrap_or_else(|e| panic!("check output is not TOML: {e}\n{}", out.stdout))
+}
+
+fn get<'a>(t: &'a toml::Table, key: &str) -> &'a toml::Value {
+    let (table, k) = key.split_once('.').unwrap();
+    t.get(table)
+        .and_then(|v| v.get(k))
+        .unwrap_or_else(|| panic!("{key} missing from {t}"))
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A config error: exit 64 and one line `litefs-proxy: invalid config: <key> = ...`.
+fn assert_invalid(out: &Out, key: &str) {
+    assert_eq!(
+        out.code, 64,
+        "stdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+    let line = out.stderr.trim_end();
+    assert!(!line.contains('\n'), "one line expected: {line}");
+    let prefix = format!("litefs-proxy: invalid config: {key} = ");
+    assert!(
+        line.starts_with(&prefix),
+        "expected {prefix:?}…, got {line:?}"
+    );
+}
+
+#[test]
+fn check_prints_defaults_with_hostname_as_node_name() {
+    let cfg = ok_config(&[], &[]);
+    assert_eq!(get(&cfg, "proxy.addr").as_str(), Some(":8080"));
+    assert_eq!(get(&cfg, "proxy.read_wait_timeout").as_str(), Some("2s"));
+    assert_eq!(get(&cfg, "role.source").as_str(), Some("static"));
+    assert_eq!(get(&cfg, "role.is_primary").as_bool(), Some(true));
+    let node = get(&cfg, "proxy.node_name").as_str().unwrap();
+    assert!(!node.is_empty(), "node_name defaults to the hostname");
+}
+
+#[test]
+fn layers_defaults_litefs_yml_toml_env_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let yml = write(
+        dir.path(),
+        "litefs.yml",
+        "proxy:\n  db: \"from-yml.db\"\n  max-lag: \"3s\"\n  target: \"localhost:7000\"\n",
+    );
+    let toml = write(
+        dir.path(),
+        "proxy.toml",
+        r#"
+[proxy]
+addr = ":1111"
+target = "127.0.0.1:1111"
+db = "from-toml.db"
+token_secret = "0123456789abcdef-secret"
+"#,
+    );
+    let cfg = ok_config(
+        &[
+            "--litefs-config",
+            yml.to_str().unwrap(),
+            "--config",
+            toml.to_str().unwrap(),
+            "--addr",
+            "127.0.0.1:3333",
+        ],
+        &[
+            ("LITEFS_PROXY_PROXY__ADDR", ":2222"),
+            ("LITEFS_PROXY_PROXY__TARGET", "127.0.0.1:2222"),
+            (
+                "LITEFS_PROXY_ROLE__PRIMARY_URL_TEMPLATE",
+                "http://{hostname}.internal:8080",
+            ),
+            // Hook-style variables without `__` are not config and must not break it.
+            ("LITEFS_PROXY_ROLE", "primary"),
+        ],
+    );
+    // flag > env > TOML
+    assert_eq!(get(&cfg, "proxy.addr").as_str(), Some("127.0.0.1:3333"));
+    // env > TOML > litefs.yml
+    assert_eq!(get(&cfg, "proxy.target").as_str(), Some("127.0.0.1:2222"));
+    // TOML > litefs.yml
+    assert_eq!(get(&cfg, "proxy.db").as_str(), Some("from-toml.db"));
+    // litefs.yml > defaults
+    assert_eq!(get(&cfg, "proxy.max_lag").as_str(), Some("3s"));
+    assert_eq!(
+        get(&cfg, "role.primary_url_template").as_str(),
+        Some("http://{hostname}.internal:8080")
+    );
+    // Secrets are never printed.
+    assert_eq!(get(&cfg, "proxy.token_secret").as_str(), Some("(redacted)"));
+}
+
+#[test]
+fn flags_reach_every_table() {
+    let cfg = ok_config(
+        &[
+            "--target",
+            "127.0.0.1:9000",
+            "--db",
+            "app.db",
+            "--mount",
+            "/mnt/litefs",
+            "--node-name",
+            "node-2",
+            "--litefs-api",
+            "http://127.0.0.1:20203",
+            "--txid-source",
+            "events",
+            "--role-source",
+            "static",
+            "--is-primary=false",
+            "--primary-url",
+            "http://10.0.0.1:8080",
+            "--primary-name",
+            "node-1",
+        ],
+        &[],
+    );
+    assert_eq!(get(&cfg, "proxy.mount").as_str(), Some("/mnt/litefs"));
+    assert_eq!(get(&cfg, "proxy.node_name").as_str(), Some("node-2"));
+    assert_eq!(get(&cfg, "proxy.txid_source").as_str(), Some("events"));
+    assert_eq!(get(&cfg, "role.is_primary").as_bool(), Some(false));
+    assert_eq!(
+        get(&cfg, "role.primary_url").as_str(),
+        Some("http://10.0.0.1:8080")
+    );
+    assert_eq!(get(&cfg, "role.primary_name").as_str(), Some("node-1"));
+}
+
+#[test]
+fn invalid_configs_exit_64_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str)] = &[
+        (
+            "[proxy]\nread_wait_timeout = \"soon\"\n",
+            "proxy.read_wait_timeout",
+        ),
+        ("[proxy]\nadrr = \":8080\"\n", "proxy.adrr"),
+        ("[proxyy]\naddr = \":8080\"\n", "proxyy"),
+        ("[proxy]\ntarget = \"not a target\"\n", "proxy.target"),
+        (
+            "[proxy]\non_read_timeout = \"maybe\"\n",
+            "proxy.on_read_timeout",
+        ),
+        (
+            "[proxy]\nmax_waiting_reads = \"many\"\n",
+            "proxy.max_waiting_reads",
+        ),
+        (
+            "[proxy]\npassthrough = \"/static/*\"\n",
+            "proxy.passthrough",
+        ),
+        ("[role]\nis_primary = false\n", "role.primary_url"),
+        (
+            "[role]\nis_primary = false\nprimary_url = \"10.0.0.1:8080\"\n",
+            "role.primary_url",
+        ),
+        ("[role]\nsource = \"consul\"\n", "role.source"),
+        ("[role]\nsource = \"raft\"\n", "role.source"),
+        (
+            "[role]\nsource = \"litefs\"\nprimary_url_template = \"http://node-1:8080\"\n",
+            "role.primary_url_template",
+        ),
+        ("[proxy\n", "--config"),
+    ];
+    for (i, (text, key)) in cases.iter().enumerate() {
+        let path = write(dir.path(), &format!("bad-{i}.toml"), text);
+        let out = check(&["--config", path.to_str().unwrap()], &[]);
+        assert_invalid(&out, key);
+    }
+
+    // The value and why are in the line.
+    let path = write(
+        dir.path(),
+        "dur.toml",
+        "[proxy]\nread_wait_timeout = \"soon\"\n",
+    );
+    let out = check(&["--config", path.to_str().unwrap()], &[]);
+    assert!(out.stderr.contains("\"soon\""), "{}", out.stderr);
+    assert!(out.stderr.contains("duration"), "{}", out.stderr);
+    let out = check(&["--role-source", "raft"], &[]);
+    assert!(out.stderr.contains("[election]"), "{}", out.stderr);
+
+    // Env and flag errors name the key and where the value came from.
+    let out = check(&[], &[("LITEFS_PROXY_PROXY__IDLE_TIMEOUT", "forever")]);
+    assert_invalid(&out, "proxy.idle_timeout");
+    assert!(
+        out.stderr.contains("LITEFS_PROXY_PROXY__IDLE_TIMEOUT"),
+        "{}",
+        out.stderr
+    );
+    let out = check(&[], &[("LITEFS_PROXY_PROXY__TYPO", "1")]);
+    assert_invalid(&out, "proxy.typo");
+    let out = check(&["--addr", "8080"], &[]);
+    assert_invalid(&out, "proxy.addr");
+    let out = check(&["--txid-source", "inotify"], &[]);
+    assert_invalid(&out, "proxy.txid_source");
+    assert!(out.stderr.contains("--txid-source"), "{}", out.stderr);
+
+    // A short secret is refused without being echoed.
+    let out = check(&[], &[("LITEFS_PROXY_PROXY__TOKEN_SECRET", "hunter2")]);
+    assert_invalid(&out, "proxy.token_secret");
+    assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
+
+    // A missing file and an unknown flag are usage errors too.
+    assert_invalid(
+        &check(&["--config", "/nonexistent/x.toml"], &[]),
+        "--config",
+    );
+    assert_eq!(check(&["--no-such-flag"], &[]).code, 64);
+}
+
+#[test]
+fn reads_a_litefs_yml_with_litefs_key_names() {
+    let dir = tempfile::tempdir().unwrap();
+    // LiteFS's own format (cmd/litefs/config.go), with its env expansion.
+    let yml = write(
+        dir.path(),
+        "litefs.yml",
+        r#"
+fuse:
+  dir: "/var/lib/litefs"
+data:
+  dir: "/var/lib/litefs-data"
+exit-on-error: false
+http:
+  addr: ":20202"
+lease:
+  type: "static"
+  advertise-url: "http://${PRIMARY_HOST}:20202"
+  candidate: true
+proxy:
+  addr: ":8081"
+  target: "localhost:${APP_PORT}"
+  db: "my.db"
+  passthrough: ["/static/*", "*.css"]
+  always-forward: ["/admin/*"]
+  primary-redirect-timeout: "1m30s"
+  max-lag: "1.5s"
+  read-header-timeout: "3s"
+  idle-timeout: "2m"
+  debug: true
+  read-timeout: "10s"
+  write-timeout: "10s"
+exec:
+  - cmd: "gunicorn app.wsgi"
+"#,
+    );
+    let cfg = ok_config(
+        &["--litefs-config", yml.to_str().unwrap()],
+        &[("APP_PORT", "8000"), ("PRIMARY_HOST", "node-1")],
+    );
+    let s = |k| get(&cfg, k).as_str().unwrap().to_owned();
+    assert_eq!(s("proxy.addr"), ":8081");
+    assert_eq!(s("proxy.target"), "localhost:8000");
+    assert_eq!(s("proxy.db"), "my.db");
+    assert_eq!(s("proxy.mount"), "/var/lib/litefs");
+    assert_eq!(s("proxy.litefs_api"), "http://127.0.0.1:20202");
+    assert_eq!(s("proxy.primary_redirect_timeout"), "1m 30s");
+    assert_eq!(s("proxy.max_lag"), "1s 500ms");
+    assert_eq!(s("proxy.header_read_timeout"), "3s");
+    assert_eq!(s("proxy.idle_timeout"), "2m");
+    let list = |k| {
+        get(&cfg, k)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(list("proxy.passthrough"), ["/static/*", "*.css"]);
+    assert_eq!(list("proxy.always_forward"), ["/admin/*"]);
+
+    // A bad LiteFS value names the LiteFS key.
+    let bad = write(dir.path(), "bad.yml", "proxy:\n  max-lag: \"soon\"\n");
+    let out = check(&["--litefs-config", bad.to_str().unwrap()], &[]);
+    assert_invalid(&out, "proxy.max-lag");
+}
+
+#[test]
+fn example_config_is_the_defaults_and_lists_every_key() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/litefs-proxy.toml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let from_example = ok_config(&["--config", example.to_str().unwrap()], &[]);
+    let defaults = ok_config(&[], &[]);
+    assert_eq!(
+        from_example, defaults,
+        "the example's values must be the defaults"
+    );
+    // Every key, including the optional ones that are commented out.
+    for table in ["proxy", "role"] {
+        for key in defaults[table].as_table().unwrap().keys() {
+            assert!(
+                text.contains(&format!("\n{key} = ")),
+                "{table}.{key} missing"
+            );
+        }
+    }
+    for key in ["token_secret", "primary_url", "primary_name"] {
+        assert!(text.contains(&format!("\n# {key} = ")), "{key} missing");
+    }
+    for key in [
+        "node_id",
+        "raft_addr",
+        "advertise_raft",
+        "data_dir",
+        "primary_file",
+        "heartbeat_interval",
+        "election_timeout_min",
+        "election_timeout_max",
+        "cluster_secret",
+        "on_promote",
+        "on_demote",
+        "peers",
+    ] {
+        assert!(
+            text.contains(&format!("\n# {key} = ")),
+            "election.{key} missing"
+        );
+    }
+}
+
+/// A running `litefs-proxy run`, killed if the test fails.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Running {
+        let mut child = cmd()
+            .arg("run")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+
+    /// The first stderr line containing `needle`.
+    fn wait_line(&self, needle: &str) -> String {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no stderr line with {needle:?}: {e}"),
+            }
+        }
+    }
+
+    fn wait_exit(&mut self) -> i32 {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < end, "litefs-proxy did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn run_serves_until_sigterm_then_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = Running::start(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--mount",
+        dir.path().to_str().unwrap(),
+        "--node-name",
+        "node-2",
+        "--is-primary=false",
+        "--primary-url",
+        "http://127.0.0.1:9",
+        "--primary-name",
+        "node-1",
+    ]);
+    let line = proxy.wait_line("litefs-proxy listening");
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .unwrap_or_else(|| panic!("no addr= in {line:?}"))
+        .to_owned();
+    let health = http_get(&addr, "/litefs/health");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let status = http_get(&addr, "/litefs/status");
+    assert!(status.contains(r#""role":"replica""#), "{status}");
+    assert!(status.contains(r#""primary":"node-1""#), "{status}");
+    assert!(status.contains(r#""node":"node-2""#), "{status}");
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &proxy.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert_eq!(proxy.wait_exit(), 0);
+}
+
+#[test]
+fn bind_failure_exits_1_with_a_clear_message() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = cmd().args(["run", "--addr", &addr]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+}
