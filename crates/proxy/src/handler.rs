@@ -371,6 +371,8 @@ impl Proxy {
 /// An upstream response on its way back: hop-by-hop headers removed, body streamed.
 fn response(resp: Response<Incoming>) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
+    // Our side of the client connection speaks its own HTTP version, not the upstream's.
+    parts.version = http::Version::HTTP_11;
     if parts.status != http::StatusCode::SWITCHING_PROTOCOLS {
         headers::strip_hop_by_hop(&mut parts.headers);
     }
