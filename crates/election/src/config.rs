@@ -142,6 +142,18 @@ impl Config {
                 ),
             ));
         }
+        // The old leader stops acting at (last quorum ack + min + re-check tick); nobody can be
+        // elected before (last heartbeat + max). Keep a heartbeat of margin between the two.
+        if self.election_timeout_max - self.election_timeout_min < self.heartbeat_interval {
+            return Err(err(
+                "election_timeout_max",
+                fmt_dur(self.election_timeout_max),
+                format!(
+                    "must exceed election_timeout_min by at least heartbeat_interval ({}), the margin that keeps an old leader from overlapping a new one",
+                    fmt_dur(self.heartbeat_interval)
+                ),
+            ));
+        }
         if let Some(secret) = &self.cluster_secret {
             if secret.len() < MIN_SECRET_LEN {
                 return Err(err(
@@ -390,6 +402,14 @@ mod tests {
         assert_eq!(e.key, "election_timeout_max");
         assert_eq!(e.value, "100ms");
         assert!(e.reason.contains("election_timeout_min"), "{e}");
+
+        let mut c = base();
+        c.election_timeout_max = Duration::from_millis(180);
+        let e = c.validate().unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.value.as_str()),
+            ("election_timeout_max", "180ms")
+        );
 
         let mut c = base();
         c.peers.push(PeerSpec::Short("node-2:4322".into()));

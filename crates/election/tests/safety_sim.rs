@@ -2,8 +2,9 @@
 //! partition / heal schedules against in-process nodes (partitions via the transport's fault
 //! switchboard). Checked throughout:
 //!   1. at most one leader per term (from every node's openraft metrics);
-//!   2. no two nodes ever act as primary (Leadership::Leader) at overlapping times;
-//! and at the end, after healing, the cluster agrees on one leader again (liveness).
+//!   2. no two nodes ever act as primary (Leadership::Leader) at overlapping times.
+//!
+//! At the end, after healing, the cluster agrees on one leader again (liveness).
 //!
 //! ELECTION_SIM_SCHEDULES (default 6), ELECTION_SIM_SEED (default fixed), ELECTION_SIM_NODES
 //! (default 3) scale it up; a failure prints the seed to replay.
@@ -208,7 +209,12 @@ async fn at_most_one_leader_per_term_under_random_faults() {
         terms += t;
         tenures += a;
     }
-    println!("{schedules} schedules: {terms} terms with a leader, {tenures} primary tenures checked");
+    println!(
+        "{schedules} schedules: {terms} terms with a leader, {tenures} primary tenures checked"
+    );
     // The schedules must actually exercise elections, or the check proves nothing.
-    assert!(terms as u64 >= schedules * 2, "only {terms} leader terms observed");
+    assert!(
+        terms as u64 >= schedules * 2,
+        "only {terms} leader terms observed"
+    );
 }
