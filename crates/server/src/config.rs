@@ -129,9 +129,24 @@ pub fn figment(args: &ConfigArgs) -> Result<Figment, InvalidConfig> {
     Ok(fig)
 }
 
+/// Keys whose type is text but whose default is unset, so the defaults cannot tell.
+const OPTIONAL_TEXT_KEYS: &[&str] = &[
+    "proxy.token_secret",
+    "role.primary_url",
+    "role.primary_name",
+    "election.node_id",
+    "election.raft_addr",
+    "election.advertise_raft",
+    "election.data_dir",
+    "election.primary_file",
+    "election.cluster_secret",
+    "election.on_promote",
+    "election.on_demote",
+];
+
 /// `LITEFS_PROXY_<TABLE>__<KEY>`. Names without `__` (such as `LITEFS_PROXY_ROLE`, which
 /// role-change hooks receive) are not config and are left alone.
-fn env_provider() -> Env {
+fn env_provider() -> EnvLayer {
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
         if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
@@ -143,9 +158,63 @@ fn env_provider() -> Env {
             }
         }
     }
-    Env::prefixed(ENV_PREFIX)
-        .filter(|k| k.as_str().contains(ENV_SPLIT))
-        .split(ENV_SPLIT)
+    EnvLayer(
+        Env::prefixed(ENV_PREFIX)
+            .filter(|k| k.as_str().contains(ENV_SPLIT))
+            .split(ENV_SPLIT),
+    )
+}
+
+/// figment's `Env`, except that a text setting keeps its value as text: figment alone
+/// would turn `LITEFS_PROXY_PROXY__NODE_NAME=1` into a number and reject it. Other values
+/// are parsed as figment does (`true`, `5`, `[a, b]`).
+struct EnvLayer(Env);
+
+impl Provider for EnvLayer {
+    fn metadata(&self) -> Metadata {
+        self.0.metadata()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let defaults = Figment::from(Serialized::defaults(Config::default()));
+        let mut dict = Dict::new();
+        for (key, raw) in self.0.iter() {
+            let key = key.as_str();
+            let text = OPTIONAL_TEXT_KEYS.contains(&key)
+                || matches!(defaults.find_value(key), Ok(Value::String(..)));
+            let value = if text {
+                Value::from(raw)
+            } else {
+                raw.parse::<Value>().unwrap_or_else(|never| match never {})
+            };
+            insert_path(&mut dict, key, value);
+        }
+        // Values must stay untagged here so that figment tags them as ours (errors then
+        // name the variable).
+        let mut data = Map::new();
+        data.insert(Profile::Default, dict);
+        Ok(data)
+    }
+}
+
+/// Sets `a.b.c` in `dict`, creating the tables on the way.
+fn insert_path(dict: &mut Dict, key: &str, value: Value) {
+    match key.split_once('.') {
+        None => {
+            dict.insert(key.to_owned(), value);
+        }
+        Some((head, rest)) => {
+            let entry = dict
+                .entry(head.to_owned())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if !matches!(entry, Value::Dict(..)) {
+                *entry = Value::from(Dict::new());
+            }
+            if let Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
 }
 
 /// Loads, completes (node name) and validates the effective config.

@@ -127,6 +127,9 @@ token_secret = "0123456789abcdef-secret"
                 "LITEFS_PROXY_ROLE__PRIMARY_URL_TEMPLATE",
                 "http://{hostname}.internal:8080",
             ),
+            // Text settings stay text even when they look like numbers.
+            ("LITEFS_PROXY_PROXY__COOKIE_NAME", "123"),
+            ("LITEFS_PROXY_PROXY__MAX_WAITING_READS", "7"),
             // Hook-style variables without `__` are not config and must not break it.
             ("LITEFS_PROXY_ROLE", "primary"),
         ],
@@ -143,6 +146,8 @@ token_secret = "0123456789abcdef-secret"
         get(&cfg, "role.primary_url_template").as_str(),
         Some("http://{hostname}.internal:8080")
     );
+    assert_eq!(get(&cfg, "proxy.cookie_name").as_str(), Some("123"));
+    assert_eq!(get(&cfg, "proxy.max_waiting_reads").as_integer(), Some(7));
     // Secrets are never printed.
     assert_eq!(get(&cfg, "proxy.token_secret").as_str(), Some("(redacted)"));
 }
