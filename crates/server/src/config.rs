@@ -13,7 +13,11 @@ use figment::{
 use litefs_proxy::{patterns::Patterns, ConfigError, ProxyConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::{cli::ConfigArgs, litefs_yml, role::RoleConfig};
+use crate::{
+    cli::ConfigArgs,
+    litefs_yml,
+    role::{RoleConfig, RoleSource},
+};
 
 /// Env variables are `LITEFS_PROXY_<TABLE>__<KEY>`, e.g. `LITEFS_PROXY_PROXY__ADDR`.
 pub const ENV_PREFIX: &str = "LITEFS_PROXY_";
@@ -240,6 +244,13 @@ pub fn validate(cfg: &Config) -> Result<(), InvalidConfig> {
         })?;
     }
     cfg.role.validate(cfg.election.as_ref())?;
+    if cfg.role.source == RoleSource::Litefs && cfg.proxy.litefs_api.is_empty() {
+        return Err(InvalidConfig::new(
+            "proxy.litefs_api",
+            "\"\"",
+            "role.source = \"litefs\" follows LiteFS's API: set its URL, e.g. http://127.0.0.1:20202",
+        ));
+    }
     Ok(())
 }
 

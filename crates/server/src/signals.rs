@@ -1,4 +1,4 @@
-//! Shutdown on SIGTERM or SIGINT.
+//! Shutdown on SIGTERM or SIGINT; a second signal cuts the drain short.
 
 use std::future::Future;
 
@@ -14,6 +14,18 @@ pub fn shutdown() -> std::io::Result<impl Future<Output = ()>> {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        tracing::info!(signal = name, "shutting down: no new connections, draining");
+        tracing::info!(
+            signal = name,
+            "shutting down: no new connections, draining (signal again to stop at once)"
+        );
+        // A second signal during the drain ends the process without waiting for it.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            eprintln!("litefs-proxy: second signal, exiting without finishing the drain");
+            std::process::exit(1);
+        });
     })
 }

@@ -255,6 +255,8 @@ fn invalid_configs_exit_64_naming_the_key() {
     assert_invalid(&out, "proxy.typo");
     let out = check(&["--addr", "8080"], &[]);
     assert_invalid(&out, "proxy.addr");
+    let out = check(&["--role-source", "litefs", "--litefs-api", ""], &[]);
+    assert_invalid(&out, "proxy.litefs_api");
     let out = check(&["--txid-source", "inotify"], &[]);
     assert_invalid(&out, "proxy.txid_source");
     assert!(out.stderr.contains("--txid-source"), "{}", out.stderr);
