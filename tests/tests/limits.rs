@@ -221,11 +221,36 @@ async fn idle_keep_alive_connection_is_closed() {
     let cfg = ProxyConfig {
         idle_timeout: Duration::from_millis(1200),
         header_read_timeout: Duration::from_secs(30),
-        read_wait_timeout: Duration::from_millis(500),
-        primary_redirect_timeout: Duration::from_millis(500),
         ..test_config()
     };
-    let a = ProxyNode::start("node-a", Primary::Local, cfg).await;
+    let a = ProxyNode::start("node-a", Primary::Local, cfg.clone()).await;
+    let b = ProxyNode::start("node-b", a.as_remote(), cfg).await;
+    // A read the proxy stalls for longer than idle_timeout is not cut: the proxy is the
+    // one waiting, not the client.
+    let addr = b.addr;
+    let stalled = tokio::spawn(async move {
+        get(
+            addr,
+            "/items",
+            &[("cookie", "litefs-txid=0000000000000001")],
+        )
+        .await
+    });
+    let proxy = b.proxy.clone();
+    assert!(eventually(Duration::from_secs(2), || proxy.waiting_reads() == 1).await);
+    let waited_from = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), || waited_from.elapsed()
+            > Duration::from_millis(1800))
+        .await
+    );
+    b.sim.set_txid(1);
+    assert_eq!(
+        stalled.await.unwrap().unwrap().status,
+        200,
+        "stalled past idle_timeout, still answered"
+    );
+
     let mut s = TcpStream::connect(a.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await

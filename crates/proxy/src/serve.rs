@@ -7,7 +7,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     task::{Context, Poll},
@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpListener,
-    sync::watch,
+    sync::{watch, Notify},
     task::JoinSet,
     time::Instant,
 };
@@ -106,9 +106,15 @@ async fn connection<S>(
         activity: activity.clone(),
     });
     let client = peer.ip();
+    let busy = activity.clone();
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
-        async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, client).await) }
+        let busy = busy.clone();
+        async move {
+            // The proxy's own waiting (stalled read, held write, slow app) is not idleness.
+            let _handling = Busy::enter(&busy);
+            Ok::<_, std::convert::Infallible>(proxy.handle(req, client).await)
+        }
     });
     let conn = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
@@ -133,10 +139,33 @@ async fn connection<S>(
     }
 }
 
-/// When a connection last moved a byte, in milliseconds since it opened.
+/// When a connection last moved a byte, in milliseconds since it opened, and how many of
+/// its requests the proxy is handling (their response head not yet sent).
 struct Activity {
     opened: Instant,
     last_ms: AtomicU64,
+    busy: AtomicUsize,
+    /// Wakes the idle timer when the last request being handled finishes.
+    done: Notify,
+}
+
+/// Marks a request as being handled for as long as it lives.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn enter(a: &Arc<Activity>) -> Busy {
+        a.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(a.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        if self.0.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.done.notify_waiters();
+        }
+    }
 }
 
 impl Activity {
@@ -144,6 +173,8 @@ impl Activity {
         Activity {
             opened: Instant::now(),
             last_ms: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
+            done: Notify::new(),
         }
     }
 
@@ -152,9 +183,16 @@ impl Activity {
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// Resolves once nothing moved for `timeout`.
+    /// Resolves once nothing moved for `timeout` while no request was being handled.
     async fn idle(&self, timeout: Duration) {
         loop {
+            let done = self.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.busy.load(Ordering::Acquire) > 0 {
+                done.await;
+                continue;
+            }
             let last = self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
             let deadline = last + timeout;
             if Instant::now() >= deadline {
