@@ -4,7 +4,9 @@
 
 pub mod app;
 pub mod client;
+pub mod cluster;
 pub mod node;
+pub mod relay;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! `litefs-proxy run`: start the role source, bind, serve until a signal, drain.
 
-use std::process::ExitCode;
+use std::{process::ExitCode, sync::Arc};
 
 use anyhow::Context;
 use litefs_proxy::{Primary, Proxy};
@@ -8,7 +8,11 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     config::Config,
-    role::{litefs_source::LitefsSource, static_source, RoleSource},
+    role::{
+        litefs_source::LitefsSource,
+        raft_source::{self, RaftRole},
+        static_source, RoleSource,
+    },
     signals, EXIT_CONFIG,
 };
 
@@ -29,6 +33,7 @@ async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
     let (tx, rx) = watch::channel(Primary::Unknown);
     // The sender lives as long as the proxy: a dropped sender would end the watch that
     // held writes wait on.
+    let mut raft = None;
     let _role_task = match cfg.role.source {
         RoleSource::Static => {
             tx.send_replace(static_source::initial(&cfg.role)?);
@@ -43,18 +48,39 @@ async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
             Some(AbortOnDrop(tokio::spawn(source.run(tx.clone()))))
         }
         RoleSource::Raft => {
-            eprintln!("litefs-proxy: invalid config: role.source = \"raft\": not wired yet");
-            return Ok(ExitCode::from(EXIT_CONFIG));
+            let election = match raft_source::election_config(cfg.election.as_ref()) {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("litefs-proxy: {}", crate::config::InvalidConfig::from(e));
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+            };
+            let role = RaftRole::start(election, addr.port(), tx.clone())
+                .await
+                .context("starting the election")?;
+            raft = Some(role);
+            None
         }
     };
-    let proxy = match Proxy::new(cfg.proxy.clone(), rx) {
+    let mut proxy = match Proxy::new(cfg.proxy.clone(), rx) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("litefs-proxy: {}", crate::config::InvalidConfig::from(e));
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
-    let shutdown = signals::shutdown().context("installing signal handlers")?;
+    if let Some(role) = &raft {
+        proxy = proxy.with_extension(Arc::new(role.clone()));
+    }
+    let signal = signals::shutdown().context("installing signal handlers")?;
+    // On a signal, a leader hands leadership over first (held writes then go to the new
+    // leader), then the proxy stops accepting and drains.
+    let shutdown = async move {
+        signal.await;
+        if let Some(role) = raft {
+            role.shutdown().await;
+        }
+    };
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;

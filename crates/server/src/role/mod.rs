@@ -1,8 +1,9 @@
 //! Role sources: who the primary is, fed into the proxy's `watch::Sender<Primary>`.
 //! `static` is fixed at startup; `litefs` follows LiteFS's API and `.primary` file;
-//! `raft` (the election crate) is wired in later.
+//! `raft` runs the embedded election.
 
 pub mod litefs_source;
+pub mod raft_source;
 pub mod static_source;
 
 use litefs_proxy::ConfigError;
@@ -68,12 +69,7 @@ impl RoleConfig {
                     .map_err(|why| ConfigError::new("role.primary_url_template", t, why))?;
             }
             RoleSource::Raft => {
-                let why = if election.is_none() {
-                    "raft needs the [election] table"
-                } else {
-                    "the raft role source is not wired into this binary yet"
-                };
-                return Err(ConfigError::new("role.source", "raft", why));
+                raft_source::election_config(election)?;
             }
         }
         Ok(())

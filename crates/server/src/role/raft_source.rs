@@ -1,0 +1,101 @@
+//! The `raft` role source: the embedded election (`litefs-election`) decides the primary.
+//! Its `Leadership` watch is mapped onto the proxy's `Primary` watch, and its status and
+//! metrics are added to `/litefs/status` and `/litefs/metrics`.
+
+use std::sync::{Arc, Mutex};
+
+use litefs_election::{Election, Leadership};
+use litefs_proxy::{ConfigError, Primary, StatusExtension};
+use tokio::sync::watch;
+
+/// The `[election]` table as the election crate's config, checked.
+pub fn election_config(
+    table: Option<&toml::Table>,
+) -> Result<litefs_election::Config, ConfigError> {
+    let Some(table) = table else {
+        return Err(ConfigError::new(
+            "role.source",
+            "raft",
+            "raft needs the [election] table",
+        ));
+    };
+    let cfg: litefs_election::Config =
+        toml::Value::Table(table.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                ConfigError::new("election", "{…}", e.message().to_owned())
+            })?;
+    cfg.validate()
+        .map_err(|e| ConfigError::new(&format!("election.{}", e.key), e.value, e.reason))?;
+    Ok(cfg)
+}
+
+/// What the proxy acts on, from what the election says.
+pub fn to_primary(l: &Leadership) -> Primary {
+    match l {
+        Leadership::Leader => Primary::Local,
+        Leadership::Follower { leader, proxy_url } => {
+            Primary::remote(leader.as_str(), proxy_url).unwrap_or(Primary::Unknown)
+        }
+        Leadership::Unknown => Primary::Unknown,
+    }
+}
+
+/// The running election, shared with the status endpoints until shutdown takes it.
+#[derive(Clone)]
+pub struct RaftRole {
+    election: Arc<Mutex<Option<Election>>>,
+}
+
+impl RaftRole {
+    /// Starts the election and a task copying its leadership into `tx`.
+    pub async fn start(
+        cfg: litefs_election::Config,
+        local_proxy_port: u16,
+        tx: watch::Sender<Primary>,
+    ) -> anyhow::Result<RaftRole> {
+        let election = Election::start(cfg, local_proxy_port).await?;
+        let mut leadership = election.leadership();
+        tx.send_replace(to_primary(&leadership.borrow_and_update()));
+        tokio::spawn(async move {
+            // Ends when the election stops; the last primary stays (after a handover, the new
+            // leader), so requests still draining here are forwarded to it.
+            while leadership.changed().await.is_ok() {
+                let p = to_primary(&leadership.borrow_and_update());
+                tracing::info!(primary = %p, "role change");
+                tx.send_replace(p);
+            }
+        });
+        Ok(RaftRole {
+            election: Arc::new(Mutex::new(Some(election))),
+        })
+    }
+
+    /// Hands leadership over (if leader) and stops the election.
+    pub async fn shutdown(&self) {
+        let election = self.election.lock().ok().and_then(|mut e| e.take());
+        if let Some(e) = election {
+            match e.shutdown().await {
+                Some(took) => {
+                    tracing::info!(ms = took.as_millis() as u64, "leadership handed over")
+                }
+                None => tracing::info!("election stopped"),
+            }
+        }
+    }
+}
+
+impl StatusExtension for RaftRole {
+    fn status(&self) -> serde_json::Value {
+        match self.election.lock().ok().as_ref().and_then(|e| e.as_ref()) {
+            Some(e) => serde_json::to_value(e.status()).unwrap_or_default(),
+            None => serde_json::json!({ "role": "stopped" }),
+        }
+    }
+
+    fn metrics(&self, out: &mut String) {
+        if let Some(e) = self.election.lock().ok().as_ref().and_then(|e| e.as_ref()) {
+            e.encode_metrics(out);
+        }
+    }
+}

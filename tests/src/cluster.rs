@@ -1,0 +1,330 @@
+//! A cluster of real `litefs-proxy` processes with `[role] source = "raft"` on loopback,
+//! each in front of an in-process recording app and LiteFS stand-in. Raft traffic can go
+//! through fault-injecting relays to partition nodes.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use crate::{app::TestApp, client, relay::Relay};
+
+/// The `litefs-proxy` binary, built once per test process.
+pub fn binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test exe");
+        // target/<profile>/deps/<test> -> target/<profile>/litefs-proxy
+        let dir = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .expect("target dir")
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "-q",
+            "-p",
+            "litefs-proxy-server",
+            "--bin",
+            "litefs-proxy",
+        ]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building litefs-proxy failed");
+        dir.join("litefs-proxy")
+    })
+    .clone()
+}
+
+/// A free loopback port (bound then released; the process binds it right after).
+pub fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+pub struct ProcNode {
+    pub id: String,
+    pub proxy: SocketAddr,
+    pub raft: SocketAddr,
+    pub app: TestApp,
+    pub sim: litefs_sim::Node,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl ProcNode {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn primary_file(&self) -> PathBuf {
+        self.data_dir.join(".primary")
+    }
+}
+
+pub struct Cluster {
+    pub nodes: Vec<ProcNode>,
+    /// `relays[i][j]`: how node i reaches node j's Raft port (None for i == j or no relays).
+    pub relays: Vec<Vec<Option<Relay>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// Extra `[proxy]` lines for every node (e.g. a shorter `primary_redirect_timeout`).
+pub struct Options {
+    pub nodes: usize,
+    pub relays: bool,
+    pub proxy_extra: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            nodes: 3,
+            relays: false,
+            proxy_extra: String::new(),
+        }
+    }
+}
+
+impl Cluster {
+    pub async fn start(opts: Options) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let n = opts.nodes;
+        let ids: Vec<String> = (1..=n).map(|i| format!("node-{i}")).collect();
+        let proxies: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
+        let rafts: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
+        let mut relays: Vec<Vec<Option<Relay>>> = Vec::new();
+        for i in 0..n {
+            let mut row = Vec::new();
+            for (j, raft) in rafts.iter().enumerate() {
+                row.push(if opts.relays && i != j {
+                    Some(Relay::start(*raft).await)
+                } else {
+                    None
+                });
+            }
+            relays.push(row);
+        }
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let mount = dir.path().join(format!("mount-{}", i + 1));
+            let sim = litefs_sim::Node::new(litefs_sim::NodeConfig {
+                mount: mount.clone(),
+                db: "db.sqlite3".into(),
+                hostname: ids[i].clone(),
+                is_primary: false,
+                primary_hostname: None,
+            });
+            let app = TestApp::start(&ids[i], Some(sim.clone())).await;
+            let data_dir = dir.path().join(format!("data-{}", i + 1));
+            let peers: Vec<String> = (0..n)
+                .map(|j| {
+                    let raft = relays[i][j].as_ref().map_or(rafts[j], |r| r.addr);
+                    format!(
+                        r#"{{ id = "{}", raft = "{raft}", proxy = "http://{}" }}"#,
+                        ids[j], proxies[j]
+                    )
+                })
+                .collect();
+            let config = dir.path().join(format!("node-{}.toml", i + 1));
+            let toml = format!(
+                r#"[proxy]
+addr = "{proxy}"
+target = "{app}"
+mount = "{mount}"
+node_name = "{id}"
+{extra}
+
+[role]
+source = "raft"
+
+[election]
+node_id = "{id}"
+raft_addr = "{raft}"
+data_dir = "{data}"
+peers = [{peers}]
+"#,
+                proxy = proxies[i],
+                app = app.addr,
+                mount = mount.display(),
+                id = ids[i],
+                extra = opts.proxy_extra,
+                raft = rafts[i],
+                data = data_dir.display(),
+                peers = peers.join(", "),
+            );
+            std::fs::write(&config, toml).expect("write config");
+            nodes.push(ProcNode {
+                id: ids[i].clone(),
+                proxy: proxies[i],
+                raft: rafts[i],
+                app,
+                sim,
+                data_dir,
+                log: dir.path().join(format!("node-{}.log", i + 1)),
+                config,
+                child: None,
+            });
+        }
+        let mut c = Cluster {
+            nodes,
+            relays,
+            _dir: dir,
+        };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c
+    }
+
+    /// Starts (or restarts) node `i`'s process.
+    pub fn spawn(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("log");
+        let child = Command::new(binary())
+            .args(["run", "--config"])
+            .arg(&node.config)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn litefs-proxy");
+        node.child = Some(child);
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for the process to exit (at most `within`); returns its exit code.
+    pub fn terminate(&mut self, i: usize, within: Duration) -> Option<i32> {
+        let mut c = self.nodes[i].child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let end = Instant::now() + within;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > end {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `/litefs/status` of node `i`, if it answers.
+    pub async fn status(&self, i: usize) -> Option<serde_json::Value> {
+        let fut = client::get(self.nodes[i].proxy, "/litefs/status", &[]);
+        let a = tokio::time::timeout(Duration::from_millis(500), fut)
+            .await
+            .ok()?
+            .ok()?;
+        serde_json::from_slice(&a.body).ok()
+    }
+
+    /// The roles of all running nodes right now (`None` for stopped or silent ones).
+    pub async fn roles(&self) -> Vec<Option<String>> {
+        let mut out = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let role = if n.is_running() {
+                self.status(i)
+                    .await
+                    .and_then(|s| s["role"].as_str().map(str::to_owned))
+            } else {
+                None
+            };
+            out.push(role);
+        }
+        out
+    }
+
+    /// Waits until exactly one running node is primary and every other running node among
+    /// `among` names it; returns its index.
+    pub async fn wait_leader(&self, among: &[usize], within: Duration) -> Option<usize> {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            let mut leader = None;
+            let mut agreed = true;
+            let mut primaries = 0;
+            let mut names = Vec::new();
+            for &i in among {
+                match self.status(i).await {
+                    Some(s) => {
+                        if s["role"] == "primary" {
+                            primaries += 1;
+                            leader = Some(i);
+                        }
+                        names.push(s["primary"].as_str().map(str::to_owned));
+                    }
+                    None => agreed = false,
+                }
+            }
+            if agreed && primaries == 1 {
+                let l = leader?;
+                if names
+                    .iter()
+                    .all(|n| n.as_deref() == Some(self.nodes[l].id.as_str()))
+                {
+                    return Some(l);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    }
+
+    /// Cuts (or heals) every relay into and out of node `i`.
+    pub fn isolate(&self, i: usize, cut: bool) {
+        for (a, row) in self.relays.iter().enumerate() {
+            for (b, r) in row.iter().enumerate() {
+                if let Some(r) = r {
+                    if a == i || b == i {
+                        if cut {
+                            r.cut()
+                        } else {
+                            r.heal()
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
