@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -175,11 +175,11 @@ impl Election {
             cfg.node_id.clone(),
             cfg.on_promote.clone(),
             cfg.on_demote.clone(),
+            status.counters(),
         );
         let (tx, rx) = watch::channel(Leadership::Unknown);
         let stepping_down = Arc::new(AtomicBool::new(false));
         let wake = Arc::new(Notify::new());
-        let rpc_rejected = Arc::new(AtomicU64::new(0));
         let handover = HandoverCtx {
             raft: raft.clone(),
             me,
@@ -200,7 +200,6 @@ impl Election {
             tick: (cfg.heartbeat_interval / 2).max(Duration::from_millis(5)),
             stepping_down: stepping_down.clone(),
             wake: wake.clone(),
-            rpc_rejected: rpc_rejected.clone(),
         };
         let tracker_task = tokio::spawn(tracker.run());
 
@@ -211,7 +210,6 @@ impl Election {
             faults: faults.clone(),
             handover: handover.clone(),
             status: status.clone(),
-            rpc_rejected,
         };
         let server_task = tokio::spawn(rpc_server::serve(listener, state, async move {
             let _ = stop_rx.await;
@@ -311,7 +309,10 @@ impl Election {
     }
 
     async fn stop(&mut self) {
+        // abort() only requests cancellation; wait for it so the tracker cannot react to the
+        // shutdown below (it would otherwise rewrite .primary as "no leader").
         self.tracker_task.abort();
+        let _ = (&mut self.tracker_task).await;
         if let Some(tx) = self.server_stop.take() {
             let _ = tx.send(());
         }

@@ -2,11 +2,13 @@
 //! environment. They run one at a time, in order, on their own task: a slow or failing hook
 //! is logged and counted and never holds up the election.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+
+use crate::status::Counters;
 
 /// Longest a hook may run before it is killed.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -29,17 +31,17 @@ struct Job {
 #[derive(Clone)]
 pub struct Hooks {
     tx: mpsc::UnboundedSender<Job>,
-    failures: Arc<AtomicU64>,
-    runs: Arc<AtomicU64>,
 }
 
 impl Hooks {
     /// Start the worker. Commands are `None` when not configured.
-    pub fn spawn(node_id: String, on_promote: Option<String>, on_demote: Option<String>) -> Hooks {
+    pub fn spawn(
+        node_id: String,
+        on_promote: Option<String>,
+        on_demote: Option<String>,
+        counters: Arc<Counters>,
+    ) -> Hooks {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
-        let failures = Arc::new(AtomicU64::new(0));
-        let runs = Arc::new(AtomicU64::new(0));
-        let (f, r) = (failures.clone(), runs.clone());
         tokio::spawn(async move {
             while let Some(job) = rx.recv().await {
                 let cmd = match job.kind {
@@ -47,16 +49,16 @@ impl Hooks {
                     HookKind::Demote => on_demote.as_deref(),
                 };
                 let Some(cmd) = cmd else { continue };
-                r.fetch_add(1, Ordering::Relaxed);
+                counters.hook_runs.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = run(cmd, &node_id, &job).await {
-                    f.fetch_add(1, Ordering::Relaxed);
+                    counters.hook_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(hook = ?job.kind, command = cmd, error = %e, "role hook failed");
                 } else {
                     tracing::info!(hook = ?job.kind, command = cmd, "role hook ran");
                 }
             }
         });
-        Hooks { tx, failures, runs }
+        Hooks { tx }
     }
 
     /// Queue a hook run; returns at once.
@@ -66,14 +68,6 @@ impl Hooks {
             role,
             leader: leader.to_string(),
         });
-    }
-
-    pub fn failures(&self) -> u64 {
-        self.failures.load(Ordering::Relaxed)
-    }
-
-    pub fn runs(&self) -> u64 {
-        self.runs.load(Ordering::Relaxed)
     }
 }
 
@@ -108,15 +102,23 @@ mod tests {
             "echo \"$LITEFS_PROXY_ROLE $LITEFS_PROXY_NODE_ID $LITEFS_PROXY_LEADER\" >> {}",
             log.display()
         );
-        let hooks = Hooks::spawn("node-1".into(), Some(promote), Some("exit 3".into()));
+        let counters = Arc::new(Counters::default());
+        let runs = || counters.hook_runs.load(Ordering::Relaxed);
+        let failures = || counters.hook_failures.load(Ordering::Relaxed);
+        let hooks = Hooks::spawn(
+            "node-1".into(),
+            Some(promote),
+            Some("exit 3".into()),
+            counters.clone(),
+        );
         hooks.fire(HookKind::Promote, "leader", "node-1");
         hooks.fire(HookKind::Demote, "follower", "node-2");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while hooks.runs() < 2 || (hooks.failures() < 1) {
+        while runs() < 2 || failures() < 1 {
             assert!(tokio::time::Instant::now() < deadline, "hooks did not run");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(hooks.failures(), 1);
+        assert_eq!(failures(), 1);
         assert_eq!(
             std::fs::read_to_string(&log).expect("hook wrote"),
             "leader node-1 node-1\n"

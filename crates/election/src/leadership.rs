@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -98,7 +98,6 @@ pub(crate) struct Tracker {
     pub stepping_down: Arc<AtomicBool>,
     /// Poked to re-evaluate at once (e.g. when stepping down starts).
     pub wake: Arc<Notify>,
-    pub rpc_rejected: Arc<AtomicU64>,
 }
 
 impl Tracker {
@@ -167,11 +166,6 @@ impl Tracker {
                 raft_leader,
                 ack_age,
                 now,
-            );
-            self.status.set_counters(
-                self.hooks.runs(),
-                self.hooks.failures(),
-                self.rpc_rejected.load(Ordering::Relaxed),
             );
             if next != current {
                 self.transition(&current, &next, m.current_term);

@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,7 +51,6 @@ pub struct RpcState {
     pub handover: HandoverCtx,
     /// Successful AppendEntries count as contact with a live leader (failover timing).
     pub status: StatusCell,
-    pub rpc_rejected: Arc<AtomicU64>,
 }
 
 /// Serve Raft RPCs on `listener` until `shutdown` completes; then every open connection is
@@ -154,7 +153,11 @@ async fn handle(state: &RpcState, req: Request<Incoming>) -> Response<Full<Bytes
             Ok(Ok(c)) => c.to_bytes(),
         };
     if let Err(e) = state.auth.verify(&path, &parts.headers, &body, now_ms()) {
-        let n = state.rpc_rejected.fetch_add(1, Ordering::Relaxed);
+        let n = state
+            .status
+            .counters()
+            .rpc_rejected
+            .fetch_add(1, Ordering::Relaxed);
         // Rate-limited: a stranger hammering the port must not flood the log.
         if n % 100 == 0 {
             tracing::warn!(path, from, error = %e, rejected_total = n + 1, "rejected unauthenticated raft rpc");

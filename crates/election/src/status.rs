@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -43,10 +44,19 @@ struct Inner {
     last_pair: Option<(u64, String)>,
 }
 
+/// Event counters bumped from several tasks, read live by [`StatusCell::get`].
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub hook_runs: AtomicU64,
+    pub hook_failures: AtomicU64,
+    pub rpc_rejected: AtomicU64,
+}
+
 /// Shared, lock-protected status; cheap to clone.
 #[derive(Clone, Default)]
 pub struct StatusCell {
     inner: Arc<Mutex<Inner>>,
+    counters: Arc<Counters>,
 }
 
 impl StatusCell {
@@ -65,7 +75,15 @@ impl StatusCell {
     }
 
     pub fn get(&self) -> Status {
-        self.with(|i| i.status.clone())
+        let mut s = self.with(|i| i.status.clone());
+        s.hook_runs = self.counters.hook_runs.load(Ordering::Relaxed);
+        s.hook_failures = self.counters.hook_failures.load(Ordering::Relaxed);
+        s.rpc_rejected = self.counters.rpc_rejected.load(Ordering::Relaxed);
+        s
+    }
+
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
     }
 
     /// Leader `name` was known alive at `at`.
@@ -76,14 +94,6 @@ impl StatusCell {
             None => {
                 i.contacts.insert(name.to_string(), at);
             }
-        });
-    }
-
-    pub fn set_counters(&self, hook_runs: u64, hook_failures: u64, rpc_rejected: u64) {
-        self.with(|i| {
-            i.status.hook_runs = hook_runs;
-            i.status.hook_failures = hook_failures;
-            i.status.rpc_rejected = rpc_rejected;
         });
     }
 
