@@ -22,14 +22,47 @@ pub enum Command {
     Run(ConfigArgs),
     /// Validate the config and print the effective config as TOML (secrets redacted).
     Check(ConfigArgs),
+    /// A local demo cluster on 127.0.0.1: per node a process with litefs-proxy, Raft, a
+    /// LiteFS stand-in and a demo app. Prints a curl session; Ctrl-C stops everything.
+    Demo(DemoArgs),
+    /// One node of the demo (started by `demo`; stops when `demo` goes away).
+    #[command(hide = true)]
+    DemoNode(DemoNodeArgs),
 }
 
-impl Command {
-    pub fn args(&self) -> &ConfigArgs {
-        match self {
-            Command::Run(a) | Command::Check(a) => a,
-        }
-    }
+/// Ports are the first node's; node i uses port + i - 1.
+#[derive(Debug, Args, Clone)]
+pub struct DemoArgs {
+    /// Number of nodes (3 or 5).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u16,
+    /// Working directory (default: a fresh temporary directory, removed at exit).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// First proxy port (the load balancer's targets).
+    #[arg(long, default_value_t = 8081)]
+    pub proxy_port: u16,
+    /// First demo-app port.
+    #[arg(long, default_value_t = 8001)]
+    pub app_port: u16,
+    /// First Raft port.
+    #[arg(long, default_value_t = 4321)]
+    pub raft_port: u16,
+    /// First port of the LiteFS-like API (/info, /events).
+    #[arg(long, default_value_t = 20202)]
+    pub api_port: u16,
+    /// Replication lag of the LiteFS stand-in, in milliseconds.
+    #[arg(long, default_value_t = 300)]
+    pub lag_ms: u64,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DemoNodeArgs {
+    #[command(flatten)]
+    pub demo: DemoArgs,
+    /// This node's number, from 1.
+    #[arg(long)]
+    pub index: u16,
 }
 
 /// Where the config comes from, and flags that override it. Layers, lowest first:

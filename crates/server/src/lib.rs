@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod litefs_yml;
 pub mod role;
 pub mod run;
@@ -14,7 +15,7 @@ use std::{ffi::OsString, process::ExitCode};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, ConfigArgs};
 
 /// Exit code for a bad command line or config (sysexits EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
@@ -32,7 +33,19 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             };
         }
     };
-    let args = cli.command.args();
+    match cli.command {
+        Command::Demo(a) => demo::supervise(a),
+        Command::DemoNode(a) => demo::node(a),
+        Command::Check(args) => with_config(&args, |cfg| {
+            print!("{}", config::to_redacted_toml(&cfg));
+            ExitCode::SUCCESS
+        }),
+        Command::Run(args) => with_config(&args, |cfg| block_on(run::run(cfg))),
+    }
+}
+
+/// Sets up logging and loads the layered config, or exits 64 naming the bad key.
+fn with_config(args: &ConfigArgs, then: impl FnOnce(config::Config) -> ExitCode) -> ExitCode {
     if let Err(e) = init_tracing(args.log.as_deref()) {
         eprintln!(
             "litefs-proxy: invalid config: --log = {:?}: {e}",
@@ -40,33 +53,31 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         );
         return ExitCode::from(EXIT_CONFIG);
     }
-    let cfg = match config::load(args) {
-        Ok(cfg) => cfg,
+    match config::load(args) {
+        Ok(cfg) => then(cfg),
         Err(e) => {
             eprintln!("litefs-proxy: {e}");
-            return ExitCode::from(EXIT_CONFIG);
+            ExitCode::from(EXIT_CONFIG)
         }
-    };
-    match cli.command {
-        Command::Check(_) => {
-            print!("{}", config::to_redacted_toml(&cfg));
-            ExitCode::SUCCESS
+    }
+}
+
+/// Runs `fut` on a multi-threaded runtime.
+pub fn block_on(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(fut),
+        Err(e) => {
+            eprintln!("litefs-proxy: cannot start the runtime: {e}");
+            ExitCode::FAILURE
         }
-        Command::Run(_) => match tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt.block_on(run::run(cfg)),
-            Err(e) => {
-                eprintln!("litefs-proxy: cannot start the runtime: {e}");
-                ExitCode::FAILURE
-            }
-        },
     }
 }
 
 /// Logs to stderr, filtered by `--log`, else `RUST_LOG`, else `info`.
-fn init_tracing(filter: Option<&str>) -> Result<(), String> {
+pub fn init_tracing(filter: Option<&str>) -> Result<(), String> {
     let filter = match filter {
         Some(f) => EnvFilter::try_new(f).map_err(|e| e.to_string())?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

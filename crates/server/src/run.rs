@@ -19,7 +19,17 @@ use crate::{
 /// Runs the proxy to completion. Exit codes: 0 after a clean drain, 64 for a config the
 /// proxy refuses, 1 when the address cannot be bound or serving fails.
 pub async fn run(cfg: Config) -> ExitCode {
-    match serve(cfg).await {
+    run_with(cfg, |_| {}, std::future::pending()).await
+}
+
+/// `run`, handing `observe` the primary watch once the role source is up, and also
+/// stopping (gracefully, as on SIGTERM) when `stop` completes. The demo uses both.
+pub async fn run_with(
+    cfg: Config,
+    observe: impl FnOnce(watch::Receiver<Primary>),
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> ExitCode {
+    match serve(cfg, observe, stop).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("litefs-proxy: {e:#}");
@@ -28,7 +38,11 @@ pub async fn run(cfg: Config) -> ExitCode {
     }
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
+async fn serve(
+    cfg: Config,
+    observe: impl FnOnce(watch::Receiver<Primary>),
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<ExitCode> {
     let addr = cfg.proxy.listen_addr()?;
     let (tx, rx) = watch::channel(Primary::Unknown);
     // The sender lives as long as the proxy: a dropped sender would end the watch that
@@ -62,6 +76,7 @@ async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
             None
         }
     };
+    observe(rx.clone());
     let mut proxy = match Proxy::new(cfg.proxy.clone(), rx) {
         Ok(p) => p,
         Err(e) => {
@@ -76,7 +91,10 @@ async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
     // On a signal, a leader hands leadership over first (held writes then go to the new
     // leader), then the proxy stops accepting and drains.
     let shutdown = async move {
-        signal.await;
+        tokio::select! {
+            _ = signal => {}
+            _ = stop => tracing::info!("stop requested; draining"),
+        }
         if let Some(role) = raft {
             role.shutdown().await;
         }

@@ -1,0 +1,402 @@
+//! `litefs-proxy demo`: a local cluster on 127.0.0.1 in one command. The supervisor starts
+//! one process per node (so `kill <leader pid>` is a real node failure); each node process
+//! runs the LiteFS stand-in (mount files, `/info` + `/events`, replication from whoever is
+//! primary), the demo app, the Raft election and the proxy. A node stops when its
+//! supervisor goes away (its stdin closes), so Ctrl-C leaves nothing running.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitCode, Stdio},
+    time::{Duration, Instant},
+};
+
+use litefs_proxy::{Primary, ProxyConfig};
+use litefs_sim::{Lag, LagControl, Node, NodeConfig, ReplicaLink, Upstream};
+
+use crate::{
+    cli::{DemoArgs, DemoNodeArgs},
+    config::Config,
+    role::{RoleConfig, RoleSource},
+};
+
+const DB: &str = "db.sqlite3";
+
+fn node_name(i: u16) -> String {
+    format!("node-{i}")
+}
+
+fn mount_of(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name).join("litefs")
+}
+
+/// The supervisor: start the nodes, print the session, wait for Ctrl-C, stop them all.
+pub fn supervise(args: DemoArgs) -> ExitCode {
+    if !(1..=7).contains(&args.nodes) {
+        eprintln!(
+            "litefs-proxy: invalid config: --nodes = {}: expected 1 to 7",
+            args.nodes
+        );
+        return ExitCode::from(crate::EXIT_CONFIG);
+    }
+    let (dir, temporary) = match &args.dir {
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("litefs-proxy-demo-{}", std::process::id())),
+            true,
+        ),
+    };
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("litefs-proxy: cannot create {}: {e}", dir.display());
+        return ExitCode::FAILURE;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("litefs-proxy: cannot find my own binary: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut children: Vec<(String, Child)> = Vec::new();
+    for i in 1..=args.nodes {
+        match spawn_node(&exe, &args, &dir, i) {
+            Ok(c) => children.push((node_name(i), c)),
+            Err(e) => {
+                eprintln!("litefs-proxy: cannot start {}: {e}", node_name(i));
+                stop_all(&mut children);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let code = crate::block_on(async {
+        let ready = wait_for_leader(&args, Duration::from_secs(30)).await;
+        match ready {
+            Some(leader) => print_session(&args, &dir, &children, leader),
+            None => {
+                eprintln!(
+                    "litefs-proxy: the demo cluster did not elect a leader in 30 s; logs in {}",
+                    dir.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+        match crate::signals::shutdown() {
+            Ok(signal) => signal.await,
+            Err(e) => eprintln!("litefs-proxy: cannot wait for signals: {e}"),
+        }
+        ExitCode::SUCCESS
+    });
+    println!("\nstopping the demo cluster...");
+    stop_all(&mut children);
+    if temporary {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    code
+}
+
+fn spawn_node(exe: &Path, args: &DemoArgs, dir: &Path, i: u16) -> std::io::Result<Child> {
+    let log = std::fs::File::create(dir.join(format!("{}.log", node_name(i))))?;
+    Command::new(exe)
+        .arg("demo-node")
+        .args([
+            "--index",
+            &i.to_string(),
+            "--nodes",
+            &args.nodes.to_string(),
+        ])
+        .args(["--dir".as_ref(), dir.as_os_str()])
+        .args([
+            "--proxy-port",
+            &args.proxy_port.to_string(),
+            "--app-port",
+            &args.app_port.to_string(),
+        ])
+        .args([
+            "--raft-port",
+            &args.raft_port.to_string(),
+            "--api-port",
+            &args.api_port.to_string(),
+        ])
+        .args(["--lag-ms", &args.lag_ms.to_string()])
+        // The node exits when this pipe closes, whatever way the supervisor ends.
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+}
+
+/// SIGTERM to every node (a leader hands over), then SIGKILL to whatever is left.
+fn stop_all(children: &mut Vec<(String, Child)>) {
+    for (_, c) in children.iter_mut() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    for (name, c) in children.iter_mut() {
+        loop {
+            match c.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() > end => {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    eprintln!("{name} did not stop in time; killed");
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+    children.clear();
+}
+
+/// `GET path` on 127.0.0.1:port with a plain blocking socket (the demo needs nothing more).
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+}
+
+/// The index of the node every node agrees is primary.
+async fn wait_for_leader(args: &DemoArgs, within: Duration) -> Option<u16> {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        let roles: Vec<Option<serde_json::Value>> = (0..args.nodes)
+            .map(|k| {
+                http_get(args.proxy_port + k, "/litefs/status")
+                    .and_then(|b| serde_json::from_str(&b).ok())
+            })
+            .collect();
+        let leaders: Vec<u16> = (0..args.nodes)
+            .filter(|&k| {
+                roles[k as usize]
+                    .as_ref()
+                    .is_some_and(|s| s["role"] == "primary")
+            })
+            .collect();
+        if let [l] = leaders[..] {
+            let name = node_name(l + 1);
+            if roles
+                .iter()
+                .all(|s| s.as_ref().is_some_and(|s| s["primary"] == name.as_str()))
+            {
+                return Some(l + 1);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+fn print_session(args: &DemoArgs, dir: &Path, children: &[(String, Child)], leader: u16) {
+    let port = |i: u16| args.proxy_port + i - 1;
+    let replicas: Vec<u16> = (1..=args.nodes).filter(|&i| i != leader).collect();
+    let (w, r) = match replicas[..] {
+        [a, b, ..] => (a, b),
+        [a] => (a, a),
+        [] => (leader, leader),
+    };
+    println!(
+        "litefs-proxy demo: {} nodes on 127.0.0.1 (logs and data in {})\n",
+        args.nodes,
+        dir.display()
+    );
+    println!(
+        "{:<8} {:>7} {:>6} {:>6} {:>6} {:>6}  role",
+        "node", "pid", "proxy", "app", "raft", "litefs"
+    );
+    for (k, (name, c)) in children.iter().enumerate() {
+        let k = k as u16;
+        println!(
+            "{name:<8} {:>7} {:>6} {:>6} {:>6} {:>6}  {}",
+            c.id(),
+            args.proxy_port + k,
+            args.app_port + k,
+            args.raft_port + k,
+            args.api_port + k,
+            if k + 1 == leader {
+                "primary (Raft leader)"
+            } else {
+                "replica"
+            },
+        );
+    }
+    let leader_pid = children[(leader - 1) as usize].1.id();
+    println!(
+        r#"
+Replication lag is {lag} ms. Paste these in another terminal:
+
+  # 1. a write sent to a replica reaches the primary; the proxy mints the litefs-txid cookie
+  curl -si -c /tmp/demo.jar -X POST -d 'hello' http://127.0.0.1:{pw}/items
+
+  # 2. read it back on the other replica: with the cookie the read waits for replication
+  time curl -s -b /tmp/demo.jar http://127.0.0.1:{pr}/items
+  curl -s http://127.0.0.1:{pr}/items        # without it: may miss the write
+
+  # 3. who leads, TXIDs, held/waiting requests; Prometheus metrics
+  curl -s http://127.0.0.1:{pw}/litefs/status; echo
+  curl -s http://127.0.0.1:{pw}/litefs/metrics | grep -E '^litefs_(proxy_requests|election_term)'
+
+  # 4. failover: kill the leader, then write again through a survivor (held, then served)
+  kill -9 {leader_pid}
+  time curl -si -c /tmp/demo.jar -X POST -d 'after failover' http://127.0.0.1:{pw}/items
+  curl -s http://127.0.0.1:{pw}/litefs/status; echo
+
+Ctrl-C stops the whole cluster.
+demo ready: leader node-{leader} pid {leader_pid}"#,
+        lag = args.lag_ms,
+        pw = port(w),
+        pr = port(r),
+    );
+    let _ = std::io::stdout().flush();
+}
+
+/// One node: LiteFS stand-in, demo app, election and proxy, until the supervisor goes.
+pub fn node(args: DemoNodeArgs) -> ExitCode {
+    if let Err(e) = crate::init_tracing(None) {
+        eprintln!("litefs-proxy: {e}");
+    }
+    crate::block_on(run_node(args))
+}
+
+async fn run_node(args: DemoNodeArgs) -> ExitCode {
+    let d = &args.demo;
+    let Some(dir) = d.dir.clone() else {
+        eprintln!("litefs-proxy: demo-node needs --dir");
+        return ExitCode::from(crate::EXIT_CONFIG);
+    };
+    let i = args.index;
+    let off = i - 1;
+    let name = node_name(i);
+    let mount = mount_of(&dir, &name);
+    let sim = Node::new(NodeConfig {
+        mount: mount.clone(),
+        db: DB.into(),
+        hostname: name.clone(),
+        is_primary: false,
+        primary_hostname: None,
+    });
+    let (app, api) = match (bind(d.app_port + off).await, bind(d.api_port + off).await) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("litefs-proxy: {name}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::spawn(litefs_sim::serve_demo_app(
+        sim.clone(),
+        app,
+        std::future::pending(),
+    ));
+    tokio::spawn(litefs_sim::serve_api(
+        sim.clone(),
+        api,
+        std::future::pending(),
+    ));
+    let link = ReplicaLink::spawn(
+        sim.clone(),
+        None,
+        LagControl {
+            lag: Lag::fixed_ms(d.lag_ms),
+            paused: false,
+        },
+    );
+    let peers: Vec<String> = (1..=d.nodes)
+        .map(|k| {
+            format!(
+                r#"{{ id = "{}", raft = "127.0.0.1:{}", proxy = "http://127.0.0.1:{}" }}"#,
+                node_name(k),
+                d.raft_port + k - 1,
+                d.proxy_port + k - 1
+            )
+        })
+        .collect();
+    let election = format!(
+        "node_id = \"{name}\"\nraft_addr = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\npeers = [{}]\n",
+        d.raft_port + off,
+        dir.join(&name).join("data").display(),
+        peers.join(", ")
+    );
+    let election: toml::Table = match toml::from_str(&election) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("litefs-proxy: demo election config: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cfg = Config {
+        proxy: ProxyConfig {
+            addr: format!("127.0.0.1:{}", d.proxy_port + off),
+            target: format!("127.0.0.1:{}", d.app_port + off),
+            mount,
+            node_name: name.clone(),
+            ..ProxyConfig::default()
+        },
+        role: RoleConfig {
+            source: RoleSource::Raft,
+            ..RoleConfig::default()
+        },
+        election: Some(election),
+    };
+    // The supervisor holds our stdin; EOF means it is gone.
+    let (gone_tx, gone_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 64];
+        while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
+        let _ = gone_tx.send(());
+    });
+    let stop = async move {
+        let _ = gone_rx.await;
+    };
+    let root = dir.clone();
+    crate::run::run_with(
+        cfg,
+        move |mut primary| {
+            // The LiteFS lease follows Raft: the leader's sim is the replication source.
+            tokio::spawn(async move {
+                loop {
+                    let p = primary.borrow_and_update().clone();
+                    follow(&sim, &link, &root, &p);
+                    if primary.changed().await.is_err() {
+                        break;
+                    }
+                }
+                drop(link);
+            });
+        },
+        stop,
+    )
+    .await
+}
+
+fn follow(sim: &Node, link: &ReplicaLink, root: &Path, p: &Primary) {
+    match p {
+        Primary::Local => {
+            link.set_upstream(None);
+            sim.set_role(true, None);
+        }
+        Primary::Remote { node, .. } => {
+            sim.set_role(false, Some(node));
+            link.set_upstream(Some(Upstream {
+                hostname: node.clone(),
+                mount: mount_of(root, node),
+            }));
+        }
+        Primary::Unknown => {
+            link.set_upstream(None);
+            sim.set_role(false, None);
+        }
+    }
+}
+
+async fn bind(port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on 127.0.0.1:{port}: {e}"))
+        })
+}
