@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Container entrypoint: litefs-proxy (Raft election, lease endpoint, :8080) and LiteFS (FUSE
+# mount, replication on :20202; it starts the app through litefs.yml `exec`). Whichever of the
+# two exits first takes the container down, so the orchestrator restarts it whole.
+# Stop order on SIGTERM: litefs-proxy first (it hands Raft leadership over and finishes the
+# in-flight requests while the app still runs), then LiteFS (it stops the app and unmounts).
+set -euo pipefail
+
+export LITEFS_NODE_NAME="${LITEFS_NODE_NAME:-$(hostname)}"
+export LITEFS_ADVERTISE_HOST="${LITEFS_ADVERTISE_HOST:-$LITEFS_NODE_NAME}"
+config="${LITEFS_PROXY_CONFIG:-/etc/litefs-proxy.toml}"
+
+if [ ! -f "$config" ]; then
+  echo "entrypoint: no litefs-proxy config at $config (mount one, see deploy/config/)" >&2
+  exit 64
+fi
+# Fail fast, naming the bad key, before anything is started.
+litefs-proxy check --config "$config" >/dev/null
+
+# LiteFS retries the lease endpoint until litefs-proxy listens, so the start order is free.
+litefs-proxy run --config "$config" &
+proxy=$!
+litefs mount -config /etc/litefs.yml &
+litefs=$!
+
+stop() {
+  trap '' TERM INT
+  kill -TERM "$proxy" 2>/dev/null || true
+  wait "$proxy" 2>/dev/null || true
+  kill -TERM "$litefs" 2>/dev/null || true
+  wait "$litefs" 2>/dev/null || true
+}
+trap 'stop; exit 0' TERM INT
+
+set +e
+wait -n "$proxy" "$litefs"
+status=$?
+echo "entrypoint: a child exited with status $status, stopping the other" >&2
+stop
+exit "$status"
