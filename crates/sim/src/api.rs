@@ -3,25 +3,18 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{header, Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, watch};
-use tokio::task::JoinSet;
+use tokio::sync::broadcast;
 
 use crate::event::Event;
 use crate::node::Node;
-
-type Body = BoxBody<Bytes, Infallible>;
-
-/// How long open connections get to finish after shutdown before they are cut.
-const DRAIN: Duration = Duration::from_secs(1);
+use crate::serve::{serve, Body, Stop};
 
 /// LiteFS's `NodeInfo` (litefs.go), fields in its order.
 #[derive(Serialize)]
@@ -45,62 +38,14 @@ struct PrimaryInfo<'a> {
 /// closed (new connections are refused), every `/events` stream ends, and connections
 /// still open after a short drain are cut, so a test can simulate the API going down.
 pub async fn serve_api(node: Node, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut conns = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "litefs-sim api: accept");
-                        continue;
-                    }
-                };
-                let node = node.clone();
-                let stop = stop_rx.clone();
-                conns.spawn(serve_conn(node, stream, stop, peer));
-            }
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-    drop(listener);
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await;
-    conns.abort_all();
+    serve("litefs-api", listener, shutdown, move |req, stop| {
+        let response = route(&node, req, stop);
+        async move { response }
+    })
+    .await;
 }
 
-async fn serve_conn(
-    node: Node,
-    stream: tokio::net::TcpStream,
-    mut stop: watch::Receiver<bool>,
-    peer: std::net::SocketAddr,
-) {
-    let stop_for_svc = stop.clone();
-    let svc = hyper::service::service_fn(move |req| {
-        let node = node.clone();
-        let stop = stop_for_svc.clone();
-        async move { Ok::<_, Infallible>(route(&node, req, stop)) }
-    });
-    let conn =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => {
-            if let Err(e) = res {
-                tracing::debug!(client.addr = %peer, error = %e, "litefs-sim api: connection");
-            }
-            return;
-        }
-        _ = stop.wait_for(|s| *s) => {}
-    }
-    conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
-}
-
-fn route(node: &Node, req: Request<Incoming>, stop: watch::Receiver<bool>) -> Response<Body> {
+fn route(node: &Node, req: Request<Incoming>, stop: Stop) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/info") => info(node),
         (&Method::GET, "/events") => events(node, stop),
@@ -136,7 +81,7 @@ fn info(node: &Node) -> Response<Body> {
 /// The event stream: `init`, then every event as it happens. Like LiteFS, a subscriber that
 /// falls more than [`crate::node::EVENT_BUFFER`] events behind is disconnected rather than
 /// allowed to slow commits down; the stream also ends when the API shuts down.
-fn events(node: &Node, stop: watch::Receiver<bool>) -> Response<Body> {
+fn events(node: &Node, stop: Stop) -> Response<Body> {
     let (init, rx) = node.subscribe();
     let stream = futures_util::stream::unfold(
         (Some(init), rx, stop),

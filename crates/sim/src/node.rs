@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 
+use crate::dbfile;
 use crate::event::{now_ms, Event};
 use crate::pos;
 
@@ -118,6 +119,7 @@ impl Node {
                 node.inner.mount.display()
             );
         }
+        node.mark_db(role.is_primary);
         node
     }
 
@@ -228,6 +230,7 @@ impl Node {
         if let Err(e) = pos::write_primary(&self.inner.mount, role.primary_hostname.as_deref()) {
             tracing::error!(error = %e, mount = %self.inner.mount.display(), "litefs-sim: writing .primary");
         }
+        self.mark_db(is_primary);
         if is_primary {
             // The primary has no lag by definition (LiteFS reports 0).
             self.apply_lag(&mut state, 0);
@@ -238,6 +241,14 @@ impl Node {
             hostname: role.primary_hostname.clone(),
         });
         self.inner.role.send_replace(role);
+    }
+
+    /// Makes the database file writable on the primary and read-only on a replica, as
+    /// LiteFS does (see [`crate::dbfile`]).
+    fn mark_db(&self, is_primary: bool) {
+        if let Err(e) = dbfile::set_read_only(&self.db_path(), !is_primary) {
+            tracing::error!(error = %format!("{e:#}"), db = %self.db_path().display(), "litefs-sim: marking the database");
+        }
     }
 
     /// Sets the replication lag LiteFS reports in `<mount>/.lag` (`%+010d\n`).

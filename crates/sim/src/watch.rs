@@ -1,0 +1,208 @@
+//! Commit detection for a foreign app (e.g. Django) writing to the primary's database: a
+//! thread polls the database file and advances the node's TXID after each commit it sees,
+//! which makes the sim the only writer of `<db>-pos`, as LiteFS is.
+//!
+//! # Race window
+//!
+//! LiteFS advances the position inside the commit (FUSE sees the journal/WAL write), so the
+//! app's response can never reach the proxy before the position moved. This watcher sees a
+//! commit only at its next poll: from the moment the app's commit writes the database
+//! header (rollback mode) or the WAL index (WAL mode) until the next poll plus the thread's
+//! wake-up delay, normally at most `interval` + ~0.1 ms, more on an overloaded machine.
+//! A response that reaches the proxy inside that window gets a token one commit short, and
+//! a read routed to a replica on that token could miss the write. Django spends well over
+//! a millisecond between its COMMIT and the response leaving gunicorn, so at the default
+//! 1 ms interval the window is closed in practice; [`CommitWatcher::sync`] closes it
+//! exactly for callers in this process (e.g. call it before asserting). Several commits
+//! inside one interval advance the TXID once, which the proxy does not distinguish.
+//!
+//! The change is detected from the header's change counter (rollback journal) or the
+//! WAL-index header in `<db>-shm` (WAL), read with plain file reads, so the poll takes no
+//! SQLite lock and never delays the app's writers.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::node::Node;
+
+/// Default poll interval.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(1);
+
+/// Polls a node's database and calls [`Node::commit`] after each change while the node is
+/// primary. Stops when dropped.
+pub struct CommitWatcher {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    node: Node,
+    stop: AtomicBool,
+    /// The fingerprint last seen; the mutex also serializes `sync` with the thread.
+    last: Mutex<Option<Fingerprint>>,
+    commits: AtomicU64,
+}
+
+/// What changes on every commit: the database header (change counter, page count) and,
+/// in WAL mode, the WAL-index header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Fingerprint {
+    header: [u8; 8],
+    wal_index: Option<[u8; 96]>,
+}
+
+impl CommitWatcher {
+    /// Starts watching `node`'s database every `interval` ([`DEFAULT_INTERVAL`] is 1 ms).
+    /// The state at start is taken as already counted.
+    pub fn spawn(node: Node, interval: Duration) -> CommitWatcher {
+        let first = fingerprint(&node.db_path());
+        let shared = Arc::new(Shared {
+            node,
+            stop: AtomicBool::new(false),
+            last: Mutex::new(first),
+            commits: AtomicU64::new(0),
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("litefs-sim-watch-{}", s.node.hostname()))
+            .spawn(move || {
+                while !s.stop.load(Ordering::Relaxed) {
+                    s.check();
+                    std::thread::sleep(interval);
+                }
+            })
+            .ok();
+        if thread.is_none() {
+            tracing::error!("litefs-sim: cannot start the commit watcher thread");
+        }
+        CommitWatcher { shared, thread }
+    }
+
+    /// Checks the database now; returns the TXID after any commit it found. Call it to be
+    /// sure every commit made so far is counted (closes the race window for this caller).
+    pub fn sync(&self) -> u64 {
+        self.shared.check();
+        self.shared.node.txid()
+    }
+
+    /// Commits the watcher has turned into TXIDs.
+    pub fn commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::Relaxed)
+    }
+}
+
+impl Shared {
+    fn check(&self) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let now = fingerprint(&self.node.db_path());
+        if now == *last {
+            return;
+        }
+        let was = std::mem::replace(&mut *last, now.clone());
+        // A database that disappeared is not a commit; on a replica, changes are
+        // replication's (tracked, not counted).
+        if now.is_some() && self.node.is_primary() {
+            let txid = self.node.commit();
+            self.commits.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(txid, created = was.is_none(), "litefs-sim: commit seen");
+        }
+    }
+}
+
+impl Drop for CommitWatcher {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn fingerprint(db: &Path) -> Option<Fingerprint> {
+    let mut h = [0u8; 100];
+    File::open(db).ok()?.read_exact(&mut h).ok()?;
+    let mut header = [0u8; 8];
+    header.copy_from_slice(&h[24..32]);
+    let wal_index = (h[19] == 2)
+        .then(|| {
+            let mut shm = PathBuf::from(db).into_os_string();
+            shm.push("-shm");
+            let mut idx = [0u8; 96];
+            File::open(shm).ok()?.read_exact(&mut idx).ok()?;
+            Some(idx)
+        })
+        .flatten();
+    Some(Fingerprint { header, wal_index })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::NodeConfig;
+    use std::time::Instant;
+
+    fn wait(mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "condition not met in time");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn primary(dir: &Path) -> Node {
+        Node::new(NodeConfig {
+            mount: dir.to_path_buf(),
+            db: "db.sqlite3".into(),
+            hostname: "node-1".into(),
+            is_primary: true,
+            primary_hostname: None,
+        })
+    }
+
+    #[test]
+    fn each_commit_advances_txid_in_both_journal_modes() {
+        for wal in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let node = primary(dir.path());
+            let watcher = CommitWatcher::spawn(node.clone(), DEFAULT_INTERVAL);
+            let conn = rusqlite::Connection::open(node.db_path()).unwrap();
+            if wal {
+                conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+                    .unwrap();
+            }
+            conn.execute_batch("CREATE TABLE t(x)").unwrap();
+            wait(|| node.txid() >= 1);
+            for i in 0..20 {
+                let before = watcher.sync();
+                conn.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
+                // sync() counts the commit exactly, whatever the poll timing.
+                assert!(watcher.sync() > before, "wal={wal} i={i}");
+            }
+            // Without sync: the thread alone notices.
+            let before = node.txid();
+            conn.execute("INSERT INTO t VALUES (99)", []).unwrap();
+            wait(|| node.txid() > before);
+            // No commits: no TXID movement.
+            let settled = watcher.sync();
+            std::thread::sleep(Duration::from_millis(20));
+            assert_eq!(node.txid(), settled, "wal={wal}");
+        }
+    }
+
+    #[test]
+    fn replica_changes_are_not_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = primary(dir.path());
+        node.set_role(false, Some("node-2"));
+        let watcher = CommitWatcher::spawn(node.clone(), DEFAULT_INTERVAL);
+        let conn = rusqlite::Connection::open(node.db_path()).unwrap();
+        conn.execute_batch("CREATE TABLE t(x)").unwrap();
+        assert_eq!(watcher.sync(), 0);
+        assert_eq!(watcher.commits(), 0);
+    }
+}
