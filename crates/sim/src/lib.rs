@@ -5,7 +5,8 @@
 //!
 //! - [`Node`]: one node's mount, position and role; [`serve_api`] serves its LiteFS API.
 //! - [`Cluster`]: N nodes in one process; replication follows [`Cluster::promote`].
-//! - [`ReplicaLink`] / [`CommitWatcher`]: the parts a multi-process setup wires itself.
+//! - [`Member`]: one node per process (the demo), following a leader elected elsewhere;
+//!   built from [`ReplicaLink`] and [`CommitWatcher`].
 //! - [`serve_demo_app`]: an app that writes to SQLite and advances the TXID before it
 //!   answers.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ mod cluster;
 pub mod dbfile;
 mod event;
 mod lag;
+mod member;
 mod node;
 mod pos;
 mod replicate;
@@ -27,6 +29,7 @@ pub use app::{serve_demo_app, Fnv64};
 pub use cluster::{Cluster, ClusterConfig};
 pub use event::{rfc3339_millis, Event};
 pub use lag::{Lag, LagControl};
+pub use member::Member;
 pub use node::{Node, NodeConfig, Role, EVENT_BUFFER, PAGE_SIZE};
 pub use pos::{
     fake_checksum, format_lag, format_pos, parse_pos, pos_path, write_lag, write_pos, write_primary,
