@@ -6,7 +6,7 @@
 # in-flight requests while the app still runs), then LiteFS (it stops the app and unmounts).
 set -euo pipefail
 
-export LITEFS_NODE_NAME="${LITEFS_NODE_NAME:-$(hostname)}"
+export LITEFS_NODE_NAME="${LITEFS_NODE_NAME:-$HOSTNAME}"
 export LITEFS_ADVERTISE_HOST="${LITEFS_ADVERTISE_HOST:-$LITEFS_NODE_NAME}"
 config="${LITEFS_PROXY_CONFIG:-/etc/litefs-proxy.toml}"
 
