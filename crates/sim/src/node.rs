@@ -69,8 +69,9 @@ pub struct Role {
 }
 
 impl Node {
-    /// Creates the node and its mount directory and writes `.primary` and `.lag` for the
-    /// configured role. A `<db>-pos` already in the mount (a restarted node) is resumed;
+    /// Creates the node and its mount directory, writes `.primary` and `.lag` for the
+    /// configured role, and marks an existing database read-only on a replica (writable on
+    /// the primary; see [`crate::dbfile`]). A `<db>-pos` already in the mount (a restarted node) is resumed;
     /// otherwise there is none until the first commit, as with a database LiteFS has not
     /// seen created yet.
     ///
@@ -216,7 +217,8 @@ impl Node {
 
     /// Changes the role with LiteFS's `.primary` semantics: on a replica connected to a
     /// primary (`primary_hostname` `Some`) the file holds `<hostname>\n`; on the primary and
-    /// on a disconnected replica it is absent. Publishes a `primaryChange` event.
+    /// on a disconnected replica it is absent. Publishes a `primaryChange` event
+    /// The database file becomes writable on promotion and read-only on demotion.
     pub fn set_role(&self, is_primary: bool, primary_hostname: Option<&str>) {
         let mut state = self.state();
         let role = Role {
