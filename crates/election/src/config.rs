@@ -36,6 +36,9 @@ pub struct Config {
     pub on_promote: Option<String>,
     /// Shell command run when this node stops being leader.
     pub on_demote: Option<String>,
+    /// Where to serve the Consul-compatible lease endpoint for LiteFS (`lease.type: consul`,
+    /// `lease.consul.url: http://<this>`), e.g. "127.0.0.1:8500". None: not served.
+    pub lease_addr: Option<SocketAddr>,
     pub peers: Vec<PeerSpec>,
 }
 
@@ -53,6 +56,7 @@ impl Default for Config {
             cluster_secret: None,
             on_promote: None,
             on_demote: None,
+            lease_addr: None,
             peers: Vec::new(),
         }
     }

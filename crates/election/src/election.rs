@@ -19,6 +19,7 @@ use crate::faults::Faults;
 use crate::handover::{self, HandoverCtx};
 use crate::hooks::Hooks;
 use crate::leadership::{Leadership, Tracker};
+use crate::lease::{self, LeaseShared, LeaseWriter};
 use crate::network::{NetworkFactory, RpcClient};
 use crate::rpc_server::{self, RpcState};
 use crate::status::{Status, StatusCell};
@@ -38,6 +39,12 @@ pub enum Error {
     },
     #[error(transparent)]
     Store(#[from] OpenError),
+    #[error("binding lease_addr {addr}: {source}")]
+    BindLease {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("binding raft_addr {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -64,6 +71,10 @@ pub struct Election {
     server_stop: Option<oneshot::Sender<()>>,
     server_task: JoinHandle<()>,
     tracker_task: JoinHandle<()>,
+    /// The lease reaper (runs on every node, acts only while leading).
+    reaper_task: JoinHandle<()>,
+    /// The lease HTTP endpoint, when `lease_addr` is set.
+    lease_server: Option<(SocketAddr, oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
 impl Election {
@@ -93,6 +104,18 @@ impl Election {
             source,
         })?;
         let store = Store::open(&cfg.data_dir)?;
+        let lease_listener = match cfg.lease_addr {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::BindLease { addr, source })?;
+                let bound = l
+                    .local_addr()
+                    .map_err(|source| Error::BindLease { addr, source })?;
+                Some((l, bound))
+            }
+            None => None,
+        };
         let listener = TcpListener::bind(cfg.raft_addr)
             .await
             .map_err(|source| Error::Bind {
@@ -127,12 +150,15 @@ impl Election {
             me,
             backoff: cfg.election_timeout_min,
         };
+        let lease_shared = LeaseShared::default();
+        let state_machine = StateMachine::new(store.clone(), lease_shared.clone())
+            .map_err(|e| Error::Raft(e.to_string()))?;
         let raft = Raft::new(
             me,
             Arc::new(raft_config),
             network,
             LogStore::new(store.clone()),
-            StateMachine::new(store.clone()),
+            state_machine,
         )
         .await
         .map_err(|e| Error::Raft(e.to_string()))?;
@@ -214,6 +240,34 @@ impl Election {
         let server_task = tokio::spawn(rpc_server::serve(listener, state, async move {
             let _ = stop_rx.await;
         }));
+        let reaper_task = tokio::spawn(lease::reaper(
+            raft.clone(),
+            me,
+            lease_shared.clone(),
+            (cfg.heartbeat_interval * 2).max(Duration::from_millis(20)),
+        ));
+        let lease_server = match lease_listener {
+            Some((l, addr)) => {
+                let ctx = lease::http::HttpCtx {
+                    shared: lease_shared.clone(),
+                    writer: LeaseWriter {
+                        raft: raft.clone(),
+                        me,
+                        client: client.clone(),
+                    },
+                    raft: raft.clone(),
+                    me_name: cfg.node_id.clone(),
+                    peers: peers.clone(),
+                };
+                let (tx, rx) = oneshot::channel::<()>();
+                let task = tokio::spawn(lease::http::serve(l, ctx, async move {
+                    let _ = rx.await;
+                }));
+                tracing::info!(lease_addr = %addr, "lease endpoint (Consul API subset) listening");
+                Some((addr, tx, task))
+            }
+            None => None,
+        };
         tracing::info!(node = %cfg.node_id, raft_addr = %local_addr, "election started");
 
         Ok(Election {
@@ -231,6 +285,8 @@ impl Election {
             server_stop: Some(stop_tx),
             server_task,
             tracker_task,
+            reaper_task,
+            lease_server,
         })
     }
 
@@ -251,6 +307,11 @@ impl Election {
     /// The bound Raft address (tests bind port 0).
     pub fn raft_local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound lease endpoint address, when `lease_addr` is set.
+    pub fn lease_local_addr(&self) -> Option<SocketAddr> {
+        self.lease_server.as_ref().map(|(a, _, _)| *a)
     }
 
     /// openraft's own metrics (term, state, vote), for tests and diagnostics.
@@ -313,6 +374,12 @@ impl Election {
         // shutdown below (it would otherwise rewrite .primary as "no leader").
         self.tracker_task.abort();
         let _ = (&mut self.tracker_task).await;
+        self.reaper_task.abort();
+        let _ = (&mut self.reaper_task).await;
+        if let Some((_, tx, task)) = self.lease_server.take() {
+            let _ = tx.send(());
+            let _ = task.await;
+        }
         if let Some(tx) = self.server_stop.take() {
             let _ = tx.send(());
         }
@@ -327,5 +394,9 @@ impl Drop for Election {
     fn drop(&mut self) {
         self.tracker_task.abort();
         self.server_task.abort();
+        self.reaper_task.abort();
+        if let Some((_, _, task)) = &self.lease_server {
+            task.abort();
+        }
     }
 }

@@ -30,6 +30,9 @@
 //!   cluster the old leader's vote suffices (a few ms) once it has led for longer than
 //!   `election_timeout_max`; otherwise, and in 5-node clusters, the followers' leases bound it
 //!   to about `election_timeout_max`.
+//! - Lease endpoint (`lease_addr`): a Consul-compatible subset for LiteFS's consul leaser, its
+//!   sessions and KV in the Raft state machine; only the Raft leader's node can lock. See
+//!   [`lease`].
 #![forbid(unsafe_code)]
 
 mod auth;
@@ -39,6 +42,7 @@ mod faults;
 mod handover;
 mod hooks;
 mod leadership;
+pub mod lease;
 mod network;
 mod primary_file;
 mod rpc_server;
@@ -52,7 +56,9 @@ pub use election::{Election, Error};
 pub use faults::Faults;
 pub use leadership::Leadership;
 pub use primary_file::PrimaryFileError;
-pub use rpc_server::{MAX_BODY, PATH_APPEND, PATH_SNAPSHOT, PATH_TIMEOUT_NOW, PATH_VOTE};
+pub use rpc_server::{
+    MAX_BODY, PATH_APPEND, PATH_LEASE, PATH_SNAPSHOT, PATH_TIMEOUT_NOW, PATH_VOTE,
+};
 pub use status::Status;
 pub use store::OpenError;
 pub use types::NodeId;

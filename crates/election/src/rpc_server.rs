@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use crate::auth::{now_ms, Auth, FROM_HEADER};
 use crate::faults::Faults;
 use crate::handover::{self, HandoverCtx, TimeoutNowRequest};
+use crate::lease::{self, state::LeaseRequest};
 use crate::status::StatusCell;
 use crate::types::{Raft, TypeConfig};
 
@@ -32,6 +33,8 @@ pub const PATH_APPEND: &str = "/raft/append";
 pub const PATH_VOTE: &str = "/raft/vote";
 pub const PATH_SNAPSHOT: &str = "/raft/snapshot";
 pub const PATH_TIMEOUT_NOW: &str = "/raft/timeout-now";
+/// A follower forwards a lease write to the leader (answer: `lease::ProposeOutcome`).
+pub const PATH_LEASE: &str = "/raft/lease";
 
 /// Largest request or response body accepted.
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
@@ -130,7 +133,15 @@ async fn handle(state: &RpcState, req: Request<Incoming>) -> Response<Full<Bytes
     if req.method() != Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, "POST only");
     }
-    if ![PATH_APPEND, PATH_VOTE, PATH_SNAPSHOT, PATH_TIMEOUT_NOW].contains(&path.as_str()) {
+    if ![
+        PATH_APPEND,
+        PATH_VOTE,
+        PATH_SNAPSHOT,
+        PATH_TIMEOUT_NOW,
+        PATH_LEASE,
+    ]
+    .contains(&path.as_str())
+    {
         return text(StatusCode::NOT_FOUND, "no such rpc");
     }
     let from = req
@@ -186,6 +197,10 @@ async fn handle(state: &RpcState, req: Request<Incoming>) -> Response<Full<Bytes
         },
         PATH_SNAPSHOT => match decode(&body) {
             Ok(rpc) => json(&state.raft.install_snapshot(rpc).await),
+            Err(e) => text(StatusCode::BAD_REQUEST, e),
+        },
+        PATH_LEASE => match decode::<LeaseRequest>(&body) {
+            Ok(req) => json(&lease::propose_local(&state.raft, state.handover.me, req).await),
             Err(e) => text(StatusCode::BAD_REQUEST, e),
         },
         _ => match decode::<TimeoutNowRequest>(&body) {

@@ -1,5 +1,5 @@
 //! Durable Raft state in one SQLite file: the vote, the log, the committed pointer and the
-//! (tiny, membership-only) state machine with its snapshot. WAL + `synchronous=FULL`, and every
+//! (tiny: membership and lease state) state machine with its snapshot. WAL + `synchronous=FULL`, and every
 //! call returns only after its transaction committed, so a vote is on disk before it is answered.
 //!
 //! The SQLite calls run inline on the Raft task: each is one short transaction (one fsync), and
@@ -23,6 +23,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::lease::state::{LeaseResponse, LeaseState};
+use crate::lease::LeaseShared;
 use crate::types::{NodeId, TypeConfig};
 
 type StResult<T> = Result<T, StorageError<NodeId>>;
@@ -282,11 +284,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// What the state machine holds: only where it is and the membership (election needs no data).
+/// What the state machine holds: where it is, the membership, and the lease endpoint's state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct SmState {
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, openraft::BasicNode>,
+    /// Absent in databases written before the lease endpoint existed.
+    #[serde(default)]
+    lease: LeaseState,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -299,11 +304,22 @@ struct StoredSnapshot {
 #[derive(Clone)]
 pub struct StateMachine {
     store: Store,
+    /// The applied lease state, published after each persisted change for the HTTP endpoint.
+    lease: LeaseShared,
 }
 
 impl StateMachine {
-    pub fn new(store: Store) -> Self {
-        StateMachine { store }
+    /// Opens the state machine and publishes its stored lease state to `lease`.
+    pub fn new(store: Store, lease: LeaseShared) -> StResult<Self> {
+        let sm = StateMachine { store, lease };
+        let st = sm.state()?;
+        sm.publish(&st);
+        Ok(sm)
+    }
+
+    fn publish(&self, st: &SmState) {
+        self.lease
+            .publish(&st.lease, st.last_applied.map(|l| l.index).unwrap_or(0));
     }
 
     fn state(&self) -> StResult<SmState> {
@@ -367,7 +383,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((st.last_applied, st.membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> StResult<Vec<String>>
+    async fn apply<I>(&mut self, entries: I) -> StResult<Vec<LeaseResponse>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -376,12 +392,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut out = Vec::new();
         for entry in entries {
             st.last_applied = Some(entry.log_id);
-            if let EntryPayload::Membership(m) = &entry.payload {
-                st.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-            }
-            out.push(String::new());
+            let resp = match &entry.payload {
+                EntryPayload::Membership(m) => {
+                    st.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    LeaseResponse::None
+                }
+                EntryPayload::Normal(cmd) => st.lease.apply(entry.log_id.index, cmd),
+                EntryPayload::Blank => LeaseResponse::None,
+            };
+            out.push(resp);
         }
         self.set_state(&st)?;
+        self.publish(&st);
         Ok(out)
     }
 
@@ -399,11 +421,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StResult<()> {
         let data = snapshot.into_inner();
+        // The snapshot data is a serialized SmState; only its lease part is taken (position and
+        // membership come from the meta).
+        let lease = if data.is_empty() {
+            LeaseState::default()
+        } else {
+            serde_json::from_slice::<SmState>(&data)
+                .map_err(|e| {
+                    io_err(
+                        ErrorSubject::Snapshot(Some(meta.signature())),
+                        ErrorVerb::Read,
+                        AnyError::new(&e),
+                    )
+                })?
+                .lease
+        };
         let st = SmState {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
+            lease,
         };
         self.set_state(&st)?;
+        self.publish(&st);
         self.store
             .put(
                 K_SNAPSHOT,

@@ -1,0 +1,187 @@
+//! The Consul-compatible lease endpoint: the few Consul HTTP calls LiteFS's consul leaser makes
+//! (sessions, KV get/put/acquire/release), backed by Raft so that only the Raft leader's LiteFS
+//! can hold the primary lock.
+//!
+//! - State ([`state::LeaseState`]) lives in the Raft state machine: persisted with it in SQLite
+//!   and in its snapshot; every node answers GETs from its own applied copy.
+//! - Writes go through the log: the leader stamps each request with its id and wall clock
+//!   ([`state::Command`]) and calls `client_write`; a follower forwards the unstamped request to
+//!   the leader over the signed RPC transport (`/raft/lease`).
+//! - The leader's reaper proposes an empty `Tick` when a session's deadline passed on its clock,
+//!   and right after it is elected (if sessions exist), so other nodes' sessions are invalidated
+//!   at once and their LiteFS sees its next renew fail (404) and demotes.
+//! - Sessions belong to a node: the `Node` of the create request when it names a cluster member,
+//!   otherwise the node whose endpoint received the request (Consul's own rule: no `Node` means
+//!   the local agent's node). LiteFS sends no `Node` (or, with a key prefix in its consul URL, a
+//!   shared `<prefix>/litefs`), so a LiteFS talking to its local endpoint gets its node's name.
+
+pub(crate) mod http;
+pub mod state;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ServerState;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::auth::now_ms;
+use crate::network::RpcClient;
+use crate::rpc_server::PATH_LEASE;
+use crate::types::{NodeId, Raft};
+use state::{Command, LeaseRequest, LeaseResponse, LeaseState};
+
+/// How long one write (including forwarding and commit) may take before it fails with 500.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The applied lease state, shared by the state machine (writer) and the HTTP endpoint.
+#[derive(Clone)]
+pub struct LeaseShared {
+    state: Arc<RwLock<LeaseState>>,
+    /// Last applied log index that carried a lease command; wakes blocking queries.
+    applied: watch::Sender<u64>,
+}
+
+impl Default for LeaseShared {
+    fn default() -> Self {
+        LeaseShared {
+            state: Arc::default(),
+            applied: watch::channel(0).0,
+        }
+    }
+}
+
+impl LeaseShared {
+    pub fn read<T>(&self, f: impl FnOnce(&LeaseState) -> T) -> T {
+        let g = self.state.read().unwrap_or_else(|p| p.into_inner());
+        f(&g)
+    }
+
+    /// Replace the state (after it was persisted) and wake waiters.
+    pub fn publish(&self, st: &LeaseState, index: u64) {
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = st.clone();
+        self.applied.send_replace(index);
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+}
+
+/// Outcome of proposing on one node; also the answer of the `/raft/lease` RPC.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ProposeOutcome {
+    Done(LeaseResponse),
+    /// Not applied: this node is not the leader (the one it knows, if any).
+    NotLeader(Option<NodeId>),
+    Failed(String),
+}
+
+/// Stamp `req` as leader `me` and append it; waits until applied.
+pub async fn propose_local(raft: &Raft, me: NodeId, req: LeaseRequest) -> ProposeOutcome {
+    let cmd = Command {
+        leader: me,
+        now_ms: now_ms(),
+        req,
+    };
+    let res = tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(cmd)).await;
+    match res {
+        Ok(Ok(r)) => ProposeOutcome::Done(r.data),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            ProposeOutcome::NotLeader(f.leader_id)
+        }
+        Ok(Err(e)) => ProposeOutcome::Failed(e.to_string()),
+        Err(_) => ProposeOutcome::Failed(format!("not committed within {WRITE_TIMEOUT:?}")),
+    }
+}
+
+/// Why a write failed; the HTTP layer answers 500 with this text, as Consul does.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("No cluster leader")]
+    NoLeader,
+    #[error("rpc error: {0}")]
+    Failed(String),
+}
+
+/// Sends lease writes to the leader: locally when this node leads, else over the RPC transport.
+#[derive(Clone)]
+pub struct LeaseWriter {
+    pub raft: Raft,
+    pub me: NodeId,
+    pub client: RpcClient,
+}
+
+impl LeaseWriter {
+    pub async fn write(&self, req: LeaseRequest) -> Result<LeaseResponse, WriteError> {
+        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+        let mut metrics = self.raft.metrics();
+        loop {
+            let leader = metrics.borrow_and_update().current_leader;
+            let outcome = match leader {
+                Some(l) if l == self.me => propose_local(&self.raft, self.me, req.clone()).await,
+                Some(l) => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    match self
+                        .client
+                        .call::<_, ProposeOutcome>(l, PATH_LEASE, &req, left)
+                        .await
+                    {
+                        Ok(o) => o,
+                        // It may or may not have been applied: do not send it again.
+                        Err(e) => ProposeOutcome::Failed(e.to_string()),
+                    }
+                }
+                None => {
+                    // Wait for a leader to be known.
+                    if tokio::time::timeout_at(deadline, metrics.changed())
+                        .await
+                        .is_err()
+                    {
+                        return Err(WriteError::NoLeader);
+                    }
+                    continue;
+                }
+            };
+            match outcome {
+                ProposeOutcome::Done(r) => return Ok(r),
+                ProposeOutcome::Failed(e) => return Err(WriteError::Failed(e)),
+                // Not applied anywhere: safe to retry once the leader is known.
+                ProposeOutcome::NotLeader(_) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(WriteError::NoLeader);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Leader-only background task: propose a `Tick` when a session deadline passed on our clock,
+/// or when we are newly elected and other nodes' sessions must be invalidated.
+pub(crate) async fn reaper(raft: Raft, me: NodeId, shared: LeaseShared, tick: Duration) {
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let leading = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            m.state == ServerState::Leader && m.current_leader == Some(me)
+        };
+        if !leading {
+            continue;
+        }
+        let needed = shared.read(|st| {
+            (st.leader != Some(me) && !st.sessions.is_empty()) || st.has_expired(now_ms())
+        });
+        if needed {
+            match propose_local(&raft, me, LeaseRequest::Tick).await {
+                ProposeOutcome::Done(_) => {}
+                other => tracing::debug!(outcome = ?other, "lease reaper tick not applied"),
+            }
+        }
+    }
+}

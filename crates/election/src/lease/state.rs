@@ -1,0 +1,657 @@
+//! The lease state machine: Consul-style sessions and KV entries, changed only by [`Command`]s
+//! applied in Raft log order, so every node holds the same state once it has applied the same
+//! entries.
+//!
+//! Time: a command carries the proposing leader's wall clock (`now_ms`) and id. The state keeps
+//! `clock_ms = max(clock_ms, now_ms)`, so time never runs backwards across leaders, and every
+//! deadline (TTL, lock-delay) is compared with that clock, never with a local one. Sessions expire
+//! when a command is applied at or after their deadline; the leader proposes an empty `Tick` when
+//! its own clock says a deadline passed (see `lease::reaper`).
+//!
+//! Leadership: the first command stamped by a new leader first invalidates every session of
+//! other nodes (their locks are released or deleted per the session's behavior, and lock-delay
+//! applies), and `acquire` only succeeds for a session whose node is the stamping leader.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::node_num;
+use crate::types::NodeId;
+
+/// Consul invalidates a session after TTL times this (its `sessionTTLMultiplier`).
+pub const TTL_MULTIPLIER: u64 = 2;
+
+/// What a session does to its locks when it is invalidated (destroyed, expired, or its node lost
+/// leadership).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Behavior {
+    #[default]
+    Release,
+    Delete,
+}
+
+impl Behavior {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Behavior::Release => "release",
+            Behavior::Delete => "delete",
+        }
+    }
+}
+
+/// One session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub name: String,
+    /// The cluster node (Raft `node_id`) the session belongs to; only the leader's may lock.
+    pub node: String,
+    pub lock_delay_ms: u64,
+    pub behavior: Behavior,
+    /// 0: no TTL.
+    pub ttl_ms: u64,
+    /// `clock_ms` after which the session is invalid (None without TTL).
+    pub expires_at_ms: Option<u64>,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// One KV entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvEntry {
+    pub key: String,
+    /// None for an empty value (Consul answers `"Value": null`).
+    pub value: Option<Vec<u8>>,
+    pub flags: u64,
+    /// The session holding the lock, if any.
+    pub session: Option<String>,
+    pub lock_index: u64,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// What a client asked for; turned into a [`Command`] by the leader, which stamps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum LeaseRequest {
+    /// No change; lets time (expiry) and a new leader's invalidation take effect.
+    Tick,
+    SessionCreate {
+        id: String,
+        name: String,
+        node: String,
+        lock_delay_ms: u64,
+        behavior: Behavior,
+        ttl_ms: u64,
+    },
+    SessionRenew {
+        id: String,
+    },
+    SessionDestroy {
+        id: String,
+    },
+    /// Plain PUT, with optional check-and-set on ModifyIndex (0: only if absent).
+    KvSet {
+        key: String,
+        value: Option<Vec<u8>>,
+        flags: u64,
+        cas: Option<u64>,
+    },
+    KvAcquire {
+        key: String,
+        session: String,
+        value: Option<Vec<u8>>,
+        flags: u64,
+    },
+    KvRelease {
+        key: String,
+        session: String,
+        value: Option<Vec<u8>>,
+        flags: u64,
+    },
+    KvDelete {
+        key: String,
+        cas: Option<u64>,
+    },
+}
+
+/// A log entry's payload: the request plus the proposing leader's stamp.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Raft id of the leader that appended this entry (it stamps itself; followers forward
+    /// unstamped requests).
+    pub leader: NodeId,
+    /// That leader's wall clock, ms since the Unix epoch.
+    pub now_ms: u64,
+    pub req: LeaseRequest,
+}
+
+/// The answer to one command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum LeaseResponse {
+    /// Entries that are not lease commands (blank, membership).
+    #[default]
+    None,
+    Bool(bool),
+    Created(String),
+    /// Renew: the session, or None when it does not exist (HTTP 404).
+    Renewed(Option<Session>),
+    /// A request Consul answers with an error status.
+    Failed {
+        status: u16,
+        message: String,
+    },
+}
+
+/// Everything the lease endpoint serves.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseState {
+    pub sessions: BTreeMap<String, Session>,
+    pub kv: BTreeMap<String, KvEntry>,
+    /// key -> `clock_ms` before which it cannot be acquired (Consul's lock-delay).
+    pub lock_delays: BTreeMap<String, u64>,
+    /// The leader that stamped the last applied command.
+    pub leader: Option<NodeId>,
+    pub clock_ms: u64,
+    /// Raft index of the last change to the KV table / the sessions (X-Consul-Index).
+    pub kv_index: u64,
+    pub session_index: u64,
+}
+
+/// Keys whose last path segment is this are write-once (LiteFS's cluster id,
+/// `<key>/clusterid`): a later PUT with another value answers `false`, as a failed cas would.
+pub const WRITE_ONCE_SEGMENT: &str = "clusterid";
+
+fn is_write_once(key: &str) -> bool {
+    key.rsplit('/').next() == Some(WRITE_ONCE_SEGMENT)
+}
+
+impl LeaseState {
+    /// Apply the command of log entry `index`.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> LeaseResponse {
+        self.clock_ms = self.clock_ms.max(cmd.now_ms);
+        if self.leader != Some(cmd.leader) {
+            self.leader = Some(cmd.leader);
+            let stale: Vec<String> = self
+                .sessions
+                .values()
+                .filter(|s| node_num(&s.node) != cmd.leader)
+                .map(|s| s.id.clone())
+                .collect();
+            if !stale.is_empty() {
+                tracing::info!(
+                    sessions = stale.len(),
+                    "lease: new leader, invalidating other nodes' sessions"
+                );
+            }
+            for id in stale {
+                self.invalidate(index, &id);
+            }
+        }
+        self.expire(index);
+        self.lock_delays.retain(|_, until| *until > self.clock_ms);
+        match &cmd.req {
+            LeaseRequest::Tick => LeaseResponse::Bool(true),
+            LeaseRequest::SessionCreate {
+                id,
+                name,
+                node,
+                lock_delay_ms,
+                behavior,
+                ttl_ms,
+            } => {
+                if self.sessions.contains_key(id) {
+                    return failed(500, format!("session {id:?} already exists"));
+                }
+                let s = Session {
+                    id: id.clone(),
+                    name: name.clone(),
+                    node: node.clone(),
+                    lock_delay_ms: *lock_delay_ms,
+                    behavior: *behavior,
+                    ttl_ms: *ttl_ms,
+                    expires_at_ms: self.deadline(*ttl_ms),
+                    create_index: index,
+                    modify_index: index,
+                };
+                self.sessions.insert(id.clone(), s);
+                self.session_index = index;
+                LeaseResponse::Created(id.clone())
+            }
+            LeaseRequest::SessionRenew { id } => {
+                let deadline = self
+                    .sessions
+                    .get(id)
+                    .map(|s| s.ttl_ms)
+                    .map(|ttl| self.deadline(ttl));
+                match (self.sessions.get_mut(id), deadline) {
+                    (Some(s), Some(d)) => {
+                        s.expires_at_ms = d;
+                        LeaseResponse::Renewed(Some(s.clone()))
+                    }
+                    _ => LeaseResponse::Renewed(None),
+                }
+            }
+            LeaseRequest::SessionDestroy { id } => {
+                self.invalidate(index, id);
+                LeaseResponse::Bool(true)
+            }
+            LeaseRequest::KvSet {
+                key,
+                value,
+                flags,
+                cas,
+            } => {
+                let existing = self.kv.get(key);
+                if !cas_ok(existing, *cas) {
+                    return LeaseResponse::Bool(false);
+                }
+                if let Some(e) = existing {
+                    if is_write_once(key) && e.value != *value {
+                        return LeaseResponse::Bool(false);
+                    }
+                }
+                let session = existing.and_then(|e| e.session.clone());
+                self.put(index, key, value.clone(), *flags, session, false);
+                LeaseResponse::Bool(true)
+            }
+            LeaseRequest::KvAcquire {
+                key,
+                session,
+                value,
+                flags,
+            } => {
+                let Some(s) = self.sessions.get(session) else {
+                    return failed(500, format!("invalid session {session:?}"));
+                };
+                if node_num(&s.node) != cmd.leader {
+                    tracing::debug!(key, session, node = %s.node, "lease: acquire refused, node is not the raft leader");
+                    return LeaseResponse::Bool(false);
+                }
+                if self.lock_delays.contains_key(key) {
+                    return LeaseResponse::Bool(false);
+                }
+                let holder = self.kv.get(key).and_then(|e| e.session.clone());
+                match holder {
+                    Some(h) if h != *session => LeaseResponse::Bool(false),
+                    Some(_) => {
+                        self.put(
+                            index,
+                            key,
+                            value.clone(),
+                            *flags,
+                            Some(session.clone()),
+                            false,
+                        );
+                        LeaseResponse::Bool(true)
+                    }
+                    None => {
+                        self.put(
+                            index,
+                            key,
+                            value.clone(),
+                            *flags,
+                            Some(session.clone()),
+                            true,
+                        );
+                        LeaseResponse::Bool(true)
+                    }
+                }
+            }
+            LeaseRequest::KvRelease {
+                key,
+                session,
+                value,
+                flags,
+            } => {
+                let held = self
+                    .kv
+                    .get(key)
+                    .is_some_and(|e| e.session.as_deref() == Some(session.as_str()));
+                if !held {
+                    return LeaseResponse::Bool(false);
+                }
+                self.put(index, key, value.clone(), *flags, None, false);
+                LeaseResponse::Bool(true)
+            }
+            LeaseRequest::KvDelete { key, cas } => {
+                let existing = self.kv.get(key);
+                if !cas_ok(existing, *cas) || (existing.is_some() && is_write_once(key)) {
+                    return LeaseResponse::Bool(false);
+                }
+                if self.kv.remove(key).is_some() {
+                    self.kv_index = index;
+                }
+                LeaseResponse::Bool(true)
+            }
+        }
+    }
+
+    fn deadline(&self, ttl_ms: u64) -> Option<u64> {
+        (ttl_ms > 0).then(|| {
+            self.clock_ms
+                .saturating_add(ttl_ms.saturating_mul(TTL_MULTIPLIER))
+        })
+    }
+
+    fn put(
+        &mut self,
+        index: u64,
+        key: &str,
+        value: Option<Vec<u8>>,
+        flags: u64,
+        session: Option<String>,
+        new_lock: bool,
+    ) {
+        let value = value.filter(|v| !v.is_empty());
+        let e = self.kv.entry(key.to_string()).or_insert_with(|| KvEntry {
+            key: key.to_string(),
+            value: None,
+            flags: 0,
+            session: None,
+            lock_index: 0,
+            create_index: index,
+            modify_index: index,
+        });
+        e.value = value;
+        e.flags = flags;
+        e.session = session;
+        if new_lock {
+            e.lock_index += 1;
+        }
+        e.modify_index = index;
+        self.kv_index = index;
+    }
+
+    /// Sessions whose deadline is at or before `now_ms` (the reaper's question).
+    pub fn has_expired(&self, now_ms: u64) -> bool {
+        let now = now_ms.max(self.clock_ms);
+        self.sessions
+            .values()
+            .any(|s| s.expires_at_ms.is_some_and(|d| d <= now))
+    }
+
+    fn expire(&mut self, index: u64) {
+        let clock = self.clock_ms;
+        let expired: Vec<String> = self
+            .sessions
+            .values()
+            .filter(|s| s.expires_at_ms.is_some_and(|d| d <= clock))
+            .map(|s| s.id.clone())
+            .collect();
+        for id in expired {
+            tracing::info!(session = %id, "lease: session TTL expired");
+            self.invalidate(index, &id);
+        }
+    }
+
+    /// Remove a session; its locks are released or deleted, and lock-delay starts on them.
+    fn invalidate(&mut self, index: u64, id: &str) {
+        let Some(s) = self.sessions.remove(id) else {
+            return;
+        };
+        self.session_index = index;
+        let held: Vec<String> = self
+            .kv
+            .values()
+            .filter(|e| e.session.as_deref() == Some(id))
+            .map(|e| e.key.clone())
+            .collect();
+        for key in held {
+            if s.lock_delay_ms > 0 {
+                self.lock_delays
+                    .insert(key.clone(), self.clock_ms.saturating_add(s.lock_delay_ms));
+            }
+            match s.behavior {
+                Behavior::Delete => {
+                    self.kv.remove(&key);
+                }
+                Behavior::Release => {
+                    if let Some(e) = self.kv.get_mut(&key) {
+                        e.session = None;
+                        e.modify_index = index;
+                    }
+                }
+            }
+            self.kv_index = index;
+        }
+    }
+}
+
+fn cas_ok(existing: Option<&KvEntry>, cas: Option<u64>) -> bool {
+    match (cas, existing) {
+        (None, _) => true,
+        (Some(0), e) => e.is_none(),
+        (Some(n), Some(e)) => e.modify_index == n,
+        (Some(_), None) => false,
+    }
+}
+
+fn failed(status: u16, message: String) -> LeaseResponse {
+    LeaseResponse::Failed { status, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Sm {
+        st: LeaseState,
+        index: u64,
+    }
+
+    impl Sm {
+        fn new() -> Self {
+            Sm {
+                st: LeaseState::default(),
+                index: 0,
+            }
+        }
+        fn run(&mut self, leader: &str, now_ms: u64, req: LeaseRequest) -> LeaseResponse {
+            self.index += 1;
+            let cmd = Command {
+                leader: node_num(leader),
+                now_ms,
+                req,
+            };
+            self.st.apply(self.index, &cmd)
+        }
+    }
+
+    fn create(id: &str, node: &str, ttl_ms: u64, lock_delay_ms: u64) -> LeaseRequest {
+        LeaseRequest::SessionCreate {
+            id: id.into(),
+            name: "litefs".into(),
+            node: node.into(),
+            lock_delay_ms,
+            behavior: Behavior::Delete,
+            ttl_ms,
+        }
+    }
+
+    fn acquire(key: &str, session: &str, v: &str) -> LeaseRequest {
+        LeaseRequest::KvAcquire {
+            key: key.into(),
+            session: session.into(),
+            value: Some(v.as_bytes().to_vec()),
+            flags: 0,
+        }
+    }
+
+    const K: &str = "litefs/primary";
+
+    #[test]
+    fn only_the_leaders_node_acquires_and_leader_change_invalidates() {
+        let mut sm = Sm::new();
+        assert_eq!(
+            sm.run("n1", 1000, create("s1", "n1", 10_000, 1000)),
+            LeaseResponse::Created("s1".into())
+        );
+        sm.run("n1", 1000, create("s2", "n2", 10_000, 1000));
+        // A follower's session cannot lock, the leader's can; it is re-entrant.
+        assert_eq!(
+            sm.run("n1", 1001, acquire(K, "s2", "b")),
+            LeaseResponse::Bool(false)
+        );
+        assert_eq!(
+            sm.run("n1", 1002, acquire(K, "s1", "a")),
+            LeaseResponse::Bool(true)
+        );
+        assert_eq!(
+            sm.run("n1", 1003, acquire(K, "s1", "a2")),
+            LeaseResponse::Bool(true)
+        );
+        let e = &sm.st.kv[K];
+        assert_eq!((e.lock_index, e.session.as_deref()), (1, Some("s1")));
+        assert_eq!(e.value.as_deref(), Some(&b"a2"[..]));
+        assert_eq!(
+            sm.run("n1", 1004, LeaseRequest::SessionRenew { id: "s1".into() }),
+            LeaseResponse::Renewed(Some(sm.st.sessions["s1"].clone()))
+        );
+
+        // n2 becomes leader: its first command invalidates n1's sessions, the key is deleted
+        // (behavior delete) and lock-delay holds it for 1 s.
+        let r = sm.run("n2", 2000, LeaseRequest::SessionRenew { id: "s1".into() });
+        assert_eq!(r, LeaseResponse::Renewed(None));
+        assert!(!sm.st.kv.contains_key(K));
+        assert!(sm.st.sessions.contains_key("s2"));
+        assert_eq!(
+            sm.run("n2", 2500, acquire(K, "s2", "b")),
+            LeaseResponse::Bool(false)
+        );
+        assert_eq!(
+            sm.run("n2", 3000, acquire(K, "s2", "b")),
+            LeaseResponse::Bool(true)
+        );
+        assert_eq!(sm.st.kv[K].lock_index, 1, "a deleted key starts over");
+        // n1's session is gone for good.
+        assert!(matches!(
+            sm.run("n2", 3001, acquire(K, "s1", "a")),
+            LeaseResponse::Failed { status: 500, .. }
+        ));
+    }
+
+    #[test]
+    fn same_node_reelected_keeps_its_sessions() {
+        let mut sm = Sm::new();
+        sm.run("n1", 0, create("s1", "n1", 0, 0));
+        assert_eq!(
+            sm.run("n1", 1, acquire(K, "s1", "a")),
+            LeaseResponse::Bool(true)
+        );
+        // A new term led by the same node stamps the same id: nothing is invalidated.
+        sm.run("n1", 2, LeaseRequest::Tick);
+        assert!(sm.st.sessions.contains_key("s1"));
+        assert_eq!(sm.st.kv[K].session.as_deref(), Some("s1"));
+    }
+
+    #[test]
+    fn ttl_expiry_uses_the_stamped_clock_and_never_runs_backwards() {
+        let mut sm = Sm::new();
+        sm.run("n1", 10_000, create("s1", "n1", 1000, 0));
+        assert_eq!(sm.st.sessions["s1"].expires_at_ms, Some(12_000));
+        assert!(!sm.st.has_expired(11_999));
+        assert!(sm.st.has_expired(12_000));
+        sm.run("n1", 11_000, LeaseRequest::SessionRenew { id: "s1".into() });
+        assert_eq!(sm.st.sessions["s1"].expires_at_ms, Some(13_000));
+        // A leader whose clock is behind does not move the clock back.
+        sm.run("n1", 5_000, LeaseRequest::Tick);
+        assert_eq!(sm.st.clock_ms, 11_000);
+        assert!(sm.st.sessions.contains_key("s1"));
+        sm.run("n1", 13_000, LeaseRequest::Tick);
+        assert!(sm.st.sessions.is_empty());
+        assert_eq!(
+            sm.run("n1", 13_001, LeaseRequest::SessionRenew { id: "s1".into() }),
+            LeaseResponse::Renewed(None)
+        );
+    }
+
+    #[test]
+    fn release_destroy_cas_and_write_once_cluster_id() {
+        let mut sm = Sm::new();
+        let mut s = create("s1", "n1", 0, 5000);
+        if let LeaseRequest::SessionCreate { behavior, .. } = &mut s {
+            *behavior = Behavior::Release;
+        }
+        sm.run("n1", 0, s);
+        sm.run("n1", 0, acquire(K, "s1", "a"));
+        let rel = |sess: &str| LeaseRequest::KvRelease {
+            key: K.into(),
+            session: sess.into(),
+            value: None,
+            flags: 0,
+        };
+        assert_eq!(sm.run("n1", 1, rel("other")), LeaseResponse::Bool(false));
+        assert_eq!(sm.run("n1", 1, rel("s1")), LeaseResponse::Bool(true));
+        let e = &sm.st.kv[K];
+        assert_eq!((e.session.as_deref(), e.value.as_deref()), (None, None));
+        // Released explicitly: no lock-delay, re-acquire at once bumps LockIndex.
+        assert_eq!(
+            sm.run("n1", 2, acquire(K, "s1", "a")),
+            LeaseResponse::Bool(true)
+        );
+        assert_eq!(sm.st.kv[K].lock_index, 2);
+        // Destroy with the lock held: released (behavior release) and lock-delay applies.
+        sm.run("n1", 3, LeaseRequest::SessionDestroy { id: "s1".into() });
+        assert_eq!(sm.st.kv[K].session, None);
+        assert_eq!(sm.st.lock_delays.get(K), Some(&5003));
+
+        let set = |v: &str, cas| LeaseRequest::KvSet {
+            key: "litefs/primary/clusterid".into(),
+            value: Some(v.as_bytes().to_vec()),
+            flags: 0,
+            cas,
+        };
+        assert_eq!(
+            sm.run("n1", 4, set("LFSC1", Some(0))),
+            LeaseResponse::Bool(true)
+        );
+        assert_eq!(
+            sm.run("n1", 4, set("LFSC1", Some(0))),
+            LeaseResponse::Bool(false)
+        );
+        assert_eq!(
+            sm.run("n1", 4, set("LFSC1", None)),
+            LeaseResponse::Bool(true)
+        );
+        assert_eq!(
+            sm.run("n1", 4, set("LFSC2", None)),
+            LeaseResponse::Bool(false)
+        );
+        assert_eq!(
+            sm.run(
+                "n1",
+                4,
+                LeaseRequest::KvDelete {
+                    key: "litefs/primary/clusterid".into(),
+                    cas: None
+                }
+            ),
+            LeaseResponse::Bool(false)
+        );
+        assert_eq!(
+            sm.st.kv["litefs/primary/clusterid"].value.as_deref(),
+            Some(&b"LFSC1"[..])
+        );
+        // cas on ModifyIndex for ordinary keys.
+        let plain = |v: &str, cas| LeaseRequest::KvSet {
+            key: "x".into(),
+            value: Some(v.as_bytes().to_vec()),
+            flags: 7,
+            cas,
+        };
+        assert_eq!(sm.run("n1", 5, plain("1", None)), LeaseResponse::Bool(true));
+        let mi = sm.st.kv["x"].modify_index;
+        assert_eq!(
+            sm.run("n1", 5, plain("2", Some(mi + 1))),
+            LeaseResponse::Bool(false)
+        );
+        assert_eq!(
+            sm.run("n1", 5, plain("2", Some(mi))),
+            LeaseResponse::Bool(true)
+        );
+        assert_eq!(sm.st.kv["x"].flags, 7);
+    }
+}
