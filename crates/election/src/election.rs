@@ -254,6 +254,7 @@ impl Election {
                         raft: raft.clone(),
                         me,
                         client: client.clone(),
+                        shared: lease_shared.clone(),
                     },
                     raft: raft.clone(),
                     me_name: cfg.node_id.clone(),

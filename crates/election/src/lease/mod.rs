@@ -72,7 +72,11 @@ impl LeaseShared {
 /// Outcome of proposing on one node; also the answer of the `/raft/lease` RPC.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ProposeOutcome {
-    Done(LeaseResponse),
+    /// Applied at log `index`.
+    Done {
+        resp: LeaseResponse,
+        index: u64,
+    },
     /// Not applied: this node is not the leader (the one it knows, if any).
     NotLeader(Option<NodeId>),
     Failed(String),
@@ -87,7 +91,10 @@ pub async fn propose_local(raft: &Raft, me: NodeId, req: LeaseRequest) -> Propos
     };
     let res = tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(cmd)).await;
     match res {
-        Ok(Ok(r)) => ProposeOutcome::Done(r.data),
+        Ok(Ok(r)) => ProposeOutcome::Done {
+            resp: r.data,
+            index: r.log_id.index,
+        },
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
             ProposeOutcome::NotLeader(f.leader_id)
         }
@@ -111,6 +118,8 @@ pub struct LeaseWriter {
     pub raft: Raft,
     pub me: NodeId,
     pub client: RpcClient,
+    /// Local applied state: a forwarded write returns once it is applied here too.
+    pub shared: LeaseShared,
 }
 
 impl LeaseWriter {
@@ -145,7 +154,13 @@ impl LeaseWriter {
                 }
             };
             match outcome {
-                ProposeOutcome::Done(r) => return Ok(r),
+                ProposeOutcome::Done { resp, index } => {
+                    // Read-your-writes on this node: a GET after the answer sees the change.
+                    let mut applied = self.shared.subscribe();
+                    let _ =
+                        tokio::time::timeout_at(deadline, applied.wait_for(|a| *a >= index)).await;
+                    return Ok(resp);
+                }
                 ProposeOutcome::Failed(e) => return Err(WriteError::Failed(e)),
                 // Not applied anywhere: safe to retry once the leader is known.
                 ProposeOutcome::NotLeader(_) => {
@@ -179,7 +194,7 @@ pub(crate) async fn reaper(raft: Raft, me: NodeId, shared: LeaseShared, tick: Du
         });
         if needed {
             match propose_local(&raft, me, LeaseRequest::Tick).await {
-                ProposeOutcome::Done(_) => {}
+                ProposeOutcome::Done { .. } => {}
                 other => tracing::debug!(outcome = ?other, "lease reaper tick not applied"),
             }
         }

@@ -1,0 +1,262 @@
+//! The lease endpoint over raw HTTP: Consul's status codes, JSON field names, base64 values and
+//! `X-Consul-*` headers, on leader and follower, and what a leader change does to the lock.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{http_call, Cluster};
+use serde_json::{json, Value};
+
+const KEY: &str = "litefs/primary";
+/// The body hashicorp's Go client sends for LiteFS's `Session().CreateNoChecks` (no key prefix
+/// in the consul URL, so no Node).
+const GO_CREATE: &[u8] =
+    br#"{"NodeChecks":[],"Name":"litefs","LockDelay":"1000ms","Behavior":"delete","TTL":"10s"}"#;
+
+fn lease_cluster() -> Cluster {
+    Cluster::new(3, None, |cfg| {
+        cfg.lease_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    })
+}
+
+fn lease_addr(c: &Cluster, i: usize) -> SocketAddr {
+    c.slots[i]
+        .node
+        .as_ref()
+        .and_then(|n| n.lease_local_addr())
+        .expect("lease endpoint bound")
+}
+
+fn json_of(body: &[u8]) -> Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+}
+
+async fn create(addr: SocketAddr, body: &[u8]) -> String {
+    let (st, h, b) = http_call(addr, "PUT", "/v1/session/create", body).await;
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(h["content-type"], "application/json");
+    let v = json_of(&b);
+    let id = v["ID"].as_str().expect("ID").to_string();
+    assert_eq!(v.as_object().map(|o| o.len()), Some(1), "{v}");
+    assert_eq!(id.len(), 36, "{id}");
+    id
+}
+
+async fn put(addr: SocketAddr, path: &str, body: &[u8]) -> Value {
+    let (st, _, b) = http_call(addr, "PUT", path, body).await;
+    assert_eq!(st, 200, "PUT {path}: {}", String::from_utf8_lossy(&b));
+    json_of(&b)
+}
+
+/// GET a key on `addr` until `ok` holds (followers apply shortly after the leader answers).
+async fn get_until(
+    addr: SocketAddr,
+    path: &str,
+    ok: impl Fn(u16, &[u8]) -> bool,
+) -> (u16, std::collections::HashMap<String, String>, Vec<u8>) {
+    let start = Instant::now();
+    loop {
+        let r = http_call(addr, "GET", path, b"").await;
+        if ok(r.0, &r.2) {
+            return r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "GET {path}: still {} {}",
+            r.0,
+            String::from_utf8_lossy(&r.2)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consul_shapes_on_leader_and_follower_and_leader_change() {
+    common::init_tracing();
+    let mut c = lease_cluster();
+    c.start_all().await;
+    let l = c.wait_agreed(Duration::from_secs(5)).await;
+    let f = (0..3).find(|i| *i != l).expect("follower");
+    let (la, fa) = (lease_addr(&c, l), lease_addr(&c, f));
+    let (lname, fname) = (c.slots[l].name.clone(), c.slots[f].name.clone());
+
+    // Missing key: 404, empty body, index headers present (the Go client parses them).
+    let (st, h, b) = http_call(fa, "GET", "/v1/kv/litefs/primary/clusterid", b"").await;
+    assert_eq!((st, b.len()), (404, 0));
+    assert!(h["x-consul-index"].parse::<u64>().expect("index") >= 1);
+    assert_eq!(h["x-consul-knownleader"], "true");
+    assert_eq!(h["x-consul-lastcontact"], "0");
+
+    // LiteFS on the leader: session (owned by the receiving node), acquire, cluster id.
+    let sid = create(la, GO_CREATE).await;
+    let (_, h, b) = get_until(fa, &format!("/v1/session/info/{sid}"), |s, b| {
+        s == 200 && b != b"[]"
+    })
+    .await;
+    let info = json_of(&b);
+    let s = &info[0];
+    assert_eq!(s["ID"], json!(sid));
+    assert_eq!(s["Name"], "litefs");
+    assert_eq!(s["Node"], json!(lname));
+    assert_eq!(s["LockDelay"], json!(1_000_000_000u64), "nanoseconds");
+    assert_eq!(s["Behavior"], "delete");
+    assert_eq!(s["TTL"], "10s");
+    assert!(s["CreateIndex"].as_u64().expect("CreateIndex") >= 1);
+    assert_eq!(s["CreateIndex"], s["ModifyIndex"]);
+    assert!(h.contains_key("x-consul-index"));
+
+    let primary = br#"{"hostname":"node-x","advertiseURL":"http://node-x:20202"}"#;
+    assert_eq!(
+        put(la, &format!("/v1/kv/{KEY}?acquire={sid}"), primary).await,
+        json!(true)
+    );
+    let (_, h, b) = get_until(fa, &format!("/v1/kv/{KEY}"), |s, _| s == 200).await;
+    let kv = json_of(&b);
+    let e = &kv[0];
+    assert_eq!(e["Key"], KEY);
+    assert_eq!(e["LockIndex"], 1);
+    assert_eq!(e["Flags"], 0);
+    assert_eq!(e["Session"], json!(sid));
+    assert_eq!(
+        e["Value"],
+        json!(base64::engine::general_purpose::STANDARD.encode(primary))
+    );
+    let mi = e["ModifyIndex"].as_u64().expect("ModifyIndex");
+    assert_eq!(e["CreateIndex"].as_u64(), Some(mi));
+    assert_eq!(h["x-consul-index"], mi.to_string());
+    // ?raw answers the value itself.
+    let (st, _, raw) = http_call(fa, "GET", &format!("/v1/kv/{KEY}?raw"), b"").await;
+    assert_eq!((st, raw.as_slice()), (200, &primary[..]));
+
+    // The cluster id is set once (LiteFS writes it with a plain PUT).
+    let cid = "/v1/kv/litefs/primary/clusterid";
+    assert_eq!(put(la, cid, b"LFSC0123456789ABCDEF").await, json!(true));
+    assert_eq!(
+        put(fa, cid, b"LFSC0123456789ABCDEF").await,
+        json!(true),
+        "same value"
+    );
+    assert_eq!(put(fa, cid, b"LFSCFFFFFFFFFFFFFFFF").await, json!(false));
+    assert_eq!(put(la, &format!("{cid}?cas=0"), b"x").await, json!(false));
+    let (st, _, _) = http_call(la, "DELETE", cid, b"").await;
+    assert_eq!(st, 200);
+    let (_, _, raw) = http_call(fa, "GET", &format!("{cid}?raw"), b"").await;
+    assert_eq!(raw, b"LFSC0123456789ABCDEF");
+
+    // LiteFS on a follower: its session is its node's, and cannot lock.
+    let fsid = create(fa, GO_CREATE).await;
+    let (_, _, b) = http_call(fa, "GET", &format!("/v1/session/info/{fsid}"), b"").await;
+    assert_eq!(json_of(&b)[0]["Node"], json!(fname));
+    assert_eq!(
+        put(fa, &format!("/v1/kv/{KEY}?acquire={fsid}"), b"{}").await,
+        json!(false)
+    );
+    assert_eq!(
+        put(fa, &format!("/v1/kv/{KEY}?release={fsid}"), b"").await,
+        json!(false)
+    );
+    // An explicit Node naming a member is honoured (the leader's, here): it may lock.
+    let explicit = format!(r#"{{"Node":"{lname}","TTL":"10s","LockDelay":"1s"}}"#);
+    let xsid = create(fa, explicit.as_bytes()).await;
+    assert_eq!(
+        put(fa, &format!("/v1/kv/other?acquire={xsid}"), b"v").await,
+        json!(true)
+    );
+
+    // Renew: the session as a one-element list; unknown: 404.
+    let v = put(fa, &format!("/v1/session/renew/{sid}"), b"").await;
+    assert_eq!(v[0]["ID"], json!(sid));
+    let (st, _, b) = http_call(fa, "PUT", "/v1/session/renew/no-such-session", b"").await;
+    assert_eq!(st, 404, "{}", String::from_utf8_lossy(&b));
+
+    // Blocking query: held until the KV index passes, answered by the release.
+    let (_, h, _) = http_call(fa, "GET", &format!("/v1/kv/{KEY}"), b"").await;
+    let idx: u64 = h["x-consul-index"].parse().expect("index");
+    let waiter = tokio::spawn(async move {
+        let t = Instant::now();
+        let r = http_call(fa, "GET", &format!("/v1/kv/{KEY}?index={idx}&wait=5s"), b"").await;
+        (r, t.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        put(la, &format!("/v1/kv/{KEY}?release={sid}"), b"").await,
+        json!(true)
+    );
+    let ((st, h, b), took) = waiter.await.expect("waiter");
+    assert_eq!(st, 200);
+    assert!(
+        took >= Duration::from_millis(150),
+        "did not block: {took:?}"
+    );
+    assert!(h["x-consul-index"].parse::<u64>().expect("index") > idx);
+    let e = &json_of(&b)[0];
+    assert!(e.get("Session").is_none(), "released: {e}");
+    assert_eq!(
+        e["Value"],
+        Value::Null,
+        "release with an empty body clears the value"
+    );
+    assert_eq!(e["LockIndex"], 1);
+    // Re-acquire bumps LockIndex.
+    assert_eq!(
+        put(la, &format!("/v1/kv/{KEY}?acquire={sid}"), primary).await,
+        json!(true)
+    );
+    let (_, _, b) = get_until(fa, &format!("/v1/kv/{KEY}"), |_, b| {
+        b.windows(13).any(|w| w == b"\"LockIndex\":2")
+    })
+    .await;
+    assert_eq!(json_of(&b)[0]["Session"], json!(sid));
+
+    // Errors and what is not served.
+    let (st, _, _) = http_call(la, "GET", "/v1/session/create", b"").await;
+    assert_eq!(st, 405);
+    let (st, _, _) = http_call(la, "GET", "/v1/agent/self", b"").await;
+    assert_eq!(st, 404);
+    let (st, _, b) = http_call(la, "PUT", "/v1/session/create", br#"{"TTL":"50ms"}"#).await;
+    assert_eq!(st, 400, "{}", String::from_utf8_lossy(&b));
+    let (st, _, _) = http_call(la, "PUT", &format!("/v1/kv/{KEY}?acquire=nope"), b"").await;
+    assert_eq!(st, 500, "unknown session");
+    assert_eq!(
+        put(la, "/v1/catalog/register", br#"{"Node":"litefs"}"#).await,
+        json!(true)
+    );
+    let (st, _, b) = http_call(fa, "GET", "/v1/status/leader", b"").await;
+    assert_eq!(st, 200);
+    assert!(json_of(&b)
+        .as_str()
+        .is_some_and(|s| s.starts_with("127.0.0.1:")));
+
+    // The leader dies: the new leader invalidates the old leader's sessions at once (the key,
+    // behavior "delete", is gone) but keeps its own node's.
+    c.kill(l).await;
+    let l2 = c.wait_agreed(Duration::from_secs(3)).await;
+    let l2a = lease_addr(&c, l2);
+    let t = Instant::now();
+    get_until(l2a, &format!("/v1/kv/{KEY}"), |s, _| s == 404).await;
+    println!(
+        "old leader's lock gone {:?} after the new leader was agreed",
+        t.elapsed()
+    );
+    let (st, _, _) = http_call(l2a, "PUT", &format!("/v1/session/renew/{sid}"), b"").await;
+    assert_eq!(st, 404, "the old leader's session is invalid");
+    let (st, _, _) = http_call(l2a, "PUT", &format!("/v1/session/renew/{xsid}"), b"").await;
+    assert_eq!(st, 404, "sessions naming the old leader's node too");
+    // The new leader's node can lock once lock-delay (1s) has passed.
+    let nsid = create(l2a, GO_CREATE).await;
+    let start = Instant::now();
+    loop {
+        let v = put(l2a, &format!("/v1/kv/{KEY}?acquire={nsid}"), b"new").await;
+        if v == json!(true) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(3), "never acquired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("new leader's node acquired after {:?}", start.elapsed());
+    c.stop_all().await;
+}
