@@ -338,6 +338,11 @@ fn node_configs_pass_litefs_proxy_check() {
         assert_eq!(effective["proxy"]["mount"].as_str(), Some("/litefs"));
         let peers = effective["election"]["peers"].as_array().expect("peers");
         assert_eq!(peers.len(), 3);
+        // The lease endpoint is where litefs.yml's consul leaser looks for it.
+        let lease = effective["election"]["lease_addr"]
+            .as_str()
+            .expect("lease_addr");
+        assert_eq!(format!("http://{lease}"), litefs_consul_url());
     }
 }
 
@@ -402,6 +407,11 @@ fn yaml_keys(prefix: &str, v: &Value, out: &mut Vec<String>) {
     }
 }
 
+fn litefs_consul_url() -> String {
+    let cfg = yaml(&deploy("litefs.yml"));
+    s(&cfg["lease"]["consul"], "url").to_string()
+}
+
 #[test]
 fn litefs_yml_uses_the_local_lease_endpoint_and_no_litefs_proxy() {
     let cfg = yaml(&deploy("litefs.yml"));
@@ -418,7 +428,7 @@ fn litefs_yml_uses_the_local_lease_endpoint_and_no_litefs_proxy() {
     assert_eq!(s(&cfg["http"], "addr"), ":20202");
     let lease = &cfg["lease"];
     assert_eq!(s(lease, "type"), "consul");
-    assert_eq!(s(&lease["consul"], "url"), "http://127.0.0.1:8500");
+    assert_eq!(litefs_consul_url(), "http://127.0.0.1:8500");
     assert!(s(lease, "advertise-url").ends_with(":20202"));
     let exec = seq(&cfg, "exec");
     let app = s(exec.last().expect("exec"), "cmd");
@@ -780,6 +790,8 @@ fn k8s_manifests_parse_with_expected_kinds_probes_and_ports() {
         ok(&out, &format!("check of the ConfigMap as {pod_name}"));
     }
     let cfg: toml::Table = toml_text.parse().expect("ConfigMap TOML");
+    let lease = cfg["election"]["lease_addr"].as_str().expect("lease_addr");
+    assert_eq!(format!("http://{lease}"), litefs_consul_url());
     let peers = cfg["election"]["peers"].as_array().expect("peers");
     assert_eq!(peers.len(), 3, "peers match replicas");
     for (i, p) in peers.iter().enumerate() {
