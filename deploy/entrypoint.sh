@@ -17,20 +17,27 @@ fi
 # Fail fast, naming the bad key, before anything is started.
 litefs-proxy check --config "$config" >/dev/null
 
+proxy="" litefs=""
+stop() {
+  trap '' TERM INT
+  if [ -n "$proxy" ]; then
+    kill -TERM "$proxy" 2>/dev/null || true
+    wait "$proxy" 2>/dev/null || true
+  fi
+  if [ -n "$litefs" ]; then
+    kill -TERM "$litefs" 2>/dev/null || true
+    wait "$litefs" 2>/dev/null || true
+  fi
+}
+# Installed before anything starts: a SIGTERM stops whatever has been started.
+trap 'stop; exit 0' TERM INT
+
 # LiteFS retries the lease endpoint until litefs-proxy listens, so the start order is free.
 litefs-proxy run --config "$config" &
 proxy=$!
 litefs mount -config /etc/litefs.yml &
 litefs=$!
-
-stop() {
-  trap '' TERM INT
-  kill -TERM "$proxy" 2>/dev/null || true
-  wait "$proxy" 2>/dev/null || true
-  kill -TERM "$litefs" 2>/dev/null || true
-  wait "$litefs" 2>/dev/null || true
-}
-trap 'stop; exit 0' TERM INT
+echo "entrypoint: started litefs-proxy (pid $proxy) and litefs (pid $litefs)" >&2
 
 set +e
 wait -n "$proxy" "$litefs"

@@ -551,7 +551,7 @@ fn entrypoint(dir: &Path, env: &[(&str, &str)]) -> std::process::Child {
         .env("LITEFS_PROXY_CONFIG", &config)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(fs::File::create(dir.join("stderr")).expect("stderr file"))
         .spawn()
         .expect("run entrypoint.sh")
 }
@@ -589,9 +589,13 @@ fn entrypoint_stops_the_proxy_before_litefs() {
     let dir = tempfile::tempdir().expect("tempdir");
     stubs(dir.path());
     let mut child = entrypoint(dir.path(), &[]);
+    // Signal only once the entrypoint knows both pids and both stubs handle SIGTERM.
     wait_for("both stubs to start", || {
         let l = log_lines(dir.path());
-        l.contains(&"litefs-proxy:ready".into()) && l.contains(&"litefs:ready".into())
+        let started = fs::read_to_string(dir.path().join("stderr"))
+            .unwrap_or_default()
+            .contains("entrypoint: started");
+        started && l.contains(&"litefs-proxy:ready".into()) && l.contains(&"litefs:ready".into())
     });
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
