@@ -159,11 +159,16 @@ async fn consul_shapes_on_leader_and_follower_and_leader_change() {
         put(fa, &format!("/v1/kv/{KEY}?release={fsid}"), b"").await,
         json!(false)
     );
-    // An explicit Node naming a member is honoured (the leader's, here): it may lock.
+    // An explicit Node naming a member is honoured (the leader's, here): it may lock, but only
+    // through the leader's own endpoint (a LiteFS handoff to another node cannot lock).
     let explicit = format!(r#"{{"Node":"{lname}","TTL":"10s","LockDelay":"1s"}}"#);
     let xsid = create(fa, explicit.as_bytes()).await;
     assert_eq!(
         put(fa, &format!("/v1/kv/other?acquire={xsid}"), b"v").await,
+        json!(false)
+    );
+    assert_eq!(
+        put(la, &format!("/v1/kv/other?acquire={xsid}"), b"v").await,
         json!(true)
     );
 

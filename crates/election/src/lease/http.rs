@@ -566,6 +566,7 @@ async fn kv_put(ctx: &HttpCtx, key: String, query: &HashMap<String, String>, bod
             session: s.clone(),
             value,
             flags,
+            origin: ctx.me_name.clone(),
         },
         (None, Some(s)) => LeaseRequest::KvRelease {
             key,

@@ -14,6 +14,9 @@
 //!   otherwise the node whose endpoint received the request (Consul's own rule: no `Node` means
 //!   the local agent's node). LiteFS sends no `Node` (or, with a key prefix in its consul URL, a
 //!   shared `<prefix>/litefs`), so a LiteFS talking to its local endpoint gets its node's name.
+//! - `acquire` also requires the receiving node to be the leader: a session id handed to another
+//!   node's LiteFS (LiteFS `promote: true` handoffs) cannot take the lock from there. Configure
+//!   LiteFS with `promote: false`; the lock follows Raft, not LiteFS handoffs.
 
 pub(crate) mod http;
 pub mod state;

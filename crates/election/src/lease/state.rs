@@ -104,6 +104,9 @@ pub enum LeaseRequest {
         session: String,
         value: Option<Vec<u8>>,
         flags: u64,
+        /// The node whose endpoint received the request: it must be the leader too, so a
+        /// session id handed to another node's LiteFS (LiteFS's `promote` handoff) cannot lock.
+        origin: String,
     },
     KvRelease {
         key: String,
@@ -262,12 +265,13 @@ impl LeaseState {
                 session,
                 value,
                 flags,
+                origin,
             } => {
                 let Some(s) = self.sessions.get(session) else {
                     return failed(500, format!("invalid session {session:?}"));
                 };
-                if node_num(&s.node) != cmd.leader {
-                    tracing::debug!(key, session, node = %s.node, "lease: acquire refused, node is not the raft leader");
+                if node_num(&s.node) != cmd.leader || node_num(origin) != cmd.leader {
+                    tracing::debug!(key, session, node = %s.node, origin, "lease: acquire refused, not the raft leader's node");
                     return LeaseResponse::Bool(false);
                 }
                 if self.lock_delays.contains_key(key) {
@@ -472,11 +476,16 @@ mod tests {
     }
 
     fn acquire(key: &str, session: &str, v: &str) -> LeaseRequest {
+        acquire_via(key, session, v, if session == "s2" { "n2" } else { "n1" })
+    }
+
+    fn acquire_via(key: &str, session: &str, v: &str, origin: &str) -> LeaseRequest {
         LeaseRequest::KvAcquire {
             key: key.into(),
             session: session.into(),
             value: Some(v.as_bytes().to_vec()),
             flags: 0,
+            origin: origin.into(),
         }
     }
 
