@@ -50,7 +50,10 @@ pub(crate) struct Shared {
     tokens: Tokens,
     pub(crate) txid: LocalTxid,
     pub(crate) primary: watch::Receiver<Primary>,
-    upstream: Upstream,
+    /// The local app, over pooled connections.
+    app: Upstream,
+    /// The primary's proxy: a fresh connection per request (see `Upstream::new`).
+    to_primary: Upstream,
     pub(crate) metrics: Metrics,
     pub(crate) extension: Option<Arc<dyn StatusExtension>>,
 }
@@ -114,7 +117,8 @@ impl Proxy {
                 tokens,
                 txid,
                 primary,
-                upstream: Upstream::new(Duration::from_secs(1)),
+                app: Upstream::new(Duration::from_secs(1), true),
+                to_primary: Upstream::new(Duration::from_secs(1), false),
                 metrics: Metrics::default(),
                 extension: None,
                 cfg,
@@ -285,7 +289,11 @@ impl Proxy {
                         .headers
                         .insert(HOP_HEADER, HeaderValue::from_static("1"));
                     let start = Instant::now();
-                    match s.upstream.send(&url, &p.head, p.body, &mut p.upgrade).await {
+                    match s
+                        .to_primary
+                        .send(&url, &p.head, p.body, &mut p.upgrade)
+                        .await
+                    {
                         Ok(resp) => {
                             s.metrics
                                 .forward_latency
@@ -334,11 +342,7 @@ impl Proxy {
         let s = &*self.inner;
         let deadline = Instant::now() + s.cfg.target_connect_retry;
         loop {
-            match s
-                .upstream
-                .send(&s.target, &p.head, p.body, &mut p.upgrade)
-                .await
-            {
+            match s.app.send(&s.target, &p.head, p.body, &mut p.upgrade).await {
                 Ok(resp) => {
                     let mut resp = response(resp);
                     if mint {

@@ -27,13 +27,18 @@ pub enum SendError {
 }
 
 impl Upstream {
-    pub fn new(connect_timeout: Duration) -> Upstream {
+    /// `pooled`: keep idle connections for reuse. Without it every request opens its own
+    /// connection, so a peer that died shows as connect-refused (never sent, safe to hold
+    /// and retry) instead of a reset on a reused connection, where the request may have
+    /// been read and must not be sent again. Used for the primary's proxy, which can die
+    /// at any moment during a failover.
+    pub fn new(connect_timeout: Duration, pooled: bool) -> Upstream {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(256)
+            .pool_max_idle_per_host(if pooled { 256 } else { 0 })
             .build(connector);
         Upstream { client }
     }

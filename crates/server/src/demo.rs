@@ -87,7 +87,7 @@ pub fn supervise(args: DemoArgs) -> ExitCode {
         }
         ExitCode::SUCCESS
     });
-    println!("\nstopping the demo cluster...");
+    say("\nstopping the demo cluster...\n");
     stop_all(&mut children);
     if temporary {
         let _ = std::fs::remove_dir_all(&dir);
@@ -200,33 +200,35 @@ fn print_session(args: &DemoArgs, dir: &Path, children: &[(String, Child)], lead
         [a] => (a, a),
         [] => (leader, leader),
     };
-    println!(
-        "litefs-proxy demo: {} nodes on 127.0.0.1 (logs and data in {})\n",
+    let mut out = format!(
+        "litefs-proxy demo: {} nodes on 127.0.0.1 (logs and data in {})\n\n{:<8} {:>7} {:>6} {:>6} {:>6} {:>6}  role\n",
         args.nodes,
-        dir.display()
-    );
-    println!(
-        "{:<8} {:>7} {:>6} {:>6} {:>6} {:>6}  role",
-        "node", "pid", "proxy", "app", "raft", "litefs"
+        dir.display(),
+        "node",
+        "pid",
+        "proxy",
+        "app",
+        "raft",
+        "litefs"
     );
     for (k, (name, c)) in children.iter().enumerate() {
         let k = k as u16;
-        println!(
-            "{name:<8} {:>7} {:>6} {:>6} {:>6} {:>6}  {}",
+        let role = if k + 1 == leader {
+            "primary (Raft leader)"
+        } else {
+            "replica"
+        };
+        out += &format!(
+            "{name:<8} {:>7} {:>6} {:>6} {:>6} {:>6}  {role}\n",
             c.id(),
             args.proxy_port + k,
             args.app_port + k,
             args.raft_port + k,
             args.api_port + k,
-            if k + 1 == leader {
-                "primary (Raft leader)"
-            } else {
-                "replica"
-            },
         );
     }
     let leader_pid = children[(leader - 1) as usize].1.id();
-    println!(
+    out += &format!(
         r#"
 Replication lag is {lag} ms. Paste these in another terminal:
 
@@ -247,12 +249,19 @@ Replication lag is {lag} ms. Paste these in another terminal:
   curl -s http://127.0.0.1:{pw}/litefs/status; echo
 
 Ctrl-C stops the whole cluster.
-demo ready: leader node-{leader} pid {leader_pid}"#,
+demo ready: leader node-{leader} pid {leader_pid}
+"#,
         lag = args.lag_ms,
         pw = port(w),
         pr = port(r),
     );
-    let _ = std::io::stdout().flush();
+    say(&out);
+}
+
+/// Writes to stdout; a closed stdout (piped into `head`, say) is not a reason to stop.
+fn say(s: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(s.as_bytes()).and_then(|()| out.flush());
 }
 
 /// One node: LiteFS stand-in, demo app, election and proxy, until the supervisor goes.

@@ -1,0 +1,187 @@
+//! `litefs-proxy demo` does what it prints: a write through a replica, a read that waits
+//! for replication, a failover after kill -9 of the printed leader pid, and Ctrl-C leaves
+//! no process behind.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use litefs_proxy_tests::{
+    client::{get, post},
+    cluster::binary,
+};
+
+/// A first port such that `first..first + n` are all free right now.
+fn free_run(n: u16) -> u16 {
+    loop {
+        let first = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if first > 65000 {
+            continue;
+        }
+        let all: Vec<_> = (0..n)
+            .filter_map(|k| std::net::TcpListener::bind(("127.0.0.1", first + k)).ok())
+            .collect();
+        if all.len() == n as usize {
+            return first;
+        }
+    }
+}
+
+/// Kills the supervisor if the test fails half-way; its nodes then see their stdin close.
+struct Supervisor(std::process::Child);
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie is not running; /proc/<pid>/stat's third field says which.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_the_printed_session_and_ctrl_c_stops_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, app, raft, api) = (free_run(3), free_run(3), free_run(3), free_run(3));
+    let mut sup = Supervisor(
+        Command::new(binary())
+            .arg("demo")
+            .args(["--dir".as_ref(), dir.path().as_os_str()])
+            .args([
+                "--proxy-port",
+                &proxy.to_string(),
+                "--app-port",
+                &app.to_string(),
+            ])
+            .args([
+                "--raft-port",
+                &raft.to_string(),
+                "--api-port",
+                &api.to_string(),
+            ])
+            .args(["--lag-ms", "300"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = sup.0.stdout.take().unwrap();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    // Reads the session up to "demo ready", then keeps draining so the demo can print.
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut ready_tx = Some(ready_tx);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let done = line.starts_with("demo ready:");
+            out.push(line);
+            if done {
+                if let Some(tx) = ready_tx.take() {
+                    let _ = tx.send(std::mem::take(&mut out));
+                }
+            }
+        }
+    });
+    let lines = tokio::time::timeout(Duration::from_secs(60), ready_rx)
+        .await
+        .expect("demo ready in time")
+        .unwrap();
+    let text = lines.join("\n");
+    let ready = lines.last().unwrap();
+    assert!(ready.starts_with("demo ready: leader node-"), "{text}");
+    let leader: u16 = ready["demo ready: leader node-".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let leader_pid: u32 = ready.rsplit(' ').next().unwrap().parse().unwrap();
+    let pids: Vec<u32> = lines
+        .iter()
+        .filter(|l| l.starts_with("node-"))
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 3, "{text}");
+    assert!(text.contains("curl -si -c /tmp/demo.jar -X POST"), "{text}");
+    let addr = |i: u16| std::net::SocketAddr::from(([127, 0, 0, 1], proxy + i - 1));
+    let replicas: Vec<u16> = (1..=3).filter(|&i| i != leader).collect();
+
+    // 1. A write through a replica lands on the leader and mints the token.
+    let w = post(addr(replicas[0]), "/items", &[], "hello")
+        .await
+        .unwrap();
+    assert_eq!(w.status, 201, "{}", w.text());
+    assert_eq!(
+        w.header("x-sim-node"),
+        Some(format!("node-{leader}").as_str())
+    );
+    let token = litefs_proxy_tests::client::minted(&w).expect("token");
+    // 2. The other replica, with the cookie, waits for the 300 ms lag and sees it.
+    let cookie = format!("litefs-txid={token}");
+    let start = Instant::now();
+    let r = get(addr(replicas[1]), "/items", &[("cookie", cookie.as_str())])
+        .await
+        .unwrap();
+    assert!(r.text().contains("hello"), "{}", r.text());
+    assert!(
+        start.elapsed() >= Duration::from_millis(150),
+        "the read waited for replication"
+    );
+    // 3. kill -9 of the printed leader pid; a write through a survivor succeeds.
+    assert!(Command::new("kill")
+        .args(["-9", &leader_pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let killed = Instant::now();
+    let w = post(addr(replicas[0]), "/items", &[], "after failover")
+        .await
+        .unwrap();
+    assert_eq!(w.status, 201, "{}", w.text());
+    assert_ne!(
+        w.header("x-sim-node"),
+        Some(format!("node-{leader}").as_str())
+    );
+    println!(
+        "demo failover: first write after kill -9 in {:?}",
+        killed.elapsed()
+    );
+
+    // Ctrl-C: the supervisor stops every node and exits 0.
+    assert!(Command::new("kill")
+        .args(["-INT", &sup.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let end = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(st) = sup.0.try_wait().unwrap() {
+            break st.code();
+        }
+        assert!(Instant::now() < end, "supervisor did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(code, Some(0));
+    for pid in pids {
+        assert!(!alive(pid), "node process {pid} still running");
+    }
+}
