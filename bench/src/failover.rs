@@ -1,0 +1,375 @@
+//! Scenario 4: failover of a 3-process Raft cluster (the ideas of tests/src/cluster.rs):
+//! under a write every 10 ms through the survivors, kill -9 the leader and time the first
+//! successful write sent after the kill; then SIGTERM (planned handover) the same way.
+//! The killed node is restarted and rejoins before the next trial.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Result};
+use bytes::Bytes;
+use http::Method;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::{
+    client, hello,
+    procs::{free_port, Proc},
+    report::{percentile, secs, Group, Panel, Row},
+    Ctx, Section,
+};
+
+/// LiteFS + Consul: 10 s session TTL + 1 s lock delay (documented, not measured here).
+const LITEFS_CONSUL_S: f64 = 11.0;
+
+struct Node {
+    id: String,
+    proxy: SocketAddr,
+    config: PathBuf,
+    proc: Option<Proc>,
+}
+
+struct Cluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    async fn start(ctx: &Ctx) -> Result<Cluster> {
+        let dir = ctx.dir.path().join("s4");
+        std::fs::create_dir_all(&dir)?;
+        let ids: Vec<String> = (1..=3).map(|i| format!("node-{i}")).collect();
+        let proxies: Vec<SocketAddr> = (0..3).map(|_| free_port()).collect();
+        let rafts: Vec<SocketAddr> = (0..3).map(|_| free_port()).collect();
+        let peers: Vec<String> = (0..3)
+            .map(|j| {
+                format!(
+                    r#"{{ id = "{}", raft = "{}", proxy = "http://{}" }}"#,
+                    ids[j], rafts[j], proxies[j]
+                )
+            })
+            .collect();
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let app = TcpListener::bind("127.0.0.1:0").await?;
+            let app_addr = app.local_addr()?;
+            tokio::spawn(hello::serve(app, None));
+            let mount = dir.join(format!("mount-{}", i + 1));
+            std::fs::create_dir_all(&mount)?;
+            let toml = format!(
+                r#"[proxy]
+addr = "{proxy}"
+target = "{app_addr}"
+mount = "{mount}"
+node_name = "{id}"
+primary_redirect_timeout = "5s"
+shutdown_grace = "2s"
+
+[role]
+source = "raft"
+
+[election]
+node_id = "{id}"
+raft_addr = "{raft}"
+data_dir = "{data}"
+peers = [{peers}]
+"#,
+                proxy = proxies[i],
+                mount = mount.display(),
+                id = ids[i],
+                raft = rafts[i],
+                data = dir.join(format!("data-{}", i + 1)).display(),
+                peers = peers.join(", "),
+            );
+            let config = dir.join(format!("node-{}.toml", i + 1));
+            std::fs::write(&config, toml)?;
+            nodes.push(Node {
+                id: ids[i].clone(),
+                proxy: proxies[i],
+                config,
+                proc: None,
+            });
+        }
+        let mut c = Cluster {
+            bin: ctx.bin.clone(),
+            dir,
+            nodes,
+        };
+        for i in 0..3 {
+            c.spawn(i)?;
+        }
+        Ok(c)
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<()> {
+        let n = &mut self.nodes[i];
+        let mut cmd = std::process::Command::new(&self.bin);
+        cmd.args(["run", "--config"])
+            .arg(&n.config)
+            .env("RUST_LOG", "info,openraft=warn");
+        // Appends across restarts would be nicer; one log per start is enough here.
+        let log = self.dir.join(format!("{}-{}.log", n.id, now_ms()));
+        n.proc = Some(Proc::spawn(&n.id, &mut cmd, log, None)?);
+        Ok(())
+    }
+
+    /// Exactly one primary among `among`, named by all of them.
+    async fn wait_leader(&self, among: &[usize], within: Duration) -> Option<usize> {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            let mut leader = None;
+            let mut primaries = 0;
+            let mut names = Vec::new();
+            let mut all = true;
+            for &i in among {
+                match client::status(self.nodes[i].proxy).await {
+                    Some(s) => {
+                        if s["role"] == "primary" {
+                            primaries += 1;
+                            leader = Some(i);
+                        }
+                        names.push(s["primary"].as_str().map(str::to_owned));
+                    }
+                    None => all = false,
+                }
+            }
+            if let (true, 1, Some(l)) = (all, primaries, leader) {
+                if names
+                    .iter()
+                    .all(|n| n.as_deref() == Some(self.nodes[l].id.as_str()))
+                {
+                    return Some(l);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    }
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// One write: when it was sent, when it finished, whether it succeeded (2xx).
+#[derive(Clone, Copy)]
+struct Write {
+    sent: Instant,
+    done: Instant,
+    ok: bool,
+}
+
+/// Sends a POST every 10 ms, alternating between `targets`, each on its own connection
+/// and task (a held write does not delay the next one).
+struct Writer {
+    log: Arc<Mutex<Vec<Write>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Writer {
+    fn start(targets: Vec<SocketAddr>) -> Writer {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, s) = (log.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut n = 0usize;
+            while !s.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let addr = targets[n % targets.len()];
+                n += 1;
+                let l = l.clone();
+                tokio::spawn(async move {
+                    let sent = Instant::now();
+                    let req =
+                        client::request(Method::POST, "/items", &[], Bytes::from_static(b"x"));
+                    let ok = matches!(client::once(addr, req, Duration::from_secs(10)).await, Ok((st, _)) if st.is_success());
+                    if let Ok(mut v) = l.lock() {
+                        v.push(Write {
+                            sent,
+                            done: Instant::now(),
+                            ok,
+                        });
+                    }
+                });
+            }
+        });
+        Writer { log, stop }
+    }
+
+    fn first_ok_after(&self, t: Instant) -> Option<Duration> {
+        let v = self.log.lock().ok()?;
+        v.iter()
+            .filter(|w| w.ok && w.sent >= t)
+            .map(|w| w.done - t)
+            .min()
+    }
+
+    /// Writes sent at or after `t` that failed.
+    fn failed_after(&self, t: Instant) -> usize {
+        self.log
+            .lock()
+            .map_or(0, |v| v.iter().filter(|w| !w.ok && w.sent >= t).count())
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Let the last writes land before the next trial.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct TrialResult {
+    took: Duration,
+    failed: usize,
+    exit: Option<Duration>,
+}
+
+async fn trial(c: &mut Cluster, sigterm: bool) -> Result<TrialResult> {
+    let all = [0, 1, 2];
+    let Some(l) = c.wait_leader(&all, Duration::from_secs(20)).await else {
+        bail!("no leader among 3");
+    };
+    let survivors: Vec<usize> = all.iter().copied().filter(|&i| i != l).collect();
+    let writer = Writer::start(survivors.iter().map(|&i| c.nodes[i].proxy).collect());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let t0 = Instant::now();
+    let mut exit = None;
+    if sigterm {
+        if let Some(p) = &c.nodes[l].proc {
+            p.signal("TERM");
+        }
+    } else if let Some(mut p) = c.nodes[l].proc.take() {
+        p.kill9();
+    }
+    let end = t0 + Duration::from_secs(15);
+    let mut took = None;
+    while Instant::now() < end {
+        if took.is_none() {
+            took = writer.first_ok_after(t0);
+        }
+        if sigterm && exit.is_none() {
+            if let Some(p) = c.nodes[l].proc.as_mut() {
+                if p.try_wait().is_some() {
+                    exit = Some(t0.elapsed());
+                }
+            }
+        }
+        if took.is_some() && (!sigterm || exit.is_some()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Give late completions a moment, then re-read the minimum.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let took = writer.first_ok_after(t0).or(took);
+    let failed = writer.failed_after(t0);
+    writer.stop().await;
+    c.nodes[l].proc = None;
+    c.spawn(l)?;
+    let Some(took) = took else {
+        bail!("no successful write within 15 s of stopping the leader");
+    };
+    Ok(TrialResult { took, failed, exit })
+}
+
+pub async fn run(ctx: &Ctx) -> Result<Section> {
+    let (kills, terms) = if ctx.quick { (3, 2) } else { (20, 5) };
+    let mut c = Cluster::start(ctx).await?;
+    let mut kill_s = Vec::new();
+    let mut term_s = Vec::new();
+    let mut exit_s = Vec::new();
+    let mut failed = [0usize; 2];
+    for i in 0..kills + terms {
+        let sigterm = i >= kills;
+        let r = trial(&mut c, sigterm).await?;
+        eprintln!(
+            "  s4 {} trial {i}: first write after {:?}, failed writes {}, exit {:?}",
+            if sigterm { "SIGTERM" } else { "kill -9" },
+            r.took,
+            r.failed,
+            r.exit
+        );
+        failed[usize::from(sigterm)] += r.failed;
+        if sigterm {
+            term_s.push(r.took.as_secs_f64());
+            if let Some(e) = r.exit {
+                exit_s.push(e.as_secs_f64());
+            }
+        } else {
+            kill_s.push(r.took.as_secs_f64());
+        }
+    }
+    let (k50, k99) = (percentile(&kill_s, 0.5), percentile(&kill_s, 0.99));
+    let (t50, tmax) = (percentile(&term_s, 0.5), percentile(&term_s, 1.0));
+    let mut rows = Vec::new();
+    let scen = "4. failover, 3 nodes";
+    let mut r = Row::new(
+        scen,
+        &format!("kill -9 → first write, p50 ({} trials)", kill_s.len()),
+    );
+    r.proxy = secs(k50);
+    r.baseline = format!("LiteFS+Consul ≈ {LITEFS_CONSUL_S} s (documented)");
+    r.ratio = crate::report::ratio(k50, LITEFS_CONSUL_S);
+    r.goal = "< 0.6 s".into();
+    r.met = Some(k50 < 0.6);
+    rows.push(r);
+    let mut r = Row::new(scen, "kill -9 → first write, p99");
+    r.proxy = secs(k99);
+    r.baseline = format!(
+        "writes failed: {} (held, not failed, is the goal)",
+        failed[0]
+    );
+    r.goal = "< 1 s".into();
+    r.met = Some(k99 < 1.0);
+    rows.push(r);
+    let mut r = Row::new(
+        scen,
+        &format!("SIGTERM → first write, p50 / max ({} trials)", term_s.len()),
+    );
+    r.proxy = format!("{} / {}", secs(t50), secs(tmax));
+    r.baseline = format!(
+        "old leader exited after {} (median); writes failed: {}",
+        secs(percentile(&exit_s, 0.5)),
+        failed[1]
+    );
+    r.goal = "< 0.2 s".into();
+    r.met = Some(tmax < 0.2);
+    rows.push(r);
+    Ok(Section {
+        rows,
+        json: json!({"kill9_s": kill_s, "sigterm_s": term_s, "sigterm_exit_s": exit_s,
+            "failed_writes": {"kill9": failed[0], "sigterm": failed[1]},
+            "litefs_consul_documented_s": LITEFS_CONSUL_S}),
+        panels: vec![Panel {
+            title: "Failover: kill → first write".into(),
+            unit: "s".into(),
+            groups: vec![
+                Group {
+                    label: "p50".into(),
+                    bars: vec![
+                        ("litefs-proxy kill -9".into(), k50),
+                        ("LiteFS+Consul (documented)".into(), LITEFS_CONSUL_S),
+                    ],
+                },
+                Group {
+                    label: "p99".into(),
+                    bars: vec![
+                        ("litefs-proxy kill -9".into(), k99),
+                        ("LiteFS+Consul (documented)".into(), LITEFS_CONSUL_S),
+                    ],
+                },
+            ],
+        }],
+    })
+}

@@ -1,0 +1,143 @@
+//! Scenario 5: resident memory of the proxy process idle and with 10,000 idle keep-alive
+//! client connections (each has carried one request), per connection; nginx the same way
+//! for context (PSS of master + workers, since they share pages).
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http::Method;
+use serde_json::json;
+
+use crate::{
+    client::{self, Sender},
+    procs::{self, free_port},
+    report::{thousands, Group, Panel, Row},
+    Ctx, Section,
+};
+
+/// Opens `n` connections, `batch` at a time, each carrying one GET; keeps them open.
+async fn open(addr: SocketAddr, n: usize) -> Result<Vec<Sender>> {
+    let batch = 200;
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let k = batch.min(n - out.len());
+        let tasks: Vec<_> = (0..k)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let mut s = client::connect(addr).await?;
+                    let req = client::request(Method::GET, "/", &[], Bytes::new());
+                    client::send(&mut s, req).await?;
+                    anyhow::Ok(s)
+                })
+            })
+            .collect();
+        for t in tasks {
+            out.push(t.await??);
+        }
+    }
+    Ok(out)
+}
+
+/// Memory of a server: its own RSS, or the PSS sum of a master and its workers.
+fn mem_kib(pid: u32, with_children: bool) -> Option<u64> {
+    if !with_children {
+        return procs::rss_kib(pid);
+    }
+    let mut total = procs::pss_kib(pid)?;
+    for c in procs::children(pid) {
+        total += procs::pss_kib(c).unwrap_or(0);
+    }
+    Some(total)
+}
+
+async fn measure(addr: SocketAddr, pid: u32, n: usize, with_children: bool) -> Result<(u64, u64)> {
+    // Warm: a few requests so pools and buffers of the steady state exist.
+    let warm = open(addr, 8).await?;
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = mem_kib(pid, with_children).context("reading memory")?;
+    let conns = open(addr, n).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let loaded = mem_kib(pid, with_children).context("reading memory")?;
+    drop(conns);
+    Ok((idle, loaded))
+}
+
+pub async fn run(ctx: &Ctx) -> Result<Section> {
+    let n = if ctx.quick { 1000 } else { 10_000 };
+    let dir = ctx.dir.path();
+    let mount = dir.join("s5-mount");
+    std::fs::create_dir_all(&mount)?;
+    litefs_sim::write_pos(&mount, "db.sqlite3", 1, 0)?;
+    let addr = free_port();
+    let proxy = procs::spawn_proxy(
+        &ctx.bin,
+        dir,
+        "s5-proxy",
+        &procs::static_toml(
+            addr,
+            ctx.hello,
+            &mount,
+            "s5",
+            None,
+            "header_read_timeout = \"300s\"\nidle_timeout = \"10m\"\n",
+        ),
+    )?;
+    proxy.wait_ready(addr, "/litefs/health").await?;
+    let (idle, loaded) = measure(addr, proxy.pid(), n, false).await?;
+    drop(proxy);
+    let per = (loaded.saturating_sub(idle)) as f64 / n as f64;
+    eprintln!("  s5 litefs-proxy: idle {idle} KiB, {n} conns {loaded} KiB, {per:.2} KiB/conn");
+
+    let mut nginx_json = serde_json::Value::Null;
+    let mut nginx_txt = "nginx not installed".to_string();
+    let mut nginx_per = f64::NAN;
+    if let Some(bin) = &ctx.nginx {
+        let naddr = free_port();
+        let ng = procs::spawn_nginx(bin, &dir.join("s5"), naddr, ctx.hello, ctx.cores)?;
+        ng.wait_ready(naddr, "/").await?;
+        let (ni, nl) = measure(naddr, ng.pid(), n, true).await?;
+        nginx_per = (nl.saturating_sub(ni)) as f64 / n as f64;
+        eprintln!("  s5 nginx (PSS): idle {ni} KiB, {n} conns {nl} KiB, {nginx_per:.2} KiB/conn");
+        nginx_json = json!({"idle_pss_kib": ni, "loaded_pss_kib": nl, "kib_per_conn": nginx_per});
+        nginx_txt = format!(
+            "nginx {nginx_per:.1} KiB/conn (PSS {} → {} KiB)",
+            thousands(ni as f64),
+            thousands(nl as f64)
+        );
+    }
+    let scen = "5. memory";
+    let mut rows = Vec::new();
+    let mut r = Row::new(scen, "RSS idle");
+    r.proxy = format!("{} KiB", thousands(idle as f64));
+    rows.push(r);
+    let mut r = Row::new(
+        scen,
+        &format!("RSS with {} idle keep-alive conns", thousands(n as f64)),
+    );
+    r.proxy = format!("{} KiB", thousands(loaded as f64));
+    rows.push(r);
+    let mut r = Row::new(scen, "per connection");
+    r.proxy = format!("{per:.1} KiB");
+    r.baseline = nginx_txt;
+    if nginx_per.is_finite() {
+        r.ratio = crate::report::ratio(per, nginx_per);
+    }
+    r.goal = "< 10 KiB".into();
+    r.met = Some(per < 10.0);
+    rows.push(r);
+    Ok(Section {
+        rows,
+        json: json!({"connections": n, "proxy": {"idle_rss_kib": idle, "loaded_rss_kib": loaded, "kib_per_conn": per},
+            "nginx": nginx_json}),
+        panels: vec![Panel {
+            title: format!("Memory per idle connection ({n})"),
+            unit: "KiB".into(),
+            groups: vec![Group {
+                label: "per connection".into(),
+                bars: vec![("litefs-proxy".into(), per), ("nginx".into(), nginx_per)],
+            }],
+        }],
+    })
+}
