@@ -22,12 +22,33 @@ pub enum Command {
     Run(ConfigArgs),
     /// Validate the config and print the effective config as TOML (secrets redacted).
     Check(ConfigArgs),
+    /// Print a litefs.yml for this node: fuse/data dirs, the lease (raft: LiteFS's consul
+    /// lease against this node's lease endpoint; static: LiteFS's static lease), exec.
+    LitefsConfig(LitefsConfigArgs),
     /// A local demo cluster on 127.0.0.1: per node a process with litefs-proxy, Raft, a
     /// LiteFS stand-in and a demo app. Prints a curl session; Ctrl-C stops everything.
     Demo(DemoArgs),
     /// One node of the demo (started by `demo`; stops when `demo` goes away).
     #[command(hide = true)]
     DemoNode(DemoNodeArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct LitefsConfigArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// data.dir: LiteFS's own data directory.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/litefs")]
+    pub data_dir: PathBuf,
+    /// exec: the app command LiteFS starts once primary or connected to the primary.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+    /// lease.consul.ttl (raft): how long the primary's session lives without renewal.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: std::time::Duration,
+    /// lease.consul.lock-delay (raft): how long a lost lock stays unavailable.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub lock_delay: std::time::Duration,
 }
 
 /// Ports are the first node's; node i uses port + i - 1.

@@ -146,6 +146,7 @@ const OPTIONAL_TEXT_KEYS: &[&str] = &[
     "election.cluster_secret",
     "election.on_promote",
     "election.on_demote",
+    "election.lease_addr",
 ];
 
 /// `LITEFS_PROXY_<TABLE>__<KEY>`. Names without `__` (such as `LITEFS_PROXY_ROLE`, which

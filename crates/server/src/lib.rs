@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod litefs_config;
 pub mod litefs_yml;
 pub mod role;
 pub mod run;
@@ -41,6 +42,24 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             ExitCode::SUCCESS
         }),
         Command::Run(args) => with_config(&args, |cfg| block_on(run::run(cfg))),
+        Command::LitefsConfig(a) => with_config(&a.config, |cfg| {
+            let opts = litefs_config::Options {
+                data_dir: a.data_dir.clone(),
+                exec: a.exec.clone(),
+                ttl: a.lease_ttl,
+                lock_delay: a.lock_delay,
+            };
+            match litefs_config::render(&cfg, &opts) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("litefs-proxy: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }),
     }
 }
 

@@ -375,6 +375,7 @@ fn example_config_is_the_defaults_and_lists_every_key() {
         "cluster_secret",
         "on_promote",
         "on_demote",
+        "lease_addr",
         "peers",
     ] {
         assert!(

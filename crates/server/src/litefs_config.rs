@@ -1,0 +1,407 @@
+//! `litefs-proxy litefs-config`: prints a `litefs.yml` for this node from the litefs-proxy
+//! config, so LiteFS and litefs-proxy agree on names, mount and who may be primary.
+//!
+//! - `role.source = "raft"`: `lease.type: consul` against this node's lease endpoint
+//!   (`[election] lease_addr`), `hostname` = the election `node_id` (the name the endpoint
+//!   compares with the Raft leader's), `candidate: true`, `promote: false` (a LiteFS handoff
+//!   would move the lock off the Raft leader; the endpoint refuses it anyway).
+//! - `role.source = "static"`: `lease.type: static`, `candidate` = `role.is_primary`, and the
+//!   primary's hostname and API URL (LiteFS's static lease names the primary on every node).
+//! - No `proxy:` section: litefs-proxy serves the app port instead of LiteFS's proxy.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{Config, InvalidConfig};
+use crate::role::{raft_source, RoleSource};
+
+/// LiteFS's HTTP API port (replication, /events), as in its defaults.
+pub const LITEFS_API_PORT: u16 = 20202;
+/// The KV key LiteFS locks (its `lease.consul.key`).
+pub const LEASE_KEY: &str = "litefs/primary";
+
+/// What the litefs-proxy config does not say.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `data.dir`: LiteFS's own data directory.
+    pub data_dir: PathBuf,
+    /// `exec`: the command LiteFS starts once it is primary or connected to the primary.
+    pub exec: Option<String>,
+    /// `lease.consul.ttl`.
+    pub ttl: Duration,
+    /// `lease.consul.lock-delay`.
+    pub lock_delay: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            data_dir: PathBuf::from("/var/lib/litefs"),
+            exec: None,
+            ttl: Duration::from_secs(10),
+            lock_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// YAML double-quoted scalar (JSON string syntax is valid YAML).
+fn q(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// A duration as Go's `time.ParseDuration` reads it.
+fn go_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// The lease endpoint as a URL this node's LiteFS can call (a wildcard bind means loopback).
+fn lease_url(addr: SocketAddr) -> String {
+    let mut a = addr;
+    if a.ip().is_unspecified() {
+        a.set_ip(match a {
+            SocketAddr::V4(_) => [127, 0, 0, 1].into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("http://{a}")
+}
+
+fn host_of_url(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    uri.host().map(|h| h.trim_matches(['[', ']']).to_string())
+}
+
+/// Render the litefs.yml text.
+pub fn render(cfg: &Config, opts: &Options) -> Result<String, InvalidConfig> {
+    if opts.ttl < Duration::from_secs(1) {
+        return Err(InvalidConfig::new(
+            "--lease-ttl",
+            go_duration(opts.ttl),
+            "must be at least 1s (the lease endpoint's minimum)",
+        ));
+    }
+    let mut out = String::new();
+    let mut lease = String::new();
+    let node;
+    match cfg.role.source {
+        RoleSource::Raft => {
+            let e = raft_source::election_config(cfg.election.as_ref())?;
+            let Some(addr) = e.lease_addr else {
+                return Err(InvalidConfig::new(
+                    "election.lease_addr",
+                    "(unset)",
+                    "LiteFS follows the Raft leader through the lease endpoint; set it, e.g. \"127.0.0.1:8500\"",
+                ));
+            };
+            node = e.node_id.clone();
+            let _ = writeln!(lease, "lease:");
+            let _ = writeln!(lease, "  type: \"consul\"");
+            let _ = writeln!(lease, "  hostname: {}", q(&node));
+            let _ = writeln!(
+                lease,
+                "  advertise-url: {}",
+                q(&format!("http://{node}:{LITEFS_API_PORT}"))
+            );
+            let _ = writeln!(lease, "  candidate: true");
+            let _ = writeln!(
+                lease,
+                "  # No LiteFS handoffs: the lock follows the Raft leader (the endpoint refuses others)."
+            );
+            let _ = writeln!(lease, "  promote: false");
+            let _ = writeln!(lease, "  consul:");
+            let _ = writeln!(lease, "    url: {}", q(&lease_url(addr)));
+            let _ = writeln!(lease, "    key: {}", q(LEASE_KEY));
+            let _ = writeln!(lease, "    ttl: {}", q(&go_duration(opts.ttl)));
+            let _ = writeln!(lease, "    lock-delay: {}", q(&go_duration(opts.lock_delay)));
+        }
+        RoleSource::Static => {
+            node = cfg.proxy.node_name.clone();
+            let primary = if cfg.role.is_primary {
+                node.clone()
+            } else {
+                let named = cfg.role.primary_name.clone();
+                let from_url = cfg.role.primary_url.as_deref().and_then(host_of_url);
+                named.or(from_url).ok_or_else(|| {
+                    InvalidConfig::new(
+                        "role.primary_url",
+                        "(unset)",
+                        "a static replica needs the primary's name for LiteFS",
+                    )
+                })?
+            };
+            let _ = writeln!(lease, "lease:");
+            let _ = writeln!(lease, "  type: \"static\"");
+            let _ = writeln!(lease, "  # The primary's hostname and API URL, on every node.");
+            let _ = writeln!(lease, "  hostname: {}", q(&primary));
+            let _ = writeln!(
+                lease,
+                "  advertise-url: {}",
+                q(&format!("http://{primary}:{LITEFS_API_PORT}"))
+            );
+            let _ = writeln!(lease, "  candidate: {}", cfg.role.is_primary);
+        }
+        RoleSource::Litefs => {
+            return Err(InvalidConfig::new(
+                "role.source",
+                "\"litefs\"",
+                "litefs-config writes configs for \"raft\" and \"static\"; with \"litefs\" LiteFS's own lease (e.g. a real Consul) decides",
+            ))
+        }
+    }
+    let source = match cfg.role.source {
+        RoleSource::Raft => "raft",
+        _ => "static",
+    };
+    let _ = writeln!(
+        out,
+        "# litefs.yml for node {}, printed by `litefs-proxy litefs-config` (role.source = {}).",
+        q(&node),
+        q(source)
+    );
+    let _ = writeln!(
+        out,
+        "# No `proxy:` section: litefs-proxy serves the app's port instead of LiteFS's proxy."
+    );
+    let _ = writeln!(out, "fuse:");
+    let _ = writeln!(out, "  dir: {}", q(&cfg.proxy.mount.display().to_string()));
+    let _ = writeln!(out, "data:");
+    let _ = writeln!(out, "  dir: {}", q(&opts.data_dir.display().to_string()));
+    let _ = writeln!(out, "http:");
+    let _ = writeln!(out, "  addr: {}", q(&format!(":{LITEFS_API_PORT}")));
+    out.push_str(&lease);
+    if let Some(cmd) = &opts.exec {
+        let _ = writeln!(out, "exec:");
+        let _ = writeln!(out, "  - cmd: {}", q(cmd));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// Inputs of the files in config/: node-1 of a three-node Raft cluster, and a static
+    /// replica.
+    const RAFT_TOML: &str = r#"
+[proxy]
+mount = "/litefs"
+node_name = "node-1"
+[role]
+source = "raft"
+[election]
+node_id = "node-1"
+lease_addr = "127.0.0.1:8500"
+peers = ["node-1:4321", "node-2:4321", "node-3:4321"]
+"#;
+    const STATIC_TOML: &str = r#"
+[proxy]
+mount = "/litefs"
+node_name = "node-2"
+[role]
+source = "static"
+is_primary = false
+primary_url = "http://node-1:8080"
+"#;
+    const EXEC: &str = "gunicorn --bind 127.0.0.1:8000 mysite.wsgi";
+
+    fn cfg(toml_text: &str) -> Config {
+        toml::from_str(toml_text).expect("test config")
+    }
+
+    fn opts() -> Options {
+        Options {
+            exec: Some(EXEC.into()),
+            ..Options::default()
+        }
+    }
+
+    /// Every key LiteFS's strict parser (yaml.v3 with KnownFields) accepts, from the `yaml:`
+    /// struct tags in superfly/litefs cmd/litefs/config.go (Config, ExecConfig, DataConfig,
+    /// FUSEConfig, HTTPConfig, ProxyConfig, LeaseConfig with its Consul struct, BackupConfig,
+    /// LogConfig, TracingConfig). `[]` marks a list element.
+    const LITEFS_KEYS: &[&str] = &[
+        "exit-on-error",
+        "skip-sync",
+        "strict-verify",
+        "exec",
+        "exec[].cmd",
+        "exec[].if-candidate",
+        "data",
+        "data.dir",
+        "data.compress",
+        "data.retention",
+        "data.retention-monitor-interval",
+        "fuse",
+        "fuse.dir",
+        "fuse.allow-other",
+        "fuse.debug",
+        "http",
+        "http.addr",
+        "http.snapshot-timeout",
+        "proxy",
+        "proxy.addr",
+        "proxy.target",
+        "proxy.db",
+        "proxy.max-lag",
+        "proxy.debug",
+        "proxy.passthrough",
+        "proxy.always-forward",
+        "proxy.primary-redirect-timeout",
+        "proxy.read-timeout",
+        "proxy.read-header-timeout",
+        "proxy.write-timeout",
+        "proxy.idle-timeout",
+        "lease",
+        "lease.type",
+        "lease.hostname",
+        "lease.advertise-url",
+        "lease.candidate",
+        "lease.promote",
+        "lease.reconnect-delay",
+        "lease.demote-delay",
+        "lease.databases",
+        "lease.consul",
+        "lease.consul.url",
+        "lease.consul.key",
+        "lease.consul.ttl",
+        "lease.consul.lock-delay",
+        "backup",
+        "backup.type",
+        "backup.path",
+        "backup.url",
+        "backup.cluster",
+        "backup.auth-token",
+        "log",
+        "log.format",
+        "log.timestamp",
+        "log.debug",
+        "tracing",
+        "tracing.enabled",
+        "tracing.path",
+        "tracing.max-size",
+        "tracing.max-count",
+        "tracing.compress",
+    ];
+
+    fn parse_yaml(text: &str) -> serde_json::Value {
+        use figment::providers::{Format, Yaml};
+        figment::Figment::from(Yaml::string(text))
+            .extract()
+            .unwrap_or_else(|e| panic!("not YAML: {e}\n{text}"))
+    }
+
+    fn key_paths(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    out.push(p.clone());
+                    key_paths(v, &p, out);
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for v in a {
+                    key_paths(v, &format!("{prefix}[]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn at<'a>(v: &'a serde_json::Value, path: &str) -> &'a serde_json::Value {
+        path.split('.').fold(v, |v, k| &v[k])
+    }
+
+    #[test]
+    fn every_key_is_one_litefs_accepts_and_values_match_the_proxy_config() {
+        for (name, text) in [("raft", RAFT_TOML), ("static", STATIC_TOML)] {
+            let yml = render(&cfg(text), &opts()).expect(name);
+            let v = parse_yaml(&yml);
+            let mut keys = Vec::new();
+            key_paths(&v, "", &mut keys);
+            for k in &keys {
+                assert!(
+                    LITEFS_KEYS.contains(&k.as_str()),
+                    "{name}: LiteFS rejects {k}"
+                );
+            }
+            assert!(v.get("proxy").is_none(), "{name}: no proxy section");
+            assert_eq!(at(&v, "fuse.dir"), "/litefs");
+            assert_eq!(at(&v, "data.dir"), "/var/lib/litefs");
+            assert_eq!(v["exec"][0]["cmd"], EXEC);
+        }
+        let v = parse_yaml(&render(&cfg(RAFT_TOML), &opts()).expect("raft"));
+        assert_eq!(at(&v, "lease.type"), "consul");
+        assert_eq!(at(&v, "lease.hostname"), "node-1");
+        assert_eq!(at(&v, "lease.advertise-url"), "http://node-1:20202");
+        assert_eq!(at(&v, "lease.candidate"), true);
+        assert_eq!(at(&v, "lease.promote"), false);
+        assert_eq!(at(&v, "lease.consul.url"), "http://127.0.0.1:8500");
+        assert_eq!(at(&v, "lease.consul.key"), "litefs/primary");
+        assert_eq!(at(&v, "lease.consul.ttl"), "10s");
+        assert_eq!(at(&v, "lease.consul.lock-delay"), "1s");
+
+        let v = parse_yaml(&render(&cfg(STATIC_TOML), &Options::default()).expect("static"));
+        assert_eq!(at(&v, "lease.type"), "static");
+        assert_eq!(at(&v, "lease.hostname"), "node-1", "the primary's name");
+        assert_eq!(at(&v, "lease.candidate"), false);
+        assert!(v.get("exec").is_none());
+        let mut primary = cfg(STATIC_TOML);
+        primary.role.is_primary = true;
+        let v = parse_yaml(&render(&primary, &Options::default()).expect("static primary"));
+        assert_eq!(at(&v, "lease.hostname"), "node-2");
+        assert_eq!(at(&v, "lease.candidate"), true);
+    }
+
+    #[test]
+    fn configs_that_cannot_work_name_the_key() {
+        let mut no_lease = cfg(RAFT_TOML);
+        if let Some(e) = &mut no_lease.election {
+            e.remove("lease_addr");
+        }
+        let e = render(&no_lease, &opts()).unwrap_err();
+        assert_eq!(e.key, "election.lease_addr");
+        let mut litefs = cfg(RAFT_TOML);
+        litefs.role.source = RoleSource::Litefs;
+        assert_eq!(render(&litefs, &opts()).unwrap_err().key, "role.source");
+        let mut wildcard = cfg(RAFT_TOML);
+        if let Some(e) = &mut wildcard.election {
+            e.insert("lease_addr".into(), "0.0.0.0:8500".into());
+        }
+        let v = parse_yaml(&render(&wildcard, &opts()).expect("wildcard"));
+        assert_eq!(at(&v, "lease.consul.url"), "http://127.0.0.1:8500");
+    }
+
+    /// config/litefs.raft.yml and config/litefs.static.yml are this output; regenerate them
+    /// with `UPDATE_CONFIG_EXAMPLES=1 cargo test -p litefs-proxy-server litefs_config`.
+    #[test]
+    fn example_files_in_config_are_current() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        for (file, text) in [
+            ("litefs.raft.yml", RAFT_TOML),
+            ("litefs.static.yml", STATIC_TOML),
+        ] {
+            let want = render(&cfg(text), &opts()).expect(file);
+            let path = dir.join(file);
+            if std::env::var_os("UPDATE_CONFIG_EXAMPLES").is_some() {
+                std::fs::write(&path, &want).expect("write example");
+            }
+            let have = std::fs::read_to_string(&path).unwrap_or_default();
+            assert_eq!(
+                have, want,
+                "config/{file} is stale; regenerate: UPDATE_CONFIG_EXAMPLES=1 cargo test -p litefs-proxy-server litefs_config"
+            );
+        }
+    }
+}
