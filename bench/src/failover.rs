@@ -61,7 +61,7 @@ impl Cluster {
         for i in 0..3 {
             let app = TcpListener::bind("127.0.0.1:0").await?;
             let app_addr = app.local_addr()?;
-            tokio::spawn(hello::serve(app, None));
+            tokio::spawn(hello::serve(app, None, Bytes::from(ids[i].clone())));
             let mount = dir.join(format!("mount-{}", i + 1));
             std::fs::create_dir_all(&mount)?;
             let toml = format!(
@@ -161,12 +161,12 @@ fn now_ms() -> u128 {
         .map_or(0, |d| d.as_millis())
 }
 
-/// One write: when it was sent, when it finished, whether it succeeded (2xx).
-#[derive(Clone, Copy)]
+/// One write: when it was sent, when it finished, and which node's app took it (2xx), or
+/// why it failed.
 struct Write {
     sent: Instant,
     done: Instant,
-    ok: bool,
+    result: Result<String, String>,
 }
 
 /// Sends a POST every 10 ms, alternating between `targets`, each on its own connection
@@ -193,12 +193,22 @@ impl Writer {
                     let sent = Instant::now();
                     let req =
                         client::request(Method::POST, "/items", &[], Bytes::from_static(b"x"));
-                    let ok = matches!(client::once(addr, req, Duration::from_secs(10)).await, Ok((st, _)) if st.is_success());
+                    let result = match client::once(addr, req, Duration::from_secs(10)).await {
+                        Ok((st, body)) if st.is_success() => {
+                            Ok(String::from_utf8_lossy(&body).into_owned())
+                        }
+                        Ok((st, body)) => Err(format!(
+                            "{} {}",
+                            st.as_u16(),
+                            String::from_utf8_lossy(&body).trim()
+                        )),
+                        Err(e) => Err(format!("client error: {e:#}")),
+                    };
                     if let Ok(mut v) = l.lock() {
                         v.push(Write {
                             sent,
                             done: Instant::now(),
-                            ok,
+                            result,
                         });
                     }
                 });
@@ -207,19 +217,23 @@ impl Writer {
         Writer { log, stop }
     }
 
-    fn first_ok_after(&self, t: Instant) -> Option<Duration> {
+    /// The first write sent at or after `t` that a node other than `old` took.
+    fn first_ok_after(&self, t: Instant, old: &str) -> Option<Duration> {
         let v = self.log.lock().ok()?;
         v.iter()
-            .filter(|w| w.ok && w.sent >= t)
+            .filter(|w| w.sent >= t && w.result.as_deref().is_ok_and(|n| n != old))
             .map(|w| w.done - t)
             .min()
     }
 
-    /// Writes sent at or after `t` that failed.
-    fn failed_after(&self, t: Instant) -> usize {
-        self.log
-            .lock()
-            .map_or(0, |v| v.iter().filter(|w| !w.ok && w.sent >= t).count())
+    /// Why writes sent at or after `t` failed.
+    fn failures_after(&self, t: Instant) -> Vec<String> {
+        self.log.lock().map_or(Vec::new(), |v| {
+            v.iter()
+                .filter(|w| w.sent >= t)
+                .filter_map(|w| w.result.clone().err())
+                .collect()
+        })
     }
 
     async fn stop(self) {
@@ -231,7 +245,7 @@ impl Writer {
 
 struct TrialResult {
     took: Duration,
-    failed: usize,
+    failed: Vec<String>,
     exit: Option<Duration>,
 }
 
@@ -243,6 +257,7 @@ async fn trial(c: &mut Cluster, sigterm: bool) -> Result<TrialResult> {
     let survivors: Vec<usize> = all.iter().copied().filter(|&i| i != l).collect();
     let writer = Writer::start(survivors.iter().map(|&i| c.nodes[i].proxy).collect());
     tokio::time::sleep(Duration::from_millis(150)).await;
+    let old = c.nodes[l].id.clone();
     let t0 = Instant::now();
     let mut exit = None;
     if sigterm {
@@ -256,7 +271,7 @@ async fn trial(c: &mut Cluster, sigterm: bool) -> Result<TrialResult> {
     let mut took = None;
     while Instant::now() < end {
         if took.is_none() {
-            took = writer.first_ok_after(t0);
+            took = writer.first_ok_after(t0, &old);
         }
         if sigterm && exit.is_none() {
             if let Some(p) = c.nodes[l].proc.as_mut() {
@@ -272,8 +287,8 @@ async fn trial(c: &mut Cluster, sigterm: bool) -> Result<TrialResult> {
     }
     // Give late completions a moment, then re-read the minimum.
     tokio::time::sleep(Duration::from_millis(30)).await;
-    let took = writer.first_ok_after(t0).or(took);
-    let failed = writer.failed_after(t0);
+    let took = writer.first_ok_after(t0, &old).or(took);
+    let failed = writer.failures_after(t0);
     writer.stop().await;
     c.nodes[l].proc = None;
     c.spawn(l)?;
@@ -290,6 +305,7 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
     let mut term_s = Vec::new();
     let mut exit_s = Vec::new();
     let mut failed = [0usize; 2];
+    let mut reasons: Vec<String> = Vec::new();
     for i in 0..kills + terms {
         let sigterm = i >= kills;
         let r = trial(&mut c, sigterm).await?;
@@ -297,10 +313,14 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
             "  s4 {} trial {i}: first write after {:?}, failed writes {}, exit {:?}",
             if sigterm { "SIGTERM" } else { "kill -9" },
             r.took,
-            r.failed,
+            r.failed.len(),
             r.exit
         );
-        failed[usize::from(sigterm)] += r.failed;
+        failed[usize::from(sigterm)] += r.failed.len();
+        for f in r.failed {
+            let kind = if sigterm { "SIGTERM" } else { "kill -9" };
+            reasons.push(format!("{kind}: {f}"));
+        }
         if sigterm {
             term_s.push(r.took.as_secs_f64());
             if let Some(e) = r.exit {
@@ -349,7 +369,7 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
     Ok(Section {
         rows,
         json: json!({"kill9_s": kill_s, "sigterm_s": term_s, "sigterm_exit_s": exit_s,
-            "failed_writes": {"kill9": failed[0], "sigterm": failed[1]},
+            "failed_writes": {"kill9": failed[0], "sigterm": failed[1], "why": reasons},
             "litefs_consul_documented_s": LITEFS_CONSUL_S}),
         panels: vec![Panel {
             title: "Failover: kill → first write".into(),

@@ -18,14 +18,15 @@ use tokio::net::TcpListener;
 /// Arrival instants of requests, when the caller wants them.
 pub type Stamps = Arc<Mutex<Vec<Instant>>>;
 
-/// Serves `hello` on `listener` forever.
-pub async fn serve(listener: TcpListener, stamps: Option<Stamps>) {
+/// Serves `body` (`hello`) on `listener` forever.
+pub async fn serve(listener: TcpListener, stamps: Option<Stamps>, body: Bytes) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
         let stamps = stamps.clone();
+        let body = body.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                 if let Some(s) = &stamps {
@@ -33,13 +34,14 @@ pub async fn serve(listener: TcpListener, stamps: Option<Stamps>) {
                         v.push(Instant::now());
                     }
                 }
+                let body = body.clone();
                 async move {
                     // Read the body so the connection stays reusable.
                     let _ = req.into_body().collect().await;
                     Ok::<_, Infallible>(
                         Response::builder()
                             .header("content-type", "text/plain")
-                            .body(Full::new(Bytes::from_static(b"hello")))
+                            .body(Full::new(body))
                             .unwrap_or_default(),
                     )
                 }
@@ -62,7 +64,7 @@ pub fn main_child() -> anyhow::Result<()> {
         let mut out = std::io::stdout();
         writeln!(out, "listening {addr}")?;
         out.flush()?;
-        serve(listener, None).await;
+        serve(listener, None, Bytes::from_static(b"hello")).await;
         Ok(())
     })
 }

@@ -27,6 +27,7 @@ pub struct Spec {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Lat {
     pub count: u64,
+    pub min: f64,
     pub p50: f64,
     pub p99: f64,
     pub max: f64,
@@ -39,6 +40,7 @@ impl Lat {
         }
         Lat {
             count: h.len(),
+            min: h.min() as f64,
             p50: h.value_at_quantile(0.50) as f64,
             p99: h.value_at_quantile(0.99) as f64,
             max: h.max() as f64,
@@ -46,7 +48,7 @@ impl Lat {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::json!({"count": self.count, "p50_us": self.p50, "p99_us": self.p99, "max_us": self.max})
+        serde_json::json!({"count": self.count, "min_us": self.min, "p50_us": self.p50, "p99_us": self.p99, "max_us": self.max})
     }
 }
 

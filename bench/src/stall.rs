@@ -39,7 +39,11 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
     let stamps: Stamps = Arc::new(Mutex::new(Vec::new()));
     let app = TcpListener::bind("127.0.0.1:0").await?;
     let app_addr = app.local_addr()?;
-    let app_task = tokio::spawn(hello::serve(app, Some(stamps.clone())));
+    let app_task = tokio::spawn(hello::serve(
+        app,
+        Some(stamps.clone()),
+        Bytes::from_static(b"hello"),
+    ));
     let max_k = if ctx.quick { 100 } else { 1000 };
 
     let mut reps = Vec::new();
@@ -137,8 +141,8 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
         for (i, rep) in reps.iter().enumerate() {
             let (r, a) = (Lat::of(&resp[i]), Lat::of(&arrive[i]));
             eprintln!(
-                "  s3 {:>8} k={k:>4}: response p50 {:.0} p99 {:.0} max {:.0} µs; at app p50 {:.0} p99 {:.0} µs; errors {}",
-                rep.source, r.p50, r.p99, r.max, a.p50, a.p99, errors[i]
+                "  s3 {:>8} k={k:>4}: response p50 {:.0} p99 {:.0} max {:.0} µs; at app min {:.0} p50 {:.0} p99 {:.0} µs; errors {}",
+                rep.source, r.p50, r.p99, r.max, a.min, a.p50, a.p99, errors[i]
             );
             raw.push(json!({"source": rep.source, "waiting": k, "trials": trials,
                 "response": r.json(), "reached_app": a.json(), "errors": errors[i]}));
@@ -147,7 +151,12 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
                 &format!("release, {k} waiting"),
             );
             row.proxy = format!("p50 {} / p99 {}", ms(r.p50), ms(r.p99));
-            row.baseline = format!("reached app: p50 {} / p99 {}", ms(a.p50), ms(a.p99));
+            row.baseline = format!(
+                "reached app: first {} / p50 {} / p99 {}",
+                ms(a.min),
+                ms(a.p50),
+                ms(a.p99)
+            );
             if k == 1000 {
                 row.goal = "p99 < 2 ms".into();
                 row.met = Some(r.p99 < 2000.0 && errors[i] == 0);
