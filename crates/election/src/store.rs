@@ -490,6 +490,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn lease_state_survives_reopen_and_travels_in_snapshots() {
+        use crate::lease::state::{Command, LeaseRequest};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let entry = Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 7), 3),
+            payload: EntryPayload::Normal(Command {
+                leader: 7,
+                now_ms: 1000,
+                req: LeaseRequest::KvSet {
+                    key: "litefs/primary/clusterid".into(),
+                    value: Some(b"LFSC1".to_vec()),
+                    flags: 0,
+                    cas: None,
+                },
+            }),
+        };
+        let snap = {
+            let shared = LeaseShared::default();
+            let mut sm = StateMachine::new(Store::open(dir.path()).expect("open"), shared.clone())
+                .expect("sm");
+            let out = sm.apply([entry]).await.expect("apply");
+            assert_eq!(out, vec![LeaseResponse::Bool(true)]);
+            assert_eq!(shared.read(|st| st.kv_index), 3);
+            sm.build_snapshot().await.expect("snapshot")
+        };
+        // Reopened: the stored state is published before any apply.
+        let shared = LeaseShared::default();
+        let _sm = StateMachine::new(Store::open(dir.path()).expect("reopen"), shared.clone())
+            .expect("sm");
+        assert!(shared.read(|st| st.kv.contains_key("litefs/primary/clusterid")));
+        // A fresh node installing the snapshot gets the lease state too.
+        let dir2 = tempfile::tempdir().expect("tempdir");
+        let shared2 = LeaseShared::default();
+        let mut sm2 = StateMachine::new(Store::open(dir2.path()).expect("open"), shared2.clone())
+            .expect("sm");
+        sm2.install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .expect("install");
+        assert_eq!(
+            shared2.read(|st| st.kv["litefs/primary/clusterid"].value.clone()),
+            Some(b"LFSC1".to_vec())
+        );
+        assert_eq!(shared2.read(|st| st.leader), Some(7));
+    }
+
+    #[tokio::test]
     async fn truncate_and_purge_leave_no_hole() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
