@@ -45,6 +45,9 @@ fn main() -> Result<()> {
     if args.first().map(String::as_str) == Some("hello") {
         return hello::main_child();
     }
+    if args.first().map(String::as_str) == Some("load") {
+        return load_child(&args[1..]);
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let only: Option<Vec<u32>> = args
         .iter()
@@ -57,6 +60,32 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(run(quick, only, nofile))
+}
+
+/// `litefs-proxy-bench load <addr> <conns> <secs>`: the load generator alone, for profiling
+/// a server by hand.
+fn load_child(args: &[String]) -> Result<()> {
+    let usage = "usage: litefs-proxy-bench load <addr> <conns> <secs>";
+    let addr: SocketAddr = args.first().context(usage)?.parse()?;
+    let conns: usize = args.get(1).context(usage)?.parse()?;
+    let secs: f64 = args.get(2).context(usage)?.parse()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let out = rt.block_on(load::run(&load::Spec {
+        addr,
+        conns,
+        warmup: std::time::Duration::from_millis(500),
+        duration: std::time::Duration::from_secs_f64(secs),
+        method: http::Method::GET,
+        path: "/".into(),
+        body: bytes::Bytes::new(),
+    }));
+    println!(
+        "{:.0} req/s, p50 {:.0} µs, p99 {:.0} µs, errors {}",
+        out.rps, out.lat.p50, out.lat.p99, out.errors
+    );
+    Ok(())
 }
 
 async fn run(quick: bool, only: Option<Vec<u32>>, nofile: u64) -> Result<()> {
@@ -83,7 +112,7 @@ async fn run(quick: bool, only: Option<Vec<u32>>, nofile: u64) -> Result<()> {
         "litefs-proxy bench: {cores} cores ({model}), open files {nofile}{}",
         if quick { ", QUICK run" } else { "" }
     );
-    let want = |n: u32| only.as_ref().is_none_or(|o| o.contains(&n));
+    let want = |n: u32| only.as_ref().map_or(true, |o| o.contains(&n));
     let mut rows = Vec::new();
     let mut panels = Vec::new();
     let mut raw = serde_json::Map::new();
