@@ -153,10 +153,30 @@ async fn demo_runs_the_printed_session_and_ctrl_c_stops_everything() {
         .unwrap()
         .success());
     let killed = Instant::now();
+    // kill returns before the process is torn down, and a multi-threaded process shows
+    // as a zombie before its last thread has closed its sockets; until its proxy port
+    // refuses connections a request can still be accepted and then reset, in flight at
+    // the node's death (a 502: it may have been applied). The node is dead once it refuses.
+    while std::net::TcpStream::connect(addr(leader)).is_ok() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "the leader did not die"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let w = post(addr(replicas[0]), "/items", &[], "after failover")
         .await
         .unwrap();
-    assert_eq!(w.status, 201, "{}", w.text());
+    let logs = || {
+        (1..=3)
+            .map(|i| {
+                std::fs::read_to_string(dir.path().join(format!("node-{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    assert_eq!(w.status, 201, "{}\n{}", w.text(), logs());
     assert_ne!(
         w.header("x-sim-node"),
         Some(format!("node-{leader}").as_str())

@@ -71,6 +71,8 @@ pub struct Election {
     server_stop: Option<oneshot::Sender<()>>,
     server_task: JoinHandle<()>,
     tracker_task: JoinHandle<()>,
+    /// Re-campaigns after a random delay while a vote stays split (see `split_vote`).
+    split_vote_task: JoinHandle<()>,
     /// The lease reaper (runs on every node, acts only while leading).
     reaper_task: JoinHandle<()>,
     /// The lease HTTP endpoint, when `lease_addr` is set.
@@ -228,6 +230,12 @@ impl Election {
             wake: wake.clone(),
         };
         let tracker_task = tokio::spawn(tracker.run());
+        let split_vote_task = tokio::spawn(crate::split_vote::run(
+            raft.clone(),
+            cfg.election_timeout_min,
+            cfg.election_timeout_max,
+            stepping_down.clone(),
+        ));
 
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let state = RpcState {
@@ -286,6 +294,7 @@ impl Election {
             server_stop: Some(stop_tx),
             server_task,
             tracker_task,
+            split_vote_task,
             reaper_task,
             lease_server,
         })
@@ -373,6 +382,7 @@ impl Election {
     async fn stop(&mut self) {
         // abort() only requests cancellation; wait for it so the tracker cannot react to the
         // shutdown below (it would otherwise rewrite .primary as "no leader").
+        self.split_vote_task.abort();
         self.tracker_task.abort();
         let _ = (&mut self.tracker_task).await;
         self.reaper_task.abort();
@@ -393,6 +403,7 @@ impl Election {
 
 impl Drop for Election {
     fn drop(&mut self) {
+        self.split_vote_task.abort();
         self.tracker_task.abort();
         self.server_task.abort();
         self.reaper_task.abort();

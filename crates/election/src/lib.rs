@@ -46,6 +46,7 @@ pub mod lease;
 mod network;
 mod primary_file;
 mod rpc_server;
+mod split_vote;
 mod status;
 mod store;
 mod types;

@@ -9,11 +9,13 @@ use std::{
     net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, ExitCode, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use litefs_proxy::{Primary, ProxyConfig};
-use litefs_sim::{Lag, LagControl, Node, NodeConfig, ReplicaLink, Upstream};
+use litefs_sim::{Lag, LagControl, Member, NodeConfig};
+use tokio::sync::watch;
 
 use crate::{
     cli::{DemoArgs, DemoNodeArgs},
@@ -282,13 +284,25 @@ async fn run_node(args: DemoNodeArgs) -> ExitCode {
     let off = i - 1;
     let name = node_name(i);
     let mount = mount_of(&dir, &name);
-    let sim = Node::new(NodeConfig {
-        mount: mount.clone(),
-        db: DB.into(),
-        hostname: name.clone(),
-        is_primary: false,
-        primary_hostname: None,
-    });
+    let peers = (1..=d.nodes)
+        .map(|k| (node_name(k), mount_of(&dir, &node_name(k))))
+        .collect();
+    let member = Arc::new(Member::start(
+        NodeConfig {
+            mount: mount.clone(),
+            db: DB.into(),
+            hostname: name.clone(),
+            is_primary: false,
+            primary_hostname: None,
+        },
+        peers,
+        LagControl {
+            lag: Lag::fixed_ms(d.lag_ms),
+            paused: false,
+        },
+        None,
+    ));
+    let sim = member.node().clone();
     let (app, api) = match (bind(d.app_port + off).await, bind(d.api_port + off).await) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
@@ -306,14 +320,6 @@ async fn run_node(args: DemoNodeArgs) -> ExitCode {
         api,
         std::future::pending(),
     ));
-    let link = ReplicaLink::spawn(
-        sim.clone(),
-        None,
-        LagControl {
-            lag: Lag::fixed_ms(d.lag_ms),
-            paused: false,
-        },
-    );
     let peers: Vec<String> = (1..=d.nodes)
         .map(|k| {
             format!(
@@ -361,45 +367,35 @@ async fn run_node(args: DemoNodeArgs) -> ExitCode {
     let stop = async move {
         let _ = gone_rx.await;
     };
-    let root = dir.clone();
     crate::run::run_with(
         cfg,
-        move |mut primary| {
-            // The LiteFS lease follows Raft: the leader's sim is the replication source.
+        move |mut raft| {
+            // The LiteFS lease follows Raft: the leader's sim becomes the replication
+            // source (catching up from the previous primary's files first), and only then
+            // does the proxy act on the change, so no write reaches a read-only database.
+            let (tx, rx) = watch::channel(Primary::Unknown);
             tokio::spawn(async move {
                 loop {
-                    let p = primary.borrow_and_update().clone();
-                    follow(&sim, &link, &root, &p);
-                    if primary.changed().await.is_err() {
+                    let p = raft.borrow_and_update().clone();
+                    let leader = match &p {
+                        Primary::Local => Some(name.clone()),
+                        Primary::Remote { node, .. } => Some(node.clone()),
+                        Primary::Unknown => None,
+                    };
+                    if let Err(e) = member.set_leader(leader.as_deref()).await {
+                        tracing::warn!(error = %format!("{e:#}"), "sim cannot follow the leader");
+                    }
+                    tx.send_replace(p);
+                    if raft.changed().await.is_err() {
                         break;
                     }
                 }
-                drop(link);
             });
+            rx
         },
         stop,
     )
     .await
-}
-
-fn follow(sim: &Node, link: &ReplicaLink, root: &Path, p: &Primary) {
-    match p {
-        Primary::Local => {
-            link.set_upstream(None);
-            sim.set_role(true, None);
-        }
-        Primary::Remote { node, .. } => {
-            sim.set_role(false, Some(node));
-            link.set_upstream(Some(Upstream {
-                hostname: node.clone(),
-                mount: mount_of(root, node),
-            }));
-        }
-        Primary::Unknown => {
-            link.set_upstream(None);
-            sim.set_role(false, None);
-        }
-    }
 }
 
 async fn bind(port: u16) -> std::io::Result<tokio::net::TcpListener> {

@@ -19,17 +19,18 @@ use crate::{
 /// Runs the proxy to completion. Exit codes: 0 after a clean drain, 64 for a config the
 /// proxy refuses, 1 when the address cannot be bound or serving fails.
 pub async fn run(cfg: Config) -> ExitCode {
-    run_with(cfg, |_| {}, std::future::pending()).await
+    run_with(cfg, |role| role, std::future::pending()).await
 }
 
-/// `run`, handing `observe` the primary watch once the role source is up, and also
-/// stopping (gracefully, as on SIGTERM) when `stop` completes. The demo uses both.
+/// `run` where `gate` turns the role source's watch into the one the proxy acts on (the
+/// demo publishes `Local` only once its storage has been promoted), also stopping
+/// gracefully, as on SIGTERM, when `stop` completes.
 pub async fn run_with(
     cfg: Config,
-    observe: impl FnOnce(watch::Receiver<Primary>),
+    gate: impl FnOnce(watch::Receiver<Primary>) -> watch::Receiver<Primary>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> ExitCode {
-    match serve(cfg, observe, stop).await {
+    match serve(cfg, gate, stop).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("litefs-proxy: {e:#}");
@@ -40,7 +41,7 @@ pub async fn run_with(
 
 async fn serve(
     cfg: Config,
-    observe: impl FnOnce(watch::Receiver<Primary>),
+    gate: impl FnOnce(watch::Receiver<Primary>) -> watch::Receiver<Primary>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<ExitCode> {
     let addr = cfg.proxy.listen_addr()?;
@@ -76,8 +77,7 @@ async fn serve(
             None
         }
     };
-    observe(rx.clone());
-    let mut proxy = match Proxy::new(cfg.proxy.clone(), rx) {
+    let mut proxy = match Proxy::new(cfg.proxy.clone(), gate(rx)) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("litefs-proxy: {}", crate::config::InvalidConfig::from(e));
