@@ -9,6 +9,7 @@ use tokio::{net::TcpListener, sync::watch};
 use crate::{
     config::Config,
     role::{
+        confirm,
         litefs_source::LitefsSource,
         raft_source::{self, RaftRole},
         static_source, RoleSource,
@@ -49,6 +50,7 @@ async fn serve(
     // The sender lives as long as the proxy: a dropped sender would end the watch that
     // held writes wait on.
     let mut raft = None;
+    let mut confirmed_by = None;
     let _role_task = match cfg.role.source {
         RoleSource::Static => {
             tx.send_replace(static_source::initial(&cfg.role)?);
@@ -70,14 +72,34 @@ async fn serve(
                     return Ok(ExitCode::from(EXIT_CONFIG));
                 }
             };
+            let confirm = cfg
+                .role
+                .confirm_litefs
+                .unwrap_or(election.lease_addr.is_some());
             let role = RaftRole::start(election, addr.port(), tx.clone())
                 .await
                 .context("starting the election")?;
             raft = Some(role);
-            None
+            if confirm {
+                // Writes go local only once LiteFS holds the lease too (see role::confirm).
+                let source = LitefsSource::new(
+                    &cfg.proxy.litefs_api,
+                    &cfg.proxy.mount,
+                    &cfg.role.primary_url_template,
+                );
+                let (ltx, lrx) = watch::channel(Primary::Unknown);
+                confirmed_by = Some(lrx);
+                Some(AbortOnDrop(tokio::spawn(source.run(ltx))))
+            } else {
+                None
+            }
         }
     };
-    let mut proxy = match Proxy::new(cfg.proxy.clone(), gate(rx)) {
+    let role_rx = match confirmed_by {
+        Some(litefs) => confirm::gate(rx, litefs),
+        None => rx,
+    };
+    let mut proxy = match Proxy::new(cfg.proxy.clone(), gate(role_rx)) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("litefs-proxy: {}", crate::config::InvalidConfig::from(e));

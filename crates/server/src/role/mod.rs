@@ -2,6 +2,7 @@
 //! `static` is fixed at startup; `litefs` follows LiteFS's API and `.primary` file;
 //! `raft` runs the embedded election.
 
+pub mod confirm;
 pub mod litefs_source;
 pub mod raft_source;
 pub mod static_source;
@@ -35,6 +36,10 @@ pub struct RoleConfig {
     pub primary_name: Option<String>,
     /// litefs: maps the primary's hostname (from LiteFS) to its litefs-proxy URL.
     pub primary_url_template: String,
+    /// raft: act as primary only while LiteFS's API (`proxy.litefs_api`) also says this node
+    /// is primary, holding writes while its LiteFS acquires the lease. Default: on when
+    /// `election.lease_addr` is set (LiteFS follows Raft through the lease endpoint).
+    pub confirm_litefs: Option<bool>,
 }
 
 impl Default for RoleConfig {
@@ -45,6 +50,7 @@ impl Default for RoleConfig {
             primary_url: None,
             primary_name: None,
             primary_url_template: "http://{hostname}:8080".into(),
+            confirm_litefs: None,
         }
     }
 }
