@@ -231,7 +231,14 @@ impl Writer {
         self.log.lock().map_or(Vec::new(), |v| {
             v.iter()
                 .filter(|w| w.sent >= t)
-                .filter_map(|w| w.result.clone().err())
+                .filter_map(|w| {
+                    let e = w.result.as_ref().err()?;
+                    Some(format!(
+                        "sent +{} ms, failed +{} ms: {e}",
+                        (w.sent - t).as_millis(),
+                        (w.done - t).as_millis()
+                    ))
+                })
                 .collect()
         })
     }

@@ -158,6 +158,12 @@ async fn run(quick: bool, only: Option<Vec<u32>>, nofile: u64) -> Result<()> {
 
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results");
     std::fs::create_dir_all(&out)?;
+    // Only a complete, full-length run is `latest`; --quick / --only runs go to `partial`.
+    let stem = if quick || only.is_some() {
+        "partial"
+    } else {
+        "latest"
+    };
     let json = json!({
         "machine": {"nproc": cores, "cpu": model, "date": date},
         "quick": quick,
@@ -166,17 +172,17 @@ async fn run(quick: bool, only: Option<Vec<u32>>, nofile: u64) -> Result<()> {
         "scenarios": raw,
     });
     std::fs::write(
-        out.join("latest.json"),
+        out.join(format!("{stem}.json")),
         serde_json::to_string_pretty(&json)? + "\n",
     )?;
     std::fs::write(
-        out.join("latest.md"),
+        out.join(format!("{stem}.md")),
         format!("Machine: {machine}.\n\n{table}"),
     )?;
     std::fs::write(
-        out.join("latest.svg"),
+        out.join(format!("{stem}.svg")),
         report::svg(&format!("litefs-proxy bench — {machine}"), &panels),
     )?;
-    eprintln!("wrote {}/latest.{{json,md,svg}}", out.display());
+    eprintln!("wrote {}/{stem}.{{json,md,svg}}", out.display());
     Ok(())
 }

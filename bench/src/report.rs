@@ -131,12 +131,17 @@ pub struct Panel {
 }
 
 const COLORS: [&str; 4] = ["#8c8c8c", "#2b7bba", "#e07b39", "#4caf50"];
+/// Panels per row of the chart.
+const COLUMNS: usize = 3;
 
-/// Panels side by side, each with its own scale; series share colors across panels.
+/// Panels in a grid, each with its own scale and legend (colors by series within a panel).
 pub fn svg(title: &str, panels: &[Panel]) -> String {
-    let (pw, ph, top, left, bottom) = (380.0, 300.0, 60.0, 60.0, 70.0);
-    let width = left + panels.len() as f64 * (pw + 40.0);
-    let height = top + ph + bottom;
+    let (pw, ph, gap, top, below) = (380.0, 240.0, 50.0, 50.0, 80.0);
+    let cols = panels.len().clamp(1, COLUMNS);
+    let rows = panels.len().div_ceil(COLUMNS).max(1);
+    let cell_h = top + ph + below;
+    let width = gap + cols as f64 * (pw + gap);
+    let height = 40.0 + rows as f64 * cell_h;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -144,12 +149,20 @@ pub fn svg(title: &str, panels: &[Panel]) -> String {
     );
     let _ = writeln!(
         s,
-        r#"<rect width="100%" height="100%" fill="white"/><text x="{left}" y="22" font-size="15" font-weight="bold">{}</text>"#,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="{gap}" y="24" font-size="15" font-weight="bold">{}</text>"#,
         esc(title)
     );
-    let mut series: Vec<String> = Vec::new();
     for (pi, p) in panels.iter().enumerate() {
-        let x0 = left + pi as f64 * (pw + 40.0);
+        let x0 = gap + (pi % COLUMNS) as f64 * (pw + gap);
+        let y0 = 40.0 + (pi / COLUMNS) as f64 * cell_h + top;
+        let mut series: Vec<&str> = Vec::new();
+        for g in &p.groups {
+            for (name, _) in &g.bars {
+                if !series.contains(&name.as_str()) {
+                    series.push(name);
+                }
+            }
+        }
         let max = p
             .groups
             .iter()
@@ -161,33 +174,27 @@ pub fn svg(title: &str, panels: &[Panel]) -> String {
         let _ = writeln!(
             s,
             r#"<text x="{x0}" y="{}" font-weight="bold">{} ({})</text>"#,
-            top - 12.0,
+            y0 - 14.0,
             esc(&p.title),
             esc(&p.unit)
         );
         let _ = writeln!(
             s,
             r##"<line x1="{x0}" y1="{}" x2="{}" y2="{}" stroke="#333"/>"##,
-            top + ph,
+            y0 + ph,
             x0 + pw,
-            top + ph
+            y0 + ph
         );
         let gw = pw / p.groups.len().max(1) as f64;
         for (gi, g) in p.groups.iter().enumerate() {
             let gx = x0 + gi as f64 * gw;
             let bw = (gw - 20.0) / g.bars.len().max(1) as f64;
             for (bi, (name, v)) in g.bars.iter().enumerate() {
-                let ci = match series.iter().position(|n| n == name) {
-                    Some(i) => i,
-                    None => {
-                        series.push(name.clone());
-                        series.len() - 1
-                    }
-                };
+                let ci = series.iter().position(|n| n == name).unwrap_or(0);
                 let v = if v.is_finite() { *v } else { 0.0 };
                 let h = v / max * ph;
                 let x = gx + 10.0 + bi as f64 * bw;
-                let y = top + ph - h;
+                let y = y0 + ph - h;
                 let _ = writeln!(
                     s,
                     r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{h:.1}" fill="{}"><title>{}: {}</title></rect>"#,
@@ -208,22 +215,22 @@ pub fn svg(title: &str, panels: &[Panel]) -> String {
                 s,
                 r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
                 gx + gw / 2.0,
-                top + ph + 18.0,
+                y0 + ph + 16.0,
                 esc(&g.label)
             );
         }
-    }
-    for (i, name) in series.iter().enumerate() {
-        let x = left + i as f64 * 150.0;
-        let y = top + ph + 45.0;
-        let _ = writeln!(
-            s,
-            r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{y}">{}</text>"#,
-            y - 10.0,
-            COLORS[i % COLORS.len()],
-            x + 16.0,
-            esc(name)
-        );
+        for (i, name) in series.iter().enumerate() {
+            let x = x0 + (i % 2) as f64 * (pw / 2.0);
+            let y = y0 + ph + 38.0 + (i / 2) as f64 * 16.0;
+            let _ = writeln!(
+                s,
+                r#"<rect x="{x}" y="{}" width="11" height="11" fill="{}"/><text x="{}" y="{y}">{}</text>"#,
+                y - 10.0,
+                COLORS[i % COLORS.len()],
+                x + 15.0,
+                esc(name)
+            );
+        }
     }
     s.push_str("</svg>\n");
     s
