@@ -87,6 +87,20 @@ pub struct Options {
     pub nodes: usize,
     pub relays: bool,
     pub proxy_extra: String,
+    /// Per node, an app and LiteFS mount run elsewhere (e.g. gunicorn + a `litefs_sim::Member`)
+    /// that the proxy is pointed at instead of the in-process recording app and sim, which
+    /// are then idle. Empty: the in-process ones.
+    pub external: Vec<External>,
+}
+
+/// An app and mount the test runs itself, for [`Options::external`].
+#[derive(Clone, Debug)]
+pub struct External {
+    pub target: SocketAddr,
+    pub mount: PathBuf,
+    /// That node's LiteFS API: when set, the proxy uses it (`proxy.litefs_api`) and acts as
+    /// primary only once LiteFS there says so too (`role.confirm_litefs = true`).
+    pub litefs_api: Option<SocketAddr>,
 }
 
 impl Default for Options {
@@ -95,6 +109,7 @@ impl Default for Options {
             nodes: 3,
             relays: false,
             proxy_extra: String::new(),
+            external: Vec::new(),
         }
     }
 }
@@ -139,6 +154,17 @@ impl Cluster {
                     )
                 })
                 .collect();
+            let (target, mount, api) = match opts.external.get(i) {
+                Some(e) => (e.target, e.mount.clone(), e.litefs_api),
+                None => (app.addr, mount, None),
+            };
+            let (api_line, confirm_line) = match api {
+                Some(a) => (
+                    format!("litefs_api = \"http://{a}\"\n"),
+                    "confirm_litefs = true\n",
+                ),
+                None => (String::new(), ""),
+            };
             let config = dir.path().join(format!("node-{}.toml", i + 1));
             let toml = format!(
                 r#"[proxy]
@@ -146,11 +172,11 @@ addr = "{proxy}"
 target = "{app}"
 mount = "{mount}"
 node_name = "{id}"
-{extra}
+{api_line}{extra}
 
 [role]
 source = "raft"
-
+{confirm_line}
 [election]
 node_id = "{id}"
 raft_addr = "{raft}"
@@ -158,7 +184,7 @@ data_dir = "{data}"
 peers = [{peers}]
 "#,
                 proxy = proxies[i],
-                app = app.addr,
+                app = target,
                 mount = mount.display(),
                 id = ids[i],
                 extra = opts.proxy_extra,

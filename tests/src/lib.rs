@@ -5,6 +5,7 @@
 pub mod app;
 pub mod client;
 pub mod cluster;
+pub mod django;
 pub mod node;
 pub mod relay;
 

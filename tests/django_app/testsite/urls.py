@@ -1,0 +1,11 @@
+from django.urls import path
+
+from items import views
+
+urlpatterns = [
+    path("ping", views.ping),
+    path("items/", views.items),
+    path("items/<int:item_id>/", views.item),
+    path("upload/", views.upload),
+    path("stream/", views.stream),
+]

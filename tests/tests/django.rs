@@ -1,0 +1,506 @@
+//! Issue 4, items 5 and 6: a real Django project (tests/django_app) served by gunicorn on
+//! three nodes, each behind a real `litefs-proxy` (Raft role) over the LiteFS stand-in
+//! (replication lag random in 20–200 ms, read-only replicas), with a real nginx round-robin
+//! upstream (no stickiness) in front. Needs python3 with Django + gunicorn and nginx: skipped
+//! with a message when they are missing, unless `CI` is set (then they fail).
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use http_body_util::BodyExt;
+use litefs_proxy_tests::{
+    client::{self, Answer},
+    django::{self, DjangoCluster, Jar},
+};
+use litefs_sim::Lag;
+
+/// One cluster at a time on the shared cores keeps Raft and replication timing honest.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const ROUNDS: usize = 200;
+
+fn lag() -> Lag {
+    Lag::random_ms(20, 200)
+}
+
+fn json(a: &Answer) -> serde_json::Value {
+    serde_json::from_slice(&a.body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", a.status, a.text()))
+}
+
+/// A unique enough tag per test run (keys must not collide with earlier rounds).
+fn run_tag() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    )
+}
+
+async fn post_item(addr: SocketAddr, key: &str, cookie: Option<String>) -> anyhow::Result<Answer> {
+    let mut b = client::request("POST", "/items/").header("content-type", "application/json");
+    if let Some(c) = cookie {
+        b = b.header("cookie", c);
+    }
+    let body = serde_json::json!({ "key": key, "text": "round" }).to_string();
+    client::send(addr, b.body(client::full(body))?).await
+}
+
+async fn get_items(addr: SocketAddr, key: &str, cookie: Option<String>) -> anyhow::Result<Answer> {
+    let mut b = client::request("GET", &format!("/items/?key={key}"));
+    if let Some(c) = cookie {
+        b = b.header("cookie", c);
+    }
+    client::send(addr, b.body(client::empty())?).await
+}
+
+/// Outcome of POST-then-GET rounds.
+#[derive(Default, Debug)]
+struct Rounds {
+    misses: usize,
+    /// Reads answered by a node other than the one that wrote.
+    on_replica: usize,
+    /// POSTs whose minted token did not move past the previous round's.
+    stale_tokens: usize,
+    slowest_read: Duration,
+}
+
+async fn rounds(c: &DjangoCluster, tag: &str, use_jar: bool) -> Rounds {
+    let mut jar = Jar::default();
+    let mut out = Rounds::default();
+    let mut last_token: Option<String> = None;
+    for r in 0..ROUNDS {
+        let key = format!("{tag}-{}-{r}", if use_jar { "jar" } else { "nojar" });
+        let w = post_item(c.nginx, &key, use_jar.then(|| jar.header()).flatten())
+            .await
+            .unwrap_or_else(|e| panic!("POST {key}: {e}"));
+        assert_eq!(w.status, 201, "POST {key}: {}\n{}", w.text(), c.logs());
+        let written_on = json(&w)["written_on"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if use_jar {
+            jar.store(&w);
+            let token = jar.get("litefs-txid").map(str::to_owned);
+            assert!(token.is_some(), "the write minted a token: {:?}", w.headers);
+            if token <= last_token {
+                out.stale_tokens += 1;
+            }
+            last_token = token;
+        }
+        let started = Instant::now();
+        let g = get_items(c.nginx, &key, use_jar.then(|| jar.header()).flatten())
+            .await
+            .unwrap_or_else(|e| panic!("GET {key}: {e}"));
+        out.slowest_read = out.slowest_read.max(started.elapsed());
+        assert_eq!(g.status, 200, "GET {key}: {}\n{}", g.text(), c.logs());
+        let v = json(&g);
+        if v["served_by"].as_str() != Some(written_on.as_str()) {
+            out.on_replica += 1;
+        }
+        if v["count"] != 1 {
+            out.misses += 1;
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_through_nginx_with_the_cookie_and_misses_without() {
+    if !django::available() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let c = DjangoCluster::start(lag(), "").await;
+    let tag = run_tag();
+
+    let with = rounds(&c, &tag, true).await;
+    let without = rounds(&c, &tag, false).await;
+    println!(
+        "{ROUNDS} POST-then-GET rounds through nginx, replica lag 20-200 ms:\n  \
+         with the cookie jar: {} misses, {} reads served by a replica, slowest read {:?}, \
+         {} stale tokens\n  without cookies:     {} misses, {} reads served by a replica",
+        with.misses,
+        with.on_replica,
+        with.slowest_read,
+        with.stale_tokens,
+        without.misses,
+        without.on_replica,
+    );
+    assert_eq!(
+        with.stale_tokens, 0,
+        "every write's token moved past the previous one"
+    );
+    assert!(
+        with.on_replica >= ROUNDS / 3,
+        "round robin sent reads to replicas: {with:?}"
+    );
+    assert_eq!(with.misses, 0, "a read missed its own write: {with:?}");
+    assert!(
+        without.misses > 0,
+        "without the token reads on lagging replicas must miss (else this check proves nothing): {without:?}"
+    );
+    // Nothing ever wrote to a replica's database.
+    for i in 0..3 {
+        if let Some(m) = c.member(i) {
+            assert_eq!(m.link().foreign_writes(), 0, "{}", c.id(i));
+        }
+    }
+}
+
+/// A 50 MiB file of pseudo-random bytes (xorshift), so compression or truncation shows.
+fn big_file(dir: &Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("big.bin");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..(50 * 1024 * 1024 / 8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        f.write_all(&x.to_le_bytes()).unwrap();
+    }
+    f.flush().unwrap();
+    path
+}
+
+async fn upload(addr: SocketAddr, file: &Path) -> anyhow::Result<Answer> {
+    let (body, len, content_type) = django::multipart_file(file);
+    let req = client::request("POST", "/upload/")
+        .header("content-type", content_type)
+        .header("content-length", len)
+        .body(body)?;
+    tokio::time::timeout(Duration::from_secs(120), client::send(addr, req)).await?
+}
+
+/// The uploads recorded in node `i`'s database: sha256 → size.
+fn uploads_in(c: &DjangoCluster, i: usize) -> HashMap<String, i64> {
+    let conn = rusqlite::Connection::open_with_flags(
+        c.db_path(i),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut st = conn
+        .prepare("SELECT sha256, size FROM items_upload")
+        .unwrap();
+    let rows = st
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
+fn assert_intact(a: &Answer, size: u64, sha: &str, primary: &str, via: &str) {
+    assert_eq!(a.status, 201, "upload via {via}: {}", a.text());
+    let v = json(a);
+    assert_eq!(v["size"], size, "size via {via}: {v}");
+    assert_eq!(v["sha256"], sha, "sha256 via {via}: {v}");
+    assert_eq!(
+        v["written_on"], primary,
+        "handled by the primary's Django: {v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50_mb_upload_through_a_replica_reaches_the_primarys_django_intact() {
+    if !django::available() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let c = DjangoCluster::start(lag(), "").await;
+    let l = c.wait_leader(Duration::from_secs(20)).await;
+    let files = tempfile::tempdir().unwrap();
+    let file = big_file(files.path());
+    let size = std::fs::metadata(&file).unwrap().len();
+    let sha = django::sha256_file(&file);
+    let primary = c.id(l).to_owned();
+
+    // Straight to a replica's proxy: it must stream the body on to the primary.
+    let r = (l + 1) % 3;
+    let before = c.forwarded_writes(r).await;
+    let started = Instant::now();
+    let a = upload(c.procs.nodes[r].proxy, &file).await.unwrap();
+    let took = started.elapsed();
+    assert_intact(&a, size, &sha, &primary, c.id(r));
+    assert_eq!(
+        c.forwarded_writes(r).await,
+        before + 1,
+        "{} forwarded it",
+        c.id(r)
+    );
+    println!(
+        "50 MiB upload via replica {} -> primary {primary}: {took:?}",
+        c.id(r)
+    );
+
+    // Through nginx (client_max_body_size 100m, proxy_request_buffering off) until round
+    // robin has put one on a replica (at most one lap of the three proxies).
+    let mut via_replica = false;
+    for attempt in 0..3 {
+        let before: Vec<u64> =
+            futures_util::future::join_all((0..3).map(|i| c.forwarded_writes(i))).await;
+        let started = Instant::now();
+        let a = upload(c.nginx, &file).await.unwrap();
+        let took = started.elapsed();
+        assert_intact(&a, size, &sha, &primary, "nginx");
+        let after: Vec<u64> =
+            futures_util::future::join_all((0..3).map(|i| c.forwarded_writes(i))).await;
+        let forwarder = (0..3).find(|&i| after[i] > before[i]);
+        println!(
+            "50 MiB upload #{attempt} via nginx, forwarded by {:?}: {took:?}",
+            forwarder.map(|i| c.id(i))
+        );
+        if forwarder.is_some() {
+            via_replica = true;
+            break;
+        }
+    }
+    assert!(
+        via_replica,
+        "one of three uploads through nginx went through a replica"
+    );
+    // Recorded once per upload on the primary, which is where Django wrote it.
+    let rows = uploads_in(&c, l);
+    assert_eq!(rows.get(&sha).copied(), Some(size as i64), "{rows:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_response_arrives_in_pieces_through_nginx() {
+    if !django::available() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let c = DjangoCluster::start(lag(), "").await;
+    let tag = run_tag();
+    let mut served_by = Vec::new();
+    // Three in a row: round robin puts them on each node once.
+    for k in 0..3 {
+        let flag = format!("flag-{tag}-{k}");
+        // The view yields piece 1, then blocks until the flag file exists (at most 30 s),
+        // then yields the rest. If anything on the way buffered the response, piece 1 could
+        // not arrive before the flag exists.
+        let req = client::request("GET", &format!("/stream/?flag={flag}&timeout=30"))
+            .body(client::empty())
+            .unwrap();
+        let resp = tokio::time::timeout(
+            Duration::from_secs(10),
+            client::send_streaming(c.nginx, req),
+        )
+        .await
+        .expect("response head within 10 s")
+        .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut got = String::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !got.contains('\n') {
+            let frame = tokio::time::timeout_at(deadline, body.frame())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "piece 1 did not arrive before the flag existed (buffered?); got {got:?}"
+                    )
+                })
+                .expect("body not over before piece 1")
+                .expect("body frame");
+            if let Ok(d) = frame.into_data() {
+                got.push_str(&String::from_utf8_lossy(&d));
+            }
+        }
+        assert!(got.starts_with("piece 1 from "), "{got:?}");
+        assert!(
+            !got.contains("piece 2"),
+            "the view is still waiting: {got:?}"
+        );
+        served_by.push(got.trim().trim_start_matches("piece 1 from ").to_owned());
+        std::fs::write(c.flag_dir.join(&flag), b"").unwrap();
+        let rest = tokio::time::timeout(Duration::from_secs(10), body.collect())
+            .await
+            .expect("rest of the body")
+            .unwrap()
+            .to_bytes();
+        got.push_str(&String::from_utf8_lossy(&rest));
+        assert!(got.contains("piece 2 flag=seen\ndone\n"), "{got:?}");
+    }
+    println!("streamed in pieces through nginx from {served_by:?}");
+    served_by.sort();
+    served_by.dedup();
+    assert_eq!(served_by.len(), 3, "round robin reached every node");
+}
+
+/// One write of the failover round.
+#[derive(Debug)]
+struct Sent {
+    key: String,
+    sent: Instant,
+    answered: Instant,
+    status: Result<u16, String>,
+    body: String,
+}
+
+/// key → number of rows in node `i`'s database, for keys starting with `prefix`.
+fn keys_in(c: &DjangoCluster, i: usize, prefix: &str) -> HashMap<String, i64> {
+    let conn = rusqlite::Connection::open_with_flags(
+        c.db_path(i),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut st = conn
+        .prepare("SELECT key, count(*) FROM items_item WHERE key LIKE ?1 GROUP BY key")
+        .unwrap();
+    let rows = st
+        .query_map([format!("{prefix}%")], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })
+        .unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
+/// Needs `role.confirm_litefs` (the harness sets it): without it the new leader's proxy sends
+/// the writes it held during the election to Django before LiteFS there is primary, and they
+/// fail with "attempt to write a readonly database" (500), every run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_every_20_ms_through_nginx_survive_kill_9_of_the_leader() {
+    if !django::available() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut c = DjangoCluster::start(lag(), "primary_redirect_timeout = \"5s\"").await;
+    let l = c.wait_leader(Duration::from_secs(20)).await;
+    let prefix = format!("fo-{}-", run_tag());
+    let sent: Arc<Mutex<Vec<Sent>>> = Arc::default();
+    let mut tasks = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let start = Instant::now();
+    let mut killed_at = None;
+    for n in 0.. {
+        tick.tick().await;
+        if start.elapsed() >= Duration::from_secs(3) {
+            break;
+        }
+        if killed_at.is_none() && start.elapsed() >= Duration::from_secs(1) {
+            killed_at = Some(Instant::now());
+            c.kill_node(l).await;
+        }
+        let key = format!("{prefix}{n}");
+        let (nginx, sent) = (c.nginx, sent.clone());
+        tasks.push(tokio::spawn(async move {
+            let at = Instant::now();
+            let r =
+                tokio::time::timeout(Duration::from_secs(30), post_item(nginx, &key, None)).await;
+            let answered = Instant::now();
+            let (status, body) = match r {
+                Ok(Ok(a)) => (Ok(a.status.as_u16()), a.text()),
+                Ok(Err(e)) => (Err(format!("{e:#}")), String::new()),
+                Err(_) => (Err("no answer in 30 s".into()), String::new()),
+            };
+            sent.lock().unwrap().push(Sent {
+                key,
+                sent: at,
+                answered,
+                status,
+                body,
+            });
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let killed_at = killed_at.expect("the leader was killed");
+    let sent = std::mem::take(&mut *sent.lock().unwrap());
+    let new = c.wait_leader(Duration::from_secs(20)).await;
+    assert_ne!(new, l);
+    // Let the sim's replication finish on the surviving replica.
+    assert!(
+        c.wait_replicated(Duration::from_secs(20)).await,
+        "{}",
+        c.logs()
+    );
+    let on_primary = keys_in(&c, new, &prefix);
+    let replica = (0..3).find(|&i| i != l && i != new).unwrap();
+    let on_replica = keys_in(&c, replica, &prefix);
+
+    let mut ok = 0;
+    let mut retry = 0;
+    let mut in_flight = 0;
+    let mut bad = Vec::new();
+    for s in &sent {
+        match s.status {
+            Ok(200..=299) => {
+                ok += 1;
+                if on_primary.get(&s.key) != Some(&1) || on_replica.get(&s.key) != Some(&1) {
+                    bad.push(format!(
+                        "{} acknowledged but {:?} rows on the new primary, {:?} on the replica",
+                        s.key,
+                        on_primary.get(&s.key),
+                        on_replica.get(&s.key)
+                    ));
+                }
+            }
+            Ok(503) => {
+                retry += 1;
+                // A 503 is only given to a write that never left: retrying it is safe.
+                if on_primary.contains_key(&s.key) {
+                    bad.push(format!("{} answered 503 but applied", s.key));
+                }
+            }
+            Ok(502) if s.sent < killed_at && s.answered > killed_at => in_flight += 1,
+            _ => bad.push(format!(
+                "{} sent at +{:?} (kill at +{:?}), answered at +{:?}: {:?} {}",
+                s.key,
+                s.sent - start,
+                killed_at - start,
+                s.answered - start,
+                s.status,
+                s.body
+                    .lines()
+                    .find(|l| l.contains("<title>"))
+                    .unwrap_or(&s.body)
+                    .trim()
+            )),
+        }
+    }
+    for (k, n) in &on_primary {
+        if *n > 1 {
+            bad.push(format!("{k} applied {n} times"));
+        }
+    }
+    let first_after = sent
+        .iter()
+        .filter(|s| s.sent >= killed_at && matches!(s.status, Ok(200..=299)))
+        .map(|s| s.answered - killed_at)
+        .min();
+    let slowest = sent.iter().map(|s| s.answered - s.sent).max();
+    println!(
+        "failover through nginx: {} writes, {ok} acknowledged, {retry} answered 503, {in_flight} in flight at \
+         the kill answered 502; {} -> {}: first write sent after the kill acknowledged {first_after:?} \
+         after it; slowest write {slowest:?}",
+        sent.len(),
+        c.id(l),
+        c.id(new),
+    );
+    let app_errors: Vec<String> = (0..3)
+        .flat_map(|i| {
+            c.app_errors(i)
+                .into_iter()
+                .map(move |e| format!("{}: {e}", i + 1))
+        })
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} bad answers:\n{}\nDjango errors (node: exception):\n{}\n{}",
+        bad.len(),
+        bad.join("\n"),
+        app_errors.join("\n"),
+        c.logs()
+    );
+    assert!(ok > 100, "most writes acknowledged");
+    assert!(first_after.is_some(), "writes work again after the kill");
+}
