@@ -417,6 +417,11 @@ async fn writes_every_20_ms_through_nginx_survive_kill_9_of_the_leader() {
     let sent = std::mem::take(&mut *sent.lock().unwrap());
     let new = c.wait_leader(Duration::from_secs(20)).await;
     assert_ne!(new, l);
+    // "Acknowledged, then missing" cannot happen here because the sim's promotion catches up
+    // from the dead primary's mount (`Member::set_leader`, files still on disk): every commit
+    // the dead node acknowledged reaches the new primary. Real LiteFS replicates
+    // asynchronously and would lose the acknowledged writes still in flight to the replicas
+    // (up to the replication lag) when the primary's machine dies.
     // Let the sim's replication finish on the surviving replica.
     assert!(
         c.wait_replicated(Duration::from_secs(20)).await,
