@@ -15,8 +15,9 @@
 //! microseconds in which a delivery re-opens the file can slip through (and is then
 //! overwritten by the delivery, which counts it as a foreign write).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::fs;
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -39,16 +40,18 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The first 100 bytes of a SQLite file, if it has that many.
 fn read_header(path: &Path) -> io::Result<Option<[u8; 100]>> {
-    let mut f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
     let mut h = [0u8; 100];
-    match f.read_exact(&mut h) {
+    match crate::fdcache::read_start(path, &mut h) {
         Ok(()) if h.starts_with(b"SQLite format 3\0") => Ok(Some(h)),
         Ok(()) => Ok(None),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }
@@ -56,11 +59,6 @@ fn read_header(path: &Path) -> io::Result<Option<[u8; 100]>> {
 fn u32_at(h: &[u8; 100], off: u64) -> u32 {
     let o = usize::try_from(off).unwrap_or(0);
     u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]])
-}
-
-fn write_at(f: &mut File, off: u64, bytes: &[u8]) -> io::Result<()> {
-    f.seek(SeekFrom::Start(off))?;
-    f.write_all(bytes)
 }
 
 /// The file change counter of a rollback-mode database (`None`: no database yet).
@@ -108,11 +106,11 @@ pub fn set_read_only(path: &Path, read_only: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let counter = u32_at(&h, CHANGE_COUNTER).wrapping_add(1).to_be_bytes();
-    let mut f = OpenOptions::new().write(true).open(path)?;
-    write_at(&mut f, WRITE_VERSION, &[want])?;
-    write_at(&mut f, CHANGE_COUNTER, &counter)?;
+    let write_at = |off, bytes: &[u8]| crate::fdcache::write_at(path, off, bytes);
+    write_at(WRITE_VERSION, &[want])?;
+    write_at(CHANGE_COUNTER, &counter)?;
     if u32_at(&h, VERSION_VALID_FOR) == u32_at(&h, CHANGE_COUNTER) {
-        write_at(&mut f, VERSION_VALID_FOR, &counter)?;
+        write_at(VERSION_VALID_FOR, &counter)?;
     }
     Ok(())
 }
@@ -136,8 +134,11 @@ pub(crate) fn snapshot(source: &Path, dest: &Path) -> anyhow::Result<bool> {
         let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
         step_to_end(&backup).with_context(|| format!("snapshot of {}", source.display()))?;
     }
-    let mut f = OpenOptions::new().write(true).open(dest)?;
-    write_at(&mut f, WRITE_VERSION, &[READ_ONLY_VERSION, LEGACY_VERSION])?;
+    // A fresh file no connection has open: a plain descriptor is fine (and not cached).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dest)?
+        .write_all_at(&[READ_ONLY_VERSION, LEGACY_VERSION], WRITE_VERSION)?;
     Ok(true)
 }
 

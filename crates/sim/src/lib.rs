@@ -16,6 +16,7 @@ mod app;
 mod cluster;
 pub mod dbfile;
 mod event;
+mod fdcache;
 mod lag;
 mod member;
 mod node;

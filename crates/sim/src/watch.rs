@@ -20,8 +20,6 @@
 //! WAL-index header in `<db>-shm` (WAL), read with plain file reads, so the poll takes no
 //! SQLite lock and never delays the app's writers.
 
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -125,7 +123,7 @@ impl Drop for CommitWatcher {
 
 fn fingerprint(db: &Path) -> Option<Fingerprint> {
     let mut h = [0u8; 100];
-    File::open(db).ok()?.read_exact(&mut h).ok()?;
+    crate::fdcache::read_start(db, &mut h).ok()?;
     let mut header = [0u8; 8];
     header.copy_from_slice(&h[24..32]);
     let wal_index = (h[19] == 2)
@@ -133,7 +131,7 @@ fn fingerprint(db: &Path) -> Option<Fingerprint> {
             let mut shm = PathBuf::from(db).into_os_string();
             shm.push("-shm");
             let mut idx = [0u8; 96];
-            File::open(shm).ok()?.read_exact(&mut idx).ok()?;
+            crate::fdcache::read_start(Path::new(&shm), &mut idx).ok()?;
             Some(idx)
         })
         .flatten();
