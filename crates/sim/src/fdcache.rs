@@ -80,7 +80,7 @@ mod tests {
         for _ in 0..3 {
             read_start(&db, &mut h).unwrap();
         }
-        write_at(&db, 18, &h[18..19].to_vec()).unwrap();
+        write_at(&db, 18, &h[18..19]).unwrap();
         assert!(
             !other_process_can_read(&db),
             "raw access must not drop the lock"
