@@ -145,6 +145,22 @@ async fn sigterm_on_the_leader_hands_leadership_over() {
         .wait_leader(&ALL, Duration::from_secs(15))
         .await
         .expect("leader");
+    // Writes keep arriving at a survivor throughout the handover: none may fail.
+    let via = c.nodes[others(l)[0]].proxy;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut statuses = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let r = post(via, "/items", &[], "during handover").await.unwrap();
+                statuses.push((r.status.as_u16(), r.text()));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            statuses
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let start = Instant::now();
     let code = c.terminate(l, Duration::from_secs(30));
     assert_eq!(code, Some(0), "clean exit; log:\n{}", c.log(l));
@@ -162,6 +178,21 @@ async fn sigterm_on_the_leader_hands_leadership_over() {
         c.log(l).contains("leadership handed over"),
         "log:\n{}",
         c.log(l)
+    );
+    stop.store(true, Ordering::SeqCst);
+    let statuses = writer.await.unwrap();
+    let failed: Vec<_> = statuses.iter().filter(|(s, _)| *s != 200).collect();
+    println!(
+        "{} writes during the handover, {} failed",
+        statuses.len(),
+        failed.len()
+    );
+    assert!(statuses.len() >= 5, "the writer ran through the handover");
+    assert!(
+        failed.is_empty(),
+        "writes failed during a planned handover: {failed:?}\nold leader's log:\n{}\nsurvivor's log:\n{}",
+        c.log(l),
+        c.log(others(l)[0])
     );
 }
 

@@ -211,7 +211,8 @@ async fn forwarded_write_on_a_non_primary_is_held_not_bounced() {
         primary_redirect_timeout: Duration::from_millis(400),
         ..test_config()
     };
-    // Each thinks the other is primary: the classic loop.
+    // Each thinks the other is primary: the classic loop. b -> a (hop 1) -> b (hop 2), and
+    // there it stops: a request that made two hops is held, never sent on.
     let a = ProxyNode::start("node-a", Primary::Unknown, cfg.clone()).await;
     let b = ProxyNode::start("node-b", a.as_remote(), cfg).await;
     a.primary.send_replace(b.as_remote());
@@ -220,40 +221,61 @@ async fn forwarded_write_on_a_non_primary_is_held_not_bounced() {
     assert_eq!((a.app.count(), b.app.count()), (0, 0));
     let m = metrics(&a).await;
     assert!(
-        m.contains(r#"litefs_proxy_requests_total{class="write",outcome="no_primary"} 1"#),
-        "{m}"
-    );
-    let m = metrics(&b).await;
-    assert!(
         m.contains(r#"litefs_proxy_requests_total{class="write",outcome="forwarded"} 1"#),
         "{m}"
     );
+    let m = metrics(&b).await;
+    for line in [
+        r#"litefs_proxy_requests_total{class="write",outcome="forwarded"} 1"#,
+        r#"litefs_proxy_requests_total{class="write",outcome="no_primary"} 1"#,
+    ] {
+        assert!(m.contains(line), "{line}:\n{m}");
+    }
 
-    // Once the node holding it becomes primary, the held forwarded write is served there.
+    // Once the node holding it becomes primary, the held write is served there, once.
     let pending = tokio::spawn(post(b.addr, "/items", &[], "later"));
-    let proxy = a.proxy.clone();
+    let proxy = b.proxy.clone();
     assert!(eventually(Duration::from_secs(2), || proxy.held_requests() == 1).await);
-    a.primary.send_replace(Primary::Local);
+    b.primary.send_replace(Primary::Local);
     assert_eq!(pending.await.unwrap().unwrap().status, 200);
-    assert_eq!(a.app.count(), 1);
+    assert_eq!((a.app.count(), b.app.count()), (0, 1));
 }
 
 #[tokio::test]
 async fn hop_limit_rejects_looping_requests() {
     let a = ProxyNode::start("node-a", Primary::Local, test_config()).await;
-    let resp = post(a.addr, "/items", &[("litefs-proxy-hop", "2")], "x")
-        .await
-        .unwrap();
-    assert_eq!(resp.status, 508);
-    let resp = post(a.addr, "/items", &[("litefs-proxy-hop", "garbage")], "x")
-        .await
-        .unwrap();
-    assert_eq!(resp.status, 508);
+    for hop in ["3", "garbage"] {
+        let resp = post(a.addr, "/items", &[("litefs-proxy-hop", hop)], "x")
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 508, "hop {hop}");
+    }
     assert_eq!(a.app.count(), 0);
-    let resp = post(a.addr, "/items", &[("litefs-proxy-hop", "1")], "x")
-        .await
-        .unwrap();
-    assert_eq!(resp.status, 200, "one hop is a normal forwarded write");
+    for hop in ["1", "2"] {
+        let resp = post(a.addr, "/items", &[("litefs-proxy-hop", hop)], "x")
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status, 200,
+            "a forwarded write at hop {hop} is served by the primary"
+        );
+    }
+}
+
+/// a thinks b leads, b knows c took over (as an old leader does while handing over): b
+/// sends the write on to c instead of holding it until it fails.
+#[tokio::test]
+async fn a_forward_reaching_a_node_that_knows_better_goes_on_once() {
+    let c = ProxyNode::start("node-c", Primary::Local, test_config()).await;
+    let b = ProxyNode::start("node-b", c.as_remote(), test_config()).await;
+    let a = ProxyNode::start("node-a", b.as_remote(), test_config()).await;
+    let resp = post(a.addr, "/items", &[], "stale view").await.unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("x-app"), Some("node-c"));
+    assert_eq!((a.app.count(), b.app.count(), c.app.count()), (0, 0, 1));
+    let seen = &c.app.seen()[0];
+    assert_eq!(seen.headers["litefs-proxy-hop"], "2");
+    assert_eq!(seen.body, Bytes::from_static(b"stale view"));
 }
 
 async fn metrics(n: &ProxyNode) -> String {

@@ -344,31 +344,39 @@ impl Election {
         &self.faults
     }
 
-    /// Stop. A leader first stops acting as primary, then hands leadership to its most
-    /// up-to-date follower and waits (bounded) to see the new leader; returns that time.
-    pub async fn shutdown(mut self) -> Option<Duration> {
+    /// A leader stops acting as primary, then hands leadership to its most up-to-date
+    /// follower and waits (bounded) to see the new leader; returns that time. The node keeps
+    /// running as a follower (and never leads again), so a proxy draining after the handover
+    /// still learns who leads. No-op on a follower.
+    pub async fn hand_over(&self) -> Option<Duration> {
         let was_leader = self.raft.metrics().borrow().state == openraft::ServerState::Leader;
-        let mut took = None;
-        if was_leader {
-            self.stepping_down.store(true, Ordering::SeqCst);
-            self.wake.notify_one();
-            // The watch must say "not leader" before anyone else can become leader.
-            let mut rx = self.leadership.clone();
+        if !was_leader {
+            return None;
+        }
+        self.stepping_down.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+        // The watch must say "not leader" before anyone else can become leader.
+        let mut rx = self.leadership.clone();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            rx.wait_for(|l| *l != Leadership::Leader),
+        )
+        .await;
+        let took = handover::hand_over(&self.handover, &self.client).await;
+        // Let the tracker publish the new leader (and write .primary).
+        if took.is_some() {
             let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                rx.wait_for(|l| *l != Leadership::Leader),
+                Duration::from_millis(500),
+                rx.wait_for(|l| matches!(l, Leadership::Follower { .. })),
             )
             .await;
-            took = handover::hand_over(&self.handover, &self.client).await;
-            // Let the tracker publish the new leader (and write .primary) before it stops.
-            if took.is_some() {
-                let _ = tokio::time::timeout(
-                    Duration::from_millis(500),
-                    rx.wait_for(|l| matches!(l, Leadership::Follower { .. })),
-                )
-                .await;
-            }
         }
+        took
+    }
+
+    /// Stop: a leader first hands over (see [`Election::hand_over`]).
+    pub async fn shutdown(mut self) -> Option<Duration> {
+        let took = self.hand_over().await;
         self.stop().await;
         took
     }

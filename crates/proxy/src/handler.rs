@@ -25,8 +25,11 @@ use crate::{
     ProxyBody,
 };
 
-/// A forwarded request is never forwarded again; more hops than this means a loop.
-const MAX_HOPS: u8 = 1;
+/// A request is forwarded at most twice: by the node it arrived at, and once more by a node
+/// whose view of the primary is newer (an old leader handing over sends it on to the new
+/// one, which is often the very node that forwarded it). A request that arrives after two
+/// hops is only ever served or held, never sent on, so loops end; more hops is a loop.
+const MAX_HOPS: u8 = 2;
 /// Retry pace for an upstream that refuses connections.
 const RETRY_EVERY: Duration = Duration::from_millis(100);
 
@@ -235,8 +238,8 @@ impl Proxy {
             return self.to_app(p, false).await;
         }
         if hops > 0 {
-            // A fallback read from a replica whose view of the primary is stale: never
-            // bounce it on; hold it until this node is primary or times out.
+            // A fallback read from a replica whose view of the primary is stale: send it
+            // on to the primary this node knows (once), or hold it.
             return self.to_primary(p, hops, false).await;
         }
         let start = Instant::now();
@@ -267,8 +270,8 @@ impl Proxy {
 
     /// Sends a request to the primary: the local app when this node is primary, else the
     /// primary's proxy. With no primary reachable it is held up to
-    /// `primary_redirect_timeout`. A request that arrived forwarded (`hops > 0`) is only
-    /// ever served here, never sent on.
+    /// `primary_redirect_timeout`. A request that arrived forwarded is sent on at most once
+    /// more (see `MAX_HOPS`).
     async fn to_primary(
         &self,
         mut p: Pending,
@@ -284,10 +287,10 @@ impl Proxy {
             let mut refused = false;
             match current {
                 Primary::Local => return self.to_app(p, is_write).await,
-                Primary::Remote { url, .. } if hops == 0 => {
+                Primary::Remote { url, .. } if hops < MAX_HOPS => {
                     p.head
                         .headers
-                        .insert(HOP_HEADER, HeaderValue::from_static("1"));
+                        .insert(HOP_HEADER, HeaderValue::from(u16::from(hops) + 1));
                     let start = Instant::now();
                     match s
                         .to_primary

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 
-/// Counts litefs-proxy hops; a forwarded request is never forwarded again.
+/// Counts litefs-proxy hops (see `handler::MAX_HOPS`).
 pub const HOP_HEADER: HeaderName = HeaderName::from_static("litefs-proxy-hop");
 /// Set on responses a proxy produced itself (not the app): 502/503/504.
 pub const ORIGIN_HEADER: HeaderName = HeaderName::from_static("litefs-proxy-error");

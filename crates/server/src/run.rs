@@ -110,15 +110,17 @@ async fn serve(
         proxy = proxy.with_extension(Arc::new(role.clone()));
     }
     let signal = signals::shutdown().context("installing signal handlers")?;
-    // On a signal, a leader hands leadership over first (held writes then go to the new
-    // leader), then the proxy stops accepting and drains.
+    // On a signal, a leader hands leadership over first, then the proxy stops accepting
+    // and drains while the election keeps following the new leader (writes held here are
+    // sent on to it); the election stops last.
+    let handing_over = raft.clone();
     let shutdown = async move {
         tokio::select! {
             _ = signal => {}
             _ = stop => tracing::info!("stop requested; draining"),
         }
-        if let Some(role) = raft {
-            role.shutdown().await;
+        if let Some(role) = handing_over {
+            role.hand_over().await;
         }
     };
     let listener = TcpListener::bind(addr)
@@ -136,6 +138,9 @@ async fn serve(
     litefs_proxy::serve(listener, proxy, shutdown)
         .await
         .context("serving")?;
+    if let Some(role) = raft {
+        role.shutdown().await;
+    }
     tracing::info!("drained; bye");
     drop(tx);
     Ok(ExitCode::SUCCESS)

@@ -71,6 +71,23 @@ impl RaftRole {
         })
     }
 
+    /// Hands leadership over (if leader); the election keeps following the new leader, so
+    /// requests held while the proxy drains are sent on to it.
+    pub async fn hand_over(&self) {
+        let election = self.election.lock().ok().and_then(|mut e| e.take());
+        if let Some(e) = election {
+            match e.hand_over().await {
+                Some(took) => {
+                    tracing::info!(ms = took.as_millis() as u64, "leadership handed over")
+                }
+                None => tracing::debug!("not the leader: nothing to hand over"),
+            }
+            if let Ok(mut slot) = self.election.lock() {
+                *slot = Some(e);
+            }
+        }
+    }
+
     /// Hands leadership over (if leader) and stops the election.
     pub async fn shutdown(&self) {
         let election = self.election.lock().ok().and_then(|mut e| e.take());
