@@ -110,3 +110,10 @@ impl Drop for ProxyNode {
         self.served.abort();
     }
 }
+
+/// A primary `node-a` and a replica `node-b` that forwards to it, both with `cfg`.
+pub async fn pair(cfg: ProxyConfig) -> (ProxyNode, ProxyNode) {
+    let a = ProxyNode::start("node-a", Primary::Local, cfg.clone()).await;
+    let b = ProxyNode::start("node-b", a.as_remote(), cfg).await;
+    (a, b)
+}

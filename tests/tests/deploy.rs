@@ -348,45 +348,7 @@ fn node_configs_pass_litefs_proxy_check() {
 
 // ---------------------------------------------------------------- LiteFS config
 
-/// Every key LiteFS 0.5's strict config parser accepts (cmd/litefs/config.go).
-const LITEFS_KEYS: &[&str] = &[
-    "exit-on-error",
-    "skip-sync",
-    "strict-verify",
-    "exec",
-    "exec.cmd",
-    "exec.if-candidate",
-    "data",
-    "data.dir",
-    "data.compress",
-    "data.retention",
-    "data.retention-monitor-interval",
-    "fuse",
-    "fuse.dir",
-    "fuse.allow-other",
-    "fuse.debug",
-    "http",
-    "http.addr",
-    "http.snapshot-timeout",
-    "lease",
-    "lease.type",
-    "lease.hostname",
-    "lease.advertise-url",
-    "lease.candidate",
-    "lease.promote",
-    "lease.reconnect-delay",
-    "lease.demote-delay",
-    "lease.databases",
-    "lease.consul",
-    "lease.consul.url",
-    "lease.consul.key",
-    "lease.consul.ttl",
-    "lease.consul.lock-delay",
-    "log",
-    "log.format",
-    "log.timestamp",
-    "log.debug",
-];
+use litefs_proxy_server::litefs_config::LITEFS_KEYS;
 
 fn yaml_keys(prefix: &str, v: &Value, out: &mut Vec<String>) {
     match v {
@@ -402,7 +364,10 @@ fn yaml_keys(prefix: &str, v: &Value, out: &mut Vec<String>) {
                 yaml_keys(&path, v, out);
             }
         }
-        Value::Sequence(items) => items.iter().for_each(|i| yaml_keys(prefix, i, out)),
+        // List elements are written `key[]`, as in LITEFS_KEYS.
+        Value::Sequence(items) => items
+            .iter()
+            .for_each(|i| yaml_keys(&format!("{prefix}[]"), i, out)),
         _ => {}
     }
 }

@@ -8,14 +8,8 @@ use litefs_proxy::{OnReadTimeout, Primary, ProxyConfig, TxidSource};
 use litefs_proxy_tests::{
     client::{get, minted, post},
     eventually,
-    node::{test_config, ProxyNode},
+    node::{pair, test_config, ProxyNode},
 };
-
-async fn pair(cfg: ProxyConfig) -> (ProxyNode, ProxyNode) {
-    let a = ProxyNode::start("node-a", Primary::Local, cfg.clone()).await;
-    let b = ProxyNode::start("node-b", a.as_remote(), cfg).await;
-    (a, b)
-}
 
 /// Issues a read whose token is `target` on `b` (at `target - 2`), waits until the proxy
 /// reports it waiting, checks the app has not seen it, then moves the position to
@@ -211,6 +205,20 @@ async fn primary_serves_reads_without_waiting() {
     assert_eq!(a.proxy.waiting_reads(), 0);
 }
 
+/// A read with token `target` on `b` waits, and the next commit releases it in time.
+async fn released_by_next_commit(b: &ProxyNode, target: u64, how: &str) {
+    let (addr, proxy) = (b.addr, b.proxy.clone());
+    let cookie = format!("litefs-txid={target:016x}");
+    let pending =
+        tokio::spawn(async move { get(addr, "/items", &[("cookie", cookie.as_str())]).await });
+    assert!(eventually(Duration::from_secs(2), || proxy.waiting_reads() == 1).await);
+    b.sim.commit();
+    let resp = tokio::time::timeout(Duration::from_secs(2), pending)
+        .await
+        .expect(how);
+    assert_eq!(resp.unwrap().unwrap().header("x-app"), Some("node-b"));
+}
+
 #[tokio::test]
 async fn events_source_releases_reads_and_falls_back_to_pos_file_when_api_is_down() {
     let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -237,39 +245,12 @@ async fn events_source_releases_reads_and_falls_back_to_pos_file_when_api_is_dow
         .await
     );
 
-    let addr = b.addr;
-    let pending = tokio::spawn(async move {
-        get(
-            addr,
-            "/items",
-            &[("cookie", "litefs-txid=0000000000000002")],
-        )
-        .await
-    });
-    assert!(eventually(Duration::from_secs(2), || proxy.waiting_reads() == 1).await);
-    b.sim.commit();
-    let resp = tokio::time::timeout(Duration::from_secs(2), pending)
-        .await
-        .expect("released by the tx event");
-    assert_eq!(resp.unwrap().unwrap().header("x-app"), Some("node-b"));
+    released_by_next_commit(&b, 2, "released by the tx event").await;
 
     // API down: the watcher polls the pos file while it reconnects.
     stop_api.send(()).unwrap();
     api.await.unwrap();
-    let pending = tokio::spawn(async move {
-        get(
-            addr,
-            "/items",
-            &[("cookie", "litefs-txid=0000000000000003")],
-        )
-        .await
-    });
-    assert!(eventually(Duration::from_secs(2), || proxy.waiting_reads() == 1).await);
-    b.sim.commit();
-    let resp = tokio::time::timeout(Duration::from_secs(2), pending)
-        .await
-        .expect("released by the pos file");
-    assert_eq!(resp.unwrap().unwrap().header("x-app"), Some("node-b"));
+    released_by_next_commit(&b, 3, "released by the pos file").await;
 }
 
 #[tokio::test]

@@ -11,15 +11,9 @@ use litefs_proxy_tests::{
     app::TestApp,
     client::{self, get, minted, post},
     eventually,
-    node::{test_config, ProxyNode},
+    node::{pair, test_config, ProxyNode},
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn pair(cfg: ProxyConfig) -> (ProxyNode, ProxyNode) {
-    let a = ProxyNode::start("node-a", Primary::Local, cfg.clone()).await;
-    let b = ProxyNode::start("node-b", a.as_remote(), cfg).await;
-    (a, b)
-}
 
 #[tokio::test]
 async fn passthrough_goes_to_the_local_app_with_no_token_logic() {

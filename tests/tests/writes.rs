@@ -8,14 +8,8 @@ use litefs_proxy::{Primary, ProxyConfig};
 use litefs_proxy_tests::{
     client::{self, get, minted, post},
     eventually,
-    node::{test_config, ProxyNode},
+    node::{pair, test_config, ProxyNode},
 };
-
-async fn pair(cfg: ProxyConfig) -> (ProxyNode, ProxyNode) {
-    let a = ProxyNode::start("node-a", Primary::Local, cfg.clone()).await;
-    let b = ProxyNode::start("node-b", a.as_remote(), cfg).await;
-    (a, b)
-}
 
 #[tokio::test]
 async fn write_on_replica_reaches_primary_app_exactly_once_with_response_intact() {
