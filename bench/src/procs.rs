@@ -9,47 +9,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
-/// The `litefs-proxy` binary next to this executable, (re)built with cargo the way
-/// tests/src/cluster.rs does; `LITEFS_PROXY_BIN` overrides it.
+/// The `litefs-proxy` binary of this build (the test harness's `binary()`: built with
+/// cargo once, `LITEFS_PROXY_BIN` overrides it).
 pub fn proxy_binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("LITEFS_PROXY_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().context("current exe")?;
-    let dir = exe.parent().context("exe dir")?.to_path_buf();
-    let release = dir.file_name().is_some_and(|n| n == "release");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "-q",
-        "-p",
-        "litefs-proxy-server",
-        "--bin",
-        "litefs-proxy",
-    ]);
-    if release {
-        cmd.arg("--release");
-    }
-    let bin = dir.join("litefs-proxy");
-    match cmd.status() {
-        Ok(s) if s.success() => {}
-        _ if bin.exists() => eprintln!("warning: cargo build failed; using {}", bin.display()),
-        _ => bail!("building litefs-proxy failed"),
-    }
-    if !release {
+    let bin = litefs_proxy_tests::cluster::binary();
+    if !bin.parent().is_some_and(|d| d.ends_with("release"))
+        && std::env::var_os("LITEFS_PROXY_BIN").is_none()
+    {
         eprintln!("warning: not a --release build; numbers are meaningless");
     }
     Ok(bin)
 }
 
-/// A free loopback port (bound then released; the child binds it right after).
-pub fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
+pub use litefs_proxy_tests::cluster::free_port;
 
 /// A child process, stopped on drop (SIGKILL, or `stop_signal` first for nginx, whose
 /// workers outlive a SIGKILLed master).

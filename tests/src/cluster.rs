@@ -12,17 +12,20 @@ use std::{
 
 use crate::{app::TestApp, client, relay::Relay};
 
-/// The `litefs-proxy` binary, built once per test process.
+/// The `litefs-proxy` binary of this build profile, (re)built once per process with cargo
+/// (a no-op when fresh). `LITEFS_PROXY_BIN` points at another one instead. Works from a test
+/// (target/<profile>/deps/) and from a binary such as the bench (target/<profile>/).
 pub fn binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test exe");
-        // target/<profile>/deps/<test> -> target/<profile>/litefs-proxy
-        let dir = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .expect("target dir")
-            .to_path_buf();
+        if let Some(p) = std::env::var_os("LITEFS_PROXY_BIN") {
+            return PathBuf::from(p);
+        }
+        let exe = std::env::current_exe().expect("current exe");
+        let mut dir = exe.parent().expect("exe dir").to_path_buf();
+        if dir.file_name().is_some_and(|n| n == "deps") {
+            dir.pop();
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args([
