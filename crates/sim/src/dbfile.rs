@@ -75,14 +75,15 @@ pub fn is_marked_read_only(path: &Path) -> io::Result<bool> {
 /// its change counter so other connections re-read the header. A database in WAL mode is
 /// first switched to rollback mode, which needs every other connection closed. No-op when
 /// there is no database yet.
-pub fn set_read_only(path: &Path, read_only: bool) -> anyhow::Result<()> {
+/// Returns the change counter written, when the header was patched.
+pub fn set_read_only(path: &Path, read_only: bool) -> anyhow::Result<Option<u32>> {
     let Some(h) = read_header(path)? else {
-        return Ok(());
+        return Ok(None);
     };
     let (write_v, read_v) = (h[WRITE_VERSION as usize], h[WRITE_VERSION as usize + 1]);
     if read_v == 2 {
         if !read_only {
-            return Ok(()); // A WAL database is writable.
+            return Ok(None); // A WAL database is writable.
         }
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -103,16 +104,17 @@ pub fn set_read_only(path: &Path, read_only: bool) -> anyhow::Result<()> {
         LEGACY_VERSION
     };
     if write_v == want {
-        return Ok(());
+        return Ok(None);
     }
-    let counter = u32_at(&h, CHANGE_COUNTER).wrapping_add(1).to_be_bytes();
+    let new_counter = u32_at(&h, CHANGE_COUNTER).wrapping_add(1);
+    let counter = new_counter.to_be_bytes();
     let write_at = |off, bytes: &[u8]| crate::fdcache::write_at(path, off, bytes);
     write_at(WRITE_VERSION, &[want])?;
     write_at(CHANGE_COUNTER, &counter)?;
     if u32_at(&h, VERSION_VALID_FOR) == u32_at(&h, CHANGE_COUNTER) {
         write_at(VERSION_VALID_FOR, &counter)?;
     }
-    Ok(())
+    Ok(Some(new_counter))
 }
 
 /// Copies the database at `source` (a live primary database, any journal mode) into a

@@ -2,6 +2,7 @@
 //! position and role, and the event feed behind its `/events` API.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -50,6 +51,9 @@ struct Inner {
     txid: watch::Sender<u64>,
     /// Bumped on every role change, for in-process followers (replication).
     role: watch::Sender<Role>,
+    /// The change counter the sim's own header patch (read-only marking) last wrote, so
+    /// the commit watcher does not mistake it for an app's commit. 0: none.
+    own_counter: AtomicU64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,6 +114,7 @@ impl Node {
                 events: broadcast::channel(EVENT_BUFFER).0,
                 txid: watch::channel(txid).0,
                 role: watch::channel(role.clone()).0,
+                own_counter: AtomicU64::new(0),
             }),
         };
         let written = pos::write_primary(&node.inner.mount, role.primary_hostname.as_deref())
@@ -248,8 +253,23 @@ impl Node {
     /// Makes the database file writable on the primary and read-only on a replica, as
     /// LiteFS does (see [`crate::dbfile`]).
     fn mark_db(&self, is_primary: bool) {
-        if let Err(e) = dbfile::set_read_only(&self.db_path(), !is_primary) {
-            tracing::error!(error = %format!("{e:#}"), db = %self.db_path().display(), "litefs-sim: marking the database");
+        match dbfile::set_read_only(&self.db_path(), !is_primary) {
+            Ok(Some(counter)) => self
+                .inner
+                .own_counter
+                .store(u64::from(counter) + 1, Ordering::SeqCst),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), db = %self.db_path().display(), "litefs-sim: marking the database")
+            }
+        }
+    }
+
+    /// The database change counter the sim's own last header patch wrote (not a commit).
+    pub(crate) fn own_header_counter(&self) -> Option<u32> {
+        match self.inner.own_counter.load(Ordering::SeqCst) {
+            0 => None,
+            n => u32::try_from(n - 1).ok(),
         }
     }
 

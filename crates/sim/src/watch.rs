@@ -103,12 +103,30 @@ impl Shared {
         }
         let was = std::mem::replace(&mut *last, now.clone());
         // A database that disappeared is not a commit; on a replica, changes are
-        // replication's (tracked, not counted).
-        if now.is_some() && self.node.is_primary() {
+        // replication's (tracked, not counted); nor is the sim's own read-only marking
+        // (a promotion bumps the change counter; an app commit after it bumps it further).
+        // is_primary() first: it waits for a role change under way, which records its patch.
+        let own_patch = |f: &Fingerprint| Some(f.counter()) == self.node.own_header_counter();
+        if now
+            .as_ref()
+            .is_some_and(|f| self.node.is_primary() && !own_patch(f))
+        {
             let txid = self.node.commit();
             self.commits.fetch_add(1, Ordering::Relaxed);
             tracing::trace!(txid, created = was.is_none(), "litefs-sim: commit seen");
         }
+    }
+}
+
+impl Fingerprint {
+    /// The rollback-mode file change counter (header offset 24).
+    fn counter(&self) -> u32 {
+        u32::from_be_bytes([
+            self.header[0],
+            self.header[1],
+            self.header[2],
+            self.header[3],
+        ])
     }
 }
 
