@@ -41,6 +41,7 @@ mod election;
 mod faults;
 mod handover;
 mod hooks;
+mod http_server;
 mod leadership;
 pub mod lease;
 mod network;

@@ -2,25 +2,19 @@
 //! MAC, caps bodies, times out slow clients, and hands each request to openraft. Nothing a
 //! stranger sends can crash it: every failure is a 4xx/5xx answer or a closed connection.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 use crate::auth::{now_ms, Auth, FROM_HEADER};
 use crate::faults::Faults;
@@ -38,12 +32,6 @@ pub const PATH_LEASE: &str = "/raft/lease";
 
 /// Largest request or response body accepted.
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
-/// A client must send its request head within this time.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// ... and its whole body within this time.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; more are closed at accept.
-const MAX_CONNECTIONS: usize = 256;
 
 /// What the handlers need.
 #[derive(Clone)]
@@ -59,49 +47,14 @@ pub struct RpcState {
 /// Serve Raft RPCs on `listener` until `shutdown` completes; then every open connection is
 /// dropped at once (a stopped node must fall silent, not linger on keep-alive connections).
 pub async fn serve(listener: TcpListener, state: RpcState, shutdown: impl Future<Output = ()>) {
-    let state = Arc::new(state);
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut conns = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            _ = &mut shutdown => break,
-            a = listener.accept() => a,
-            // Reap finished connection tasks so the set does not grow.
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "raft listener accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(client.addr = %peer, "too many raft connections, closing");
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        conns.spawn(async move {
-            let _permit = permit;
-            let svc = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req).await) }
-            });
-            let res = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-            if let Err(e) = res {
-                tracing::debug!(client.addr = %peer, error = %e, "raft connection ended with error");
-            }
-        });
-    }
-    conns.abort_all();
+    crate::http_server::serve(
+        "raft",
+        listener,
+        Arc::new(state),
+        |state: Arc<RpcState>, req| async move { handle(&state, req).await },
+        shutdown,
+    )
+    .await;
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
@@ -157,12 +110,16 @@ async fn handle(state: &RpcState, req: Request<Incoming>) -> Response<Full<Bytes
         );
     }
     let (parts, body) = req.into_parts();
-    let body =
-        match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
-            Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "body too slow"),
-            Ok(Err(e)) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("body: {e}")),
-            Ok(Ok(c)) => c.to_bytes(),
-        };
+    let body = match tokio::time::timeout(
+        crate::http_server::BODY_TIMEOUT,
+        Limited::new(body, MAX_BODY).collect(),
+    )
+    .await
+    {
+        Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "body too slow"),
+        Ok(Err(e)) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("body: {e}")),
+        Ok(Ok(c)) => c.to_bytes(),
+    };
     if let Err(e) = state.auth.verify(&path, &parts.headers, &body, now_ms()) {
         let n = state
             .status

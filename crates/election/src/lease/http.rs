@@ -3,7 +3,6 @@
 //! Consul clients expect them. Reads come from the local applied state; writes go to the leader.
 
 use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,14 +12,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use rand::RngCore;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 use super::state::{Behavior, KvEntry, LeaseRequest, LeaseResponse, LeaseState, Session};
 use super::{LeaseShared, LeaseWriter};
@@ -29,9 +23,6 @@ use crate::types::{NodeId, Raft};
 
 /// Consul's limit on a KV value.
 const MAX_VALUE: usize = 512 * 1024;
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_CONNECTIONS: usize = 256;
 /// Blocking queries: default and largest `wait` (Consul's).
 const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 const MAX_WAIT: Duration = Duration::from_secs(600);
@@ -56,46 +47,14 @@ pub(crate) struct HttpCtx {
 
 /// Serve until `shutdown` completes; then open connections are dropped.
 pub(crate) async fn serve(listener: TcpListener, ctx: HttpCtx, shutdown: impl Future<Output = ()>) {
-    let ctx = Arc::new(ctx);
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut conns = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            _ = &mut shutdown => break,
-            a = listener.accept() => a,
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "lease listener accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(client.addr = %peer, "too many lease connections, closing");
-            continue;
-        };
-        let ctx = ctx.clone();
-        conns.spawn(async move {
-            let _permit = permit;
-            let svc = service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
-            });
-            let res = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-            if let Err(e) = res {
-                tracing::debug!(client.addr = %peer, error = %e, "lease connection ended with error");
-            }
-        });
-    }
-    conns.abort_all();
+    crate::http_server::serve(
+        "lease",
+        listener,
+        Arc::new(ctx),
+        |ctx: Arc<HttpCtx>, req| async move { handle(&ctx, req).await },
+        shutdown,
+    )
+    .await;
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Resp {
@@ -135,7 +94,7 @@ async fn handle(ctx: &HttpCtx, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_string();
     let query = parse_query(req.uri().query().unwrap_or(""));
     let body = match tokio::time::timeout(
-        BODY_TIMEOUT,
+        crate::http_server::BODY_TIMEOUT,
         Limited::new(req.into_body(), MAX_VALUE).collect(),
     )
     .await
