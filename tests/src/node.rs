@@ -8,6 +8,9 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::app::TestApp;
 
+/// A read sent by [`ProxyNode::waiting_read`], still waiting.
+pub type ReadHandle = tokio::task::JoinHandle<anyhow::Result<crate::client::Answer>>;
+
 pub struct ProxyNode {
     pub name: String,
     pub addr: SocketAddr,
@@ -95,6 +98,29 @@ impl ProxyNode {
     /// `Primary::Remote` pointing at this node.
     pub fn as_remote(&self) -> Primary {
         Primary::remote(&self.name, &self.url()).expect("url")
+    }
+
+    /// Sends a GET of `/items` with the cookie `litefs-txid=<txid>` and returns once the
+    /// proxy reports it waiting for replication.
+    pub async fn waiting_read(&self, txid: u64) -> ReadHandle {
+        self.waiting_read_with("cookie", format!("litefs-txid={txid:016x}"))
+            .await
+    }
+
+    /// Sends a GET of `/items` with header `name: value` and returns once the proxy reports
+    /// one more read waiting for replication (panics if not within 2 s).
+    pub async fn waiting_read_with(&self, name: &'static str, value: String) -> ReadHandle {
+        let addr = self.addr;
+        let before = self.proxy.waiting_reads();
+        let read = tokio::spawn(async move {
+            crate::client::get(addr, "/items", &[(name, value.as_str())]).await
+        });
+        let proxy = self.proxy.clone();
+        assert!(
+            crate::eventually(Duration::from_secs(2), || proxy.waiting_reads() > before).await,
+            "the read is waiting"
+        );
+        read
     }
 
     /// Fires the proxy's shutdown (graceful drain).

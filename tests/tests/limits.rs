@@ -147,20 +147,9 @@ async fn malformed_huge_and_duplicate_cookies_are_ignored_not_errors() {
         assert_eq!(resp.header("x-app"), Some("node-b"));
     }
     // Duplicates: the highest valid one counts.
-    let addr = b.addr;
-    let pending = tokio::spawn(async move {
-        get(
-            addr,
-            "/items",
-            &[(
-                "cookie",
-                "litefs-txid=0000000000000001; litefs-txid=0000000000000003; litefs-txid=zz",
-            )],
-        )
-        .await
-    });
+    let cookie = "litefs-txid=0000000000000001; litefs-txid=0000000000000003; litefs-txid=zz";
+    let pending = b.waiting_read_with("cookie", cookie.into()).await;
     let proxy = b.proxy.clone();
-    assert!(eventually(Duration::from_secs(2), || proxy.waiting_reads() == 1).await);
     b.sim.set_txid(2);
     assert!(
         eventually(Duration::from_secs(1), || proxy.local_txid().current().0
@@ -227,17 +216,7 @@ async fn idle_keep_alive_connection_is_closed() {
     let b = ProxyNode::start("node-b", a.as_remote(), cfg).await;
     // A read the proxy stalls for longer than idle_timeout is not cut: the proxy is the
     // one waiting, not the client.
-    let addr = b.addr;
-    let stalled = tokio::spawn(async move {
-        get(
-            addr,
-            "/items",
-            &[("cookie", "litefs-txid=0000000000000001")],
-        )
-        .await
-    });
-    let proxy = b.proxy.clone();
-    assert!(eventually(Duration::from_secs(2), || proxy.waiting_reads() == 1).await);
+    let stalled = b.waiting_read(0x1).await;
     let waited_from = Instant::now();
     assert!(
         eventually(Duration::from_secs(5), || waited_from.elapsed()
@@ -308,17 +287,7 @@ async fn missing_database_is_txid_zero_and_reads_wait_for_its_creation() {
     assert!(!b.sim.pos_path().exists());
     assert_eq!(b.proxy.local_txid().current().0, 0);
     assert_eq!(get(b.addr, "/items", &[]).await.unwrap().status, 200);
-    let addr = b.addr;
-    let pending = tokio::spawn(async move {
-        get(
-            addr,
-            "/items",
-            &[("cookie", "litefs-txid=0000000000000001")],
-        )
-        .await
-    });
-    let proxy = b.proxy.clone();
-    assert!(eventually(Duration::from_secs(2), || proxy.waiting_reads() == 1).await);
+    let pending = b.waiting_read(0x1).await;
     b.sim.commit();
     assert_eq!(
         pending.await.unwrap().unwrap().header("x-app"),

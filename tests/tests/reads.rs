@@ -28,12 +28,7 @@ async fn stalls_until_position_moves(
         .await
     );
     let before = b.app.count();
-    let addr = b.addr;
-    let pending = tokio::spawn(async move { get(addr, "/items", &[(name, value.as_str())]).await });
-    assert!(
-        eventually(Duration::from_secs(2), || proxy.waiting_reads() == 1).await,
-        "read is waiting"
-    );
+    let pending = b.waiting_read_with(name, value).await;
     assert_eq!(b.app.count(), before, "not sent to the app while behind");
     b.sim.set_txid(target);
     let resp = pending.await.unwrap().unwrap();
@@ -88,12 +83,9 @@ async fn read_your_write_through_two_replicas() {
     let resp = post(b.addr, "/items", &[], "mine").await.unwrap();
     let token = minted(&resp).expect("token minted");
     // Replicate to c only later: the read on c must wait for it.
-    let addr = c.addr;
-    let cookie = format!("litefs-txid={token}");
-    let pending =
-        tokio::spawn(async move { get(addr, "/items", &[("cookie", cookie.as_str())]).await });
-    let proxy = c.proxy.clone();
-    assert!(eventually(Duration::from_secs(2), || proxy.waiting_reads() == 1).await);
+    let pending = c
+        .waiting_read_with("cookie", format!("litefs-txid={token}"))
+        .await;
     c.sim.set_txid(a.sim.txid());
     assert_eq!(
         pending.await.unwrap().unwrap().header("x-app"),
@@ -161,17 +153,7 @@ async fn waiting_reads_over_the_cap_go_straight_to_the_primary() {
         ..test_config()
     };
     let (_a, b) = pair(cfg).await;
-    let addr = b.addr;
-    let first = tokio::spawn(async move {
-        get(
-            addr,
-            "/items",
-            &[("cookie", "litefs-txid=0000000000000002")],
-        )
-        .await
-    });
-    let proxy = b.proxy.clone();
-    assert!(eventually(Duration::from_secs(2), || proxy.waiting_reads() == 1).await);
+    let first = b.waiting_read(0x2).await;
     let second = get(
         b.addr,
         "/items",
@@ -207,11 +189,7 @@ async fn primary_serves_reads_without_waiting() {
 
 /// A read with token `target` on `b` waits, and the next commit releases it in time.
 async fn released_by_next_commit(b: &ProxyNode, target: u64, how: &str) {
-    let (addr, proxy) = (b.addr, b.proxy.clone());
-    let cookie = format!("litefs-txid={target:016x}");
-    let pending =
-        tokio::spawn(async move { get(addr, "/items", &[("cookie", cookie.as_str())]).await });
-    assert!(eventually(Duration::from_secs(2), || proxy.waiting_reads() == 1).await);
+    let pending = b.waiting_read(target).await;
     b.sim.commit();
     let resp = tokio::time::timeout(Duration::from_secs(2), pending)
         .await
@@ -282,12 +260,9 @@ async fn signed_tokens_are_minted_and_forged_ones_ignored() {
     assert!(m.contains("litefs_proxy_invalid_tokens_total 2"), "{m}");
 
     // The genuine token makes the replica wait for replication.
-    let cookie = format!("litefs-txid={token}");
-    let addr = b.addr;
-    let pending =
-        tokio::spawn(async move { get(addr, "/items", &[("cookie", cookie.as_str())]).await });
-    let proxy = b.proxy.clone();
-    assert!(eventually(Duration::from_secs(2), || proxy.waiting_reads() == 1).await);
+    let pending = b
+        .waiting_read_with("cookie", format!("litefs-txid={token}"))
+        .await;
     b.sim.set_txid(1);
     assert_eq!(
         pending.await.unwrap().unwrap().header("x-app"),
