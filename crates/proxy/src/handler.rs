@@ -2,7 +2,7 @@
 //! token, send writes to the primary (holding them while none is reachable), mint the
 //! token after writes on the primary.
 
-use std::{net::IpAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use http::{request::Parts, HeaderValue, Method, Request, Response};
 use http_body_util::Either;
@@ -167,8 +167,12 @@ impl Proxy {
             .await;
     }
 
-    /// Handles one request from `client`.
-    pub async fn handle(&self, mut req: Request<Incoming>, client: IpAddr) -> Response<ProxyBody> {
+    /// Handles one request from `client` (its address from [`headers::client_value`]).
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        client: &HeaderValue,
+    ) -> Response<ProxyBody> {
         let s = &*self.inner;
         let path = req.uri().path();
         if let Some(rest) = path.strip_prefix(s.cfg.endpoint_prefix.as_str()) {
@@ -283,11 +287,16 @@ impl Proxy {
         let mut primary = s.primary.clone();
         let mut _held = None;
         loop {
-            let current = primary.borrow_and_update().clone();
+            // Only the URL is needed (a cheap, shared clone); the rest stays in the watch.
+            let target = match &*primary.borrow_and_update() {
+                Primary::Local => None,
+                Primary::Remote { url, .. } if hops < MAX_HOPS => Some(Some(url.clone())),
+                _ => Some(None),
+            };
             let mut refused = false;
-            match current {
-                Primary::Local => return self.to_app(p, is_write).await,
-                Primary::Remote { url, .. } if hops < MAX_HOPS => {
+            match target {
+                None => return self.to_app(p, is_write).await,
+                Some(Some(url)) => {
                     p.head
                         .headers
                         .insert(HOP_HEADER, HeaderValue::from(u16::from(hops) + 1));

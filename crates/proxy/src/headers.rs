@@ -60,15 +60,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends the client to `X-Forwarded-For`, keeps an incoming `X-Forwarded-Proto/-Host`
-/// (set by the load balancer) or fills them in. Host itself is left untouched.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr) {
-    let ip = client.to_canonical().to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+/// A client address as an `X-Forwarded-For` entry; made once per connection.
+pub fn client_value(client: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(client.to_canonical().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Appends the client (from [`client_value`]) to `X-Forwarded-For`, keeps an incoming
+/// `X-Forwarded-Proto/-Host` (set by the load balancer) or fills them in. Host itself is
+/// left untouched.
+pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue) {
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        Some(prev) if !prev.is_empty() => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + client.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client.as_bytes());
+            HeaderValue::from_bytes(&v).ok()
+        }
+        _ => Some(client.clone()),
     };
-    if let Ok(v) = HeaderValue::try_from(xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
@@ -145,11 +157,17 @@ mod tests {
             ("x-forwarded-for", "1.2.3.4"),
             ("x-forwarded-proto", "https"),
         ]);
-        add_forwarded(&mut h, "10.0.0.9".parse().unwrap());
+        add_forwarded(&mut h, &client_value("10.0.0.9".parse().unwrap()));
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "example.com");
         assert_eq!(h["host"], "example.com");
+        let mut h = map(&[]);
+        add_forwarded(&mut h, &client_value("::ffff:10.0.0.9".parse().unwrap()));
+        assert_eq!(
+            h["x-forwarded-for"], "10.0.0.9",
+            "IPv4-mapped addresses are shown as IPv4"
+        );
     }
 
     #[test]

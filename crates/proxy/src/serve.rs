@@ -105,15 +105,17 @@ async fn connection<S>(
         inner: stream,
         activity: activity.clone(),
     });
-    let client = peer.ip();
+    let client = crate::headers::client_value(peer.ip());
     let busy = activity.clone();
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
         let busy = busy.clone();
+        // A shared-bytes clone of the value formatted once for the connection.
+        let client = client.clone();
         async move {
             // The proxy's own waiting (stalled read, held write, slow app) is not idleness.
             let _handling = Busy::enter(&busy);
-            Ok::<_, std::convert::Infallible>(proxy.handle(req, client).await)
+            Ok::<_, std::convert::Infallible>(proxy.handle(req, &client).await)
         }
     });
     let conn = builder.serve_connection(io, service).with_upgrades();
