@@ -15,7 +15,6 @@ use std::{
 
 use litefs_proxy::{Primary, ProxyConfig};
 use litefs_sim::{Lag, LagControl, Member, NodeConfig};
-use tokio::sync::watch;
 
 use crate::{
     cli::{DemoArgs, DemoNodeArgs},
@@ -349,10 +348,12 @@ async fn run_node(args: DemoNodeArgs) -> ExitCode {
             target: format!("127.0.0.1:{}", d.app_port + off),
             mount,
             node_name: name.clone(),
+            litefs_api: format!("http://127.0.0.1:{}", d.api_port + off),
             ..ProxyConfig::default()
         },
         role: RoleConfig {
             source: RoleSource::Raft,
+            confirm_litefs: Some(true),
             ..RoleConfig::default()
         },
         election: Some(election),
@@ -371,13 +372,12 @@ async fn run_node(args: DemoNodeArgs) -> ExitCode {
         cfg,
         move |mut raft| {
             // The LiteFS lease follows Raft: the leader's sim becomes the replication
-            // source (catching up from the previous primary's files first), and only then
-            // does the proxy act on the change, so no write reaches a read-only database.
-            let (tx, rx) = watch::channel(Primary::Unknown);
+            // source (catching up from the previous primary's files first). The proxy acts
+            // as primary only once the sim's API says so (role.confirm_litefs), so no write
+            // reaches a database that is still read-only.
             tokio::spawn(async move {
                 loop {
-                    let p = raft.borrow_and_update().clone();
-                    let leader = match &p {
+                    let leader = match &*raft.borrow_and_update() {
                         Primary::Local => Some(name.clone()),
                         Primary::Remote { node, .. } => Some(node.clone()),
                         Primary::Unknown => None,
@@ -385,13 +385,11 @@ async fn run_node(args: DemoNodeArgs) -> ExitCode {
                     if let Err(e) = member.set_leader(leader.as_deref()).await {
                         tracing::warn!(error = %format!("{e:#}"), "sim cannot follow the leader");
                     }
-                    tx.send_replace(p);
                     if raft.changed().await.is_err() {
                         break;
                     }
                 }
             });
-            rx
         },
         stop,
     )

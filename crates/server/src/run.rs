@@ -20,18 +20,18 @@ use crate::{
 /// Runs the proxy to completion. Exit codes: 0 after a clean drain, 64 for a config the
 /// proxy refuses, 1 when the address cannot be bound or serving fails.
 pub async fn run(cfg: Config) -> ExitCode {
-    run_with(cfg, |role| role, std::future::pending()).await
+    run_with(cfg, |_| {}, std::future::pending()).await
 }
 
-/// `run` where `gate` turns the role source's watch into the one the proxy acts on (the
-/// demo publishes `Local` only once its storage has been promoted), also stopping
+/// `run`, handing `observe` the role source's own view of the primary (before the
+/// `confirm_litefs` gate; the demo drives its LiteFS stand-in from it), and also stopping
 /// gracefully, as on SIGTERM, when `stop` completes.
 pub async fn run_with(
     cfg: Config,
-    gate: impl FnOnce(watch::Receiver<Primary>) -> watch::Receiver<Primary>,
+    observe: impl FnOnce(watch::Receiver<Primary>),
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> ExitCode {
-    match serve(cfg, gate, stop).await {
+    match serve(cfg, observe, stop).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("litefs-proxy: {e:#}");
@@ -42,7 +42,7 @@ pub async fn run_with(
 
 async fn serve(
     cfg: Config,
-    gate: impl FnOnce(watch::Receiver<Primary>) -> watch::Receiver<Primary>,
+    observe: impl FnOnce(watch::Receiver<Primary>),
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<ExitCode> {
     let addr = cfg.proxy.listen_addr()?;
@@ -95,11 +95,12 @@ async fn serve(
             }
         }
     };
+    observe(rx.clone());
     let role_rx = match confirmed_by {
         Some(litefs) => confirm::gate(rx, litefs),
         None => rx,
     };
-    let mut proxy = match Proxy::new(cfg.proxy.clone(), gate(role_rx)) {
+    let mut proxy = match Proxy::new(cfg.proxy.clone(), role_rx) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("litefs-proxy: {}", crate::config::InvalidConfig::from(e));
