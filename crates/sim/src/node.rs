@@ -194,6 +194,21 @@ impl Node {
         txid
     }
 
+    /// For the commit watcher: calls `seen(is_primary, own_patch)` while no role change
+    /// can land (so the database it reads and the role it is told belong together), and
+    /// records one commit when it returns `true` on the primary. `own_patch` is
+    /// [`Node::own_header_counter`]. Returns the new TXID when a commit was recorded.
+    pub(crate) fn commit_if(&self, seen: impl FnOnce(bool, Option<u32>) -> bool) -> Option<u64> {
+        let mut state = self.state();
+        let is_primary = state.role.is_primary;
+        if !seen(is_primary, self.own_header_counter()) || !is_primary {
+            return None;
+        }
+        let txid = state.txid + 1;
+        self.apply_txid(&mut state, txid);
+        Some(txid)
+    }
+
     fn apply_txid(&self, state: &mut State, txid: u64) {
         let checksum = pos::fake_checksum(&self.inner.db, txid);
         state.txid = txid;

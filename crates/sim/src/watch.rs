@@ -97,23 +97,25 @@ impl CommitWatcher {
 impl Shared {
     fn check(&self) {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        let now = fingerprint(&self.node.db_path());
-        if now == *last {
-            return;
-        }
-        let was = std::mem::replace(&mut *last, now.clone());
-        // A database that disappeared is not a commit; on a replica, changes are
-        // replication's (tracked, not counted); nor is the sim's own read-only marking
-        // (a promotion bumps the change counter; an app commit after it bumps it further).
-        // is_primary() first: it waits for a role change under way, which records its patch.
-        let own_patch = |f: &Fingerprint| Some(f.counter()) == self.node.own_header_counter();
-        if now
-            .as_ref()
-            .is_some_and(|f| self.node.is_primary() && !own_patch(f))
-        {
-            let txid = self.node.commit();
+        // The file is read under the node's lock, so a promotion cannot land between the
+        // read and the role check: a pre-promotion change would otherwise be judged
+        // against the post-promotion role and counted as a commit.
+        let committed = self.node.commit_if(|is_primary, own_patch| {
+            let now = fingerprint(&self.node.db_path());
+            if now == *last {
+                return false;
+            }
+            // A database that disappeared is not a commit; on a replica, changes are
+            // replication's (tracked, not counted); nor is the sim's own read-only marking
+            // (a promotion bumps the change counter; an app commit after it bumps it
+            // further).
+            let commit = is_primary && now.as_ref().is_some_and(|f| Some(f.counter()) != own_patch);
+            *last = now;
+            commit
+        });
+        if let Some(txid) = committed {
             self.commits.fetch_add(1, Ordering::Relaxed);
-            tracing::trace!(txid, created = was.is_none(), "litefs-sim: commit seen");
+            tracing::trace!(txid, "litefs-sim: commit seen");
         }
     }
 }
