@@ -136,7 +136,9 @@ async fn write_item(node: &Node, body: String, upload: Option<(u64, String)>) ->
     let db = node.db_path();
     let host = node.hostname().to_owned();
     let may_create = node.is_primary();
+    let gate = node.clone();
     let inserted = blocking(move || -> anyhow::Result<i64> {
+        let _writing = gate.app_write();
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if may_create {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;

@@ -12,8 +12,10 @@
 //! after a promotion (SQLite keeps the flag per connection), so an app should open a new
 //! connection per request or reopen on that error, as Django does by default. The patch
 //! and un-patch of byte 18 are raw writes outside SQLite's locks: a write racing the
-//! microseconds in which a delivery re-opens the file can slip through (and is then
-//! overwritten by the delivery, which counts it as a foreign write).
+//! moment in which a delivery re-opens the file can slip through (and is then
+//! overwritten by the delivery, which counts it as a foreign write). Only an app in
+//! another process can: one in the sim's process takes [`crate::Node::app_write`], which
+//! deliveries exclude.
 
 use std::fs;
 use std::io;

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
@@ -54,6 +54,9 @@ struct Inner {
     /// The change counter the sim's own header patch (read-only marking) last wrote, so
     /// the commit watcher does not mistake it for an app's commit. 0: none.
     own_counter: AtomicU64,
+    /// Held (write) by a delivery into this node's database, whose backup lifts the
+    /// read-only mark for a moment; held (read) by writes of apps in this process.
+    delivery: RwLock<()>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,6 +118,7 @@ impl Node {
                 txid: watch::channel(txid).0,
                 role: watch::channel(role.clone()).0,
                 own_counter: AtomicU64::new(0),
+                delivery: RwLock::new(()),
             }),
         };
         let written = pos::write_primary(&node.inner.mount, role.primary_hostname.as_deref())
@@ -278,6 +282,26 @@ impl Node {
                 tracing::error!(error = %format!("{e:#}"), db = %self.db_path().display(), "litefs-sim: marking the database")
             }
         }
+    }
+
+    /// For an app running in this process (the bundled demo app): hold it while writing,
+    /// so the write never lands in the instant a delivery has lifted a replica's read-only
+    /// mark. It then meets the mark and fails as on LiteFS, whose FUSE layer refuses a
+    /// replica's writes at every instant. A foreign app (another process) cannot take it;
+    /// see [`crate::dbfile`] for that window.
+    pub fn app_write(&self) -> RwLockReadGuard<'_, ()> {
+        self.inner
+            .delivery
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Held by replication while it replaces this node's database.
+    pub(crate) fn delivering(&self) -> RwLockWriteGuard<'_, ()> {
+        self.inner
+            .delivery
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The database change counter the sim's own last header patch wrote (not a commit).

@@ -354,7 +354,9 @@ impl Task {
         let db = self.node.db_path();
         let expected = self.expected_counter;
         let snapshot = p.snapshot.clone();
+        let node = self.node.clone();
         let result = tokio::task::spawn_blocking(move || -> anyhow::Result<(bool, Option<u32>)> {
+            let _delivering = node.delivering();
             let foreign = match (expected, dbfile::change_counter(&db)?) {
                 (Some(want), Some(have)) => want != have,
                 _ => false,
