@@ -58,7 +58,9 @@ async fn measure(addr: SocketAddr, pid: u32, n: usize, with_children: bool) -> R
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = mem_kib(pid, with_children).context("reading memory")?;
     let conns = open(addr, n).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Idle: longer than litefs-proxy's PARK_AFTER (1 s), after which an idle keep-alive
+    // connection holds no buffers (nginx frees them at once).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let loaded = mem_kib(pid, with_children).context("reading memory")?;
     drop(conns);
     Ok((idle, loaded))

@@ -164,6 +164,66 @@ async fn chunked_responses_stream_in_pieces_locally_and_from_the_primary() {
     assert_eq!(c.app.count(), 0);
 }
 
+/// Reads from `s` until `buf` ends with `end` (5 s at most).
+async fn read_until(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, end: &[u8]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !buf.ends_with(end) {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no {:?} in {:?}",
+                    String::from_utf8_lossy(end),
+                    String::from_utf8_lossy(buf)
+                )
+            })
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Parking (an idle keep-alive connection drops hyper's buffers): a stream that stays
+/// quiet for longer than `PARK_AFTER` arrives whole, keep-alive; the connection parks
+/// after it and serves the next request on the same socket.
+#[tokio::test]
+async fn a_quiet_stream_is_not_cut_and_the_idle_connection_parks_and_serves_again() {
+    let (_a, b) = pair(test_config()).await;
+    let mut s = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    s.write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    read_until(&mut s, &mut buf, b"data: first\n\n\r\n").await;
+    let head = String::from_utf8_lossy(&buf).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    // The stimulus: the stream stays quiet for longer than PARK_AFTER.
+    let quiet_from = tokio::time::Instant::now();
+    let quiet = litefs_proxy::PARK_AFTER + Duration::from_millis(500);
+    assert!(eventually(quiet * 2, || quiet_from.elapsed() > quiet).await);
+    assert_eq!(b.proxy.client_connections(), (1, 0), "parked mid-response");
+    b.app.state.release.notify_one();
+    read_until(&mut s, &mut buf, b"data: second\n\n\r\n0\r\n\r\n").await;
+    let proxy = b.proxy.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || proxy.client_connections()
+            == (0, 1))
+        .await,
+        "never parked: {:?}",
+        proxy.client_connections()
+    );
+    buf.clear();
+    s.write_all(b"GET /litefs/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut s, &mut buf, b"\r\n\r\nOK\n").await;
+    assert!(buf.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(b.proxy.client_connections(), (1, 0));
+    assert!(b.proxy.connection_parks() >= 1);
+}
+
 #[tokio::test]
 async fn websocket_upgrade_works_locally_and_through_the_primary() {
     let cfg = ProxyConfig {

@@ -48,6 +48,10 @@ fn status(s: &Shared) -> Response<ProxyBody> {
         "lag_ms": lag_ms(s),
         "held_requests": s.metrics.held.get(),
         "waiting_reads": s.metrics.waiting.get(),
+        "client_connections": {
+            "serving": s.metrics.conns_serving.get(),
+            "parked": s.metrics.conns_parked.get(),
+        },
     });
     if let (Some(ext), Some(obj)) = (&s.extension, body.as_object_mut()) {
         obj.insert("election".into(), ext.status());

@@ -151,6 +151,21 @@ impl Proxy {
         self.inner.metrics.held.get()
     }
 
+    /// Client connections: (served by hyper, parked while idle).
+    pub fn client_connections(&self) -> (i64, i64) {
+        let m = &self.inner.metrics;
+        (m.conns_serving.get(), m.conns_parked.get())
+    }
+
+    /// Times an idle client connection was parked.
+    pub fn connection_parks(&self) -> u64 {
+        self.inner.metrics.parks.get()
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
     /// Reads currently waiting for replication.
     pub fn waiting_reads(&self) -> i64 {
         self.inner.metrics.waiting.get()

@@ -22,7 +22,7 @@ pub use config::{ConfigError, OnReadTimeout, ProxyConfig, TxidSource};
 pub use error::ProxyError;
 pub use handler::{Proxy, StatusExtension};
 pub use primary::Primary;
-pub use serve::serve;
+pub use serve::{serve, PARK_AFTER};
 pub use txid::TxId;
 
 /// Response body: an upstream's streamed body, or a small one of the proxy's own.

@@ -29,6 +29,12 @@ pub struct Metrics {
     pub invalid_tokens: Counter<u64, AtomicU64>,
     pub local_txid: Gauge<i64, AtomicI64>,
     pub is_primary: Gauge<i64, AtomicI64>,
+    /// Client connections being served by hyper.
+    pub conns_serving: Gauge<i64, AtomicI64>,
+    /// Idle keep-alive client connections parked without hyper's buffers.
+    pub conns_parked: Gauge<i64, AtomicI64>,
+    /// Times a connection was parked.
+    pub parks: Counter<u64, AtomicU64>,
 }
 
 /// How a stalled read ended.
@@ -94,7 +100,24 @@ impl Default for Metrics {
             "1 while this node is the primary",
             is_primary.clone(),
         );
+        let conns = Family::<[(&'static str, &'static str); 1], Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "client_connections",
+            "Open client connections: serving, or parked while idle (no buffers held)",
+            conns.clone(),
+        );
+        let conns_serving = conns.get_or_create(&[("state", "serving")]).clone();
+        let conns_parked = conns.get_or_create(&[("state", "parked")]).clone();
+        let parks = Counter::default();
+        registry.register(
+            "client_connection_parks",
+            "Times an idle keep-alive client connection was parked",
+            parks.clone(),
+        );
         Metrics {
+            parks,
+            conns_serving,
+            conns_parked,
             registry,
             requests,
             stall_wait,
@@ -149,5 +172,43 @@ impl<'a> GaugeGuard<'a> {
 impl Drop for GaugeGuard<'_> {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// Counts one client connection as serving or parked for as long as it lives.
+pub struct ConnectionGauge<'a> {
+    m: &'a Metrics,
+    parked: bool,
+}
+
+impl<'a> ConnectionGauge<'a> {
+    pub fn new(m: &'a Metrics) -> Self {
+        m.conns_serving.inc();
+        ConnectionGauge { m, parked: false }
+    }
+
+    pub fn set_parked(&mut self, parked: bool) {
+        if parked != self.parked {
+            if parked {
+                self.m.parks.inc();
+            }
+            self.gauge().dec();
+            self.parked = parked;
+            self.gauge().inc();
+        }
+    }
+
+    fn gauge(&self) -> &Gauge<i64, AtomicI64> {
+        if self.parked {
+            &self.m.conns_parked
+        } else {
+            &self.m.conns_serving
+        }
+    }
+}
+
+impl Drop for ConnectionGauge<'_> {
+    fn drop(&mut self) {
+        self.gauge().dec();
     }
 }

@@ -7,17 +7,18 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     task::{Context, Poll},
     time::Duration,
 };
 
+use bytes::{Bytes, BytesMut};
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
     net::TcpListener,
     sync::{watch, Notify},
     task::JoinSet,
@@ -25,7 +26,7 @@ use tokio::{
 };
 use tracing::Instrument;
 
-use crate::handler::Proxy;
+use crate::{handler::Proxy, metrics::ConnectionGauge};
 
 /// Serves `proxy` on `listener` until `shutdown` resolves, then stops accepting, lets
 /// in-flight requests finish for `shutdown_grace`, and returns.
@@ -90,6 +91,13 @@ pub async fn serve(
     Ok(())
 }
 
+/// A keep-alive connection on which no byte moved and no request was being handled for
+/// this long is parked: hyper's state for it (an 8 KiB read buffer, an 8 KiB write buffer
+/// and the boxed request future) is dropped, and the connection waits for the client's
+/// next byte holding none of it, then gets a fresh hyper connection. Idle clients then
+/// cost a few hundred bytes each instead of ~16 KiB.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
 async fn connection<S>(
     builder: http1::Builder,
     proxy: Proxy,
@@ -101,14 +109,16 @@ async fn connection<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(IdleIo {
+    let mut io = IdleIo {
         inner: stream,
         activity: activity.clone(),
-    });
+        unread: Bytes::new(),
+    };
     let client = crate::headers::client_value(peer.ip());
     let busy = activity.clone();
-    let service = service_fn(move |req| {
-        let proxy = proxy.clone();
+    let handler = proxy.clone();
+    let mut service = service_fn(move |req| {
+        let proxy = handler.clone();
         let busy = busy.clone();
         // A shared-bytes clone of the value formatted once for the connection.
         let client = client.clone();
@@ -118,24 +128,84 @@ async fn connection<S>(
             Ok::<_, std::convert::Infallible>(proxy.handle(req, &client).await)
         }
     });
-    let conn = builder.serve_connection(io, service).with_upgrades();
-    tokio::pin!(conn);
-    let mut draining = false;
+    let mut gauge = ConnectionGauge::new(proxy.metrics());
     loop {
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        let Some(parts) = serve_until_parked(conn, &activity, idle_timeout, &mut stop).await else {
+            return;
+        };
+        io = parts.io.into_inner();
+        io.unread_first(parts.read_buf);
+        service = parts.service;
+        gauge.set_parked(true);
+        tracing::trace!("connection parked");
         tokio::select! {
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, "connection ended with an error");
+            more = io.fill() => match more {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "parked connection failed");
+                    return;
                 }
-                return;
-            }
-            _ = stop.wait_for(|s| *s), if !draining => {
-                draining = true;
-                conn.as_mut().graceful_shutdown();
-            }
+            },
+            _ = stop.wait_for(|s| *s) => return,
             _ = activity.idle(idle_timeout) => {
                 tracing::debug!("closing idle connection");
                 return;
+            }
+        }
+        gauge.set_parked(false);
+    }
+}
+
+/// Runs hyper on a connection until it ends (`None`) or has been parked: quiet for
+/// [`PARK_AFTER`] after at least one exchange, it is shut down gracefully without closing
+/// the socket, and the socket comes back with any bytes hyper had read but not parsed.
+async fn serve_until_parked<S, F>(
+    conn: http1::Connection<TokioIo<IdleIo<S>>, F>,
+    activity: &Activity,
+    idle_timeout: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<http1::Parts<TokioIo<IdleIo<S>>, F>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::ProxyBody> + Unpin,
+    F::Future: Send + 'static,
+    F::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let served_before = activity.served.load(Ordering::Relaxed);
+    let mut conn = conn.with_upgrades();
+    let mut draining = false;
+    let mut parking = false;
+    loop {
+        tokio::select! {
+            res = &mut conn => {
+                activity.keep_socket.store(false, Ordering::Relaxed);
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                    return None;
+                }
+                // After an upgrade hyper has handed the socket over: `None`.
+                return if parking && !draining { conn.into_parts() } else { None };
+            }
+            _ = stop.wait_for(|s| *s), if !draining => {
+                draining = true;
+                activity.keep_socket.store(false, Ordering::Relaxed);
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+            _ = activity.idle(idle_timeout) => {
+                tracing::debug!("closing idle connection");
+                return None;
+            }
+            // Before its first exchange hyper would answer the next request with
+            // `Connection: close` instead of stopping at once, so a connection is only
+            // parked between requests.
+            _ = activity.quiet_after_request(served_before, PARK_AFTER), if !parking && !draining => {
+                parking = true;
+                activity.keep_socket.store(true, Ordering::Relaxed);
+                // Idle between requests: hyper stops at once. In the middle of a response
+                // body (a quiet stream): it stops after it, adding nothing to the wire.
+                Pin::new(&mut conn).graceful_shutdown();
             }
         }
     }
@@ -147,6 +217,10 @@ struct Activity {
     opened: Instant,
     last_ms: AtomicU64,
     busy: AtomicUsize,
+    /// Requests handled so far.
+    served: AtomicU64,
+    /// Set while parking: hyper's final shutdown of the socket is skipped.
+    keep_socket: AtomicBool,
     /// Wakes the idle timer when the last request being handled finishes.
     done: Notify,
 }
@@ -157,6 +231,7 @@ struct Busy(Arc<Activity>);
 impl Busy {
     fn enter(a: &Arc<Activity>) -> Busy {
         a.busy.fetch_add(1, Ordering::AcqRel);
+        a.served.fetch_add(1, Ordering::Relaxed);
         Busy(a.clone())
     }
 }
@@ -176,6 +251,8 @@ impl Activity {
             opened: Instant::now(),
             last_ms: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            keep_socket: AtomicBool::new(false),
             done: Notify::new(),
         }
     }
@@ -183,6 +260,21 @@ impl Activity {
     fn touch(&self) {
         let ms = self.opened.elapsed().as_millis() as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once a request has been handled since `served_before` and then nothing
+    /// moved for `quiet` while no request was being handled.
+    async fn quiet_after_request(&self, served_before: u64, quiet: Duration) {
+        loop {
+            let done = self.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.served.load(Ordering::Relaxed) > served_before {
+                break;
+            }
+            done.await;
+        }
+        self.idle(quiet).await;
     }
 
     /// Resolves once nothing moved for `timeout` while no request was being handled.
@@ -205,10 +297,38 @@ impl Activity {
     }
 }
 
-/// The client socket, recording activity on every successful read or write.
+/// The client socket, recording activity on every successful read or write, with bytes
+/// read while parked (or read by hyper and not parsed) handed out first.
 struct IdleIo<S> {
     inner: S,
     activity: Arc<Activity>,
+    unread: Bytes,
+}
+
+impl<S: AsyncRead + Unpin> IdleIo<S> {
+    /// Puts `first` in front of the bytes not yet handed out.
+    fn unread_first(&mut self, first: Bytes) {
+        if self.unread.is_empty() {
+            self.unread = first;
+        } else if !first.is_empty() {
+            let mut joined = BytesMut::with_capacity(first.len() + self.unread.len());
+            joined.extend_from_slice(&first);
+            joined.extend_from_slice(&self.unread);
+            self.unread = joined.freeze();
+        }
+    }
+
+    /// Waits for the client's next bytes; `false` at end of stream.
+    async fn fill(&mut self) -> io::Result<bool> {
+        if !self.unread.is_empty() {
+            return Ok(true);
+        }
+        // Small on purpose: it is part of every connection's task; hyper reads the rest.
+        let mut first = [0u8; 64];
+        let n = self.read(&mut first).await?;
+        self.unread = Bytes::copy_from_slice(&first[..n]);
+        Ok(n > 0)
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for IdleIo<S> {
@@ -217,6 +337,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleIo<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            let chunk = self.unread.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -260,6 +386,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleIo<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.activity.keep_socket.load(Ordering::Relaxed) {
+            // Parking: hyper lets go of the connection, the client keeps it.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -269,30 +399,136 @@ mod tests {
     use super::*;
     use crate::{Primary, ProxyConfig};
     use http_body_util::{BodyExt, Full};
+    use tokio::io::{AsyncWriteExt, DuplexStream};
+
+    /// A raw client connection to `proxy` over an in-memory pipe, so time can be paused,
+    /// and the sender that starts the server's drain.
+    fn raw_client(proxy: Proxy, idle_timeout: Duration) -> (DuplexStream, watch::Sender<bool>) {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut b = http1::Builder::new();
+        b.timer(TokioTimer::new());
+        let peer = ([127, 0, 0, 1], 1).into();
+        tokio::spawn(connection(b, proxy, server_io, peer, idle_timeout, stop_rx));
+        (client_io, stop_tx)
+    }
 
     /// A client connection to `proxy` over an in-memory pipe, so time can be paused.
     async fn client(proxy: Proxy) -> hyper::client::conn::http1::SendRequest<Full<bytes::Bytes>> {
-        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-        let (_stop_tx, stop_rx) = watch::channel(false);
-        let mut b = http1::Builder::new();
-        b.timer(TokioTimer::new());
-        tokio::spawn(async move {
-            let _keep = _stop_tx;
-            connection(
-                b,
-                proxy,
-                server_io,
-                ([127, 0, 0, 1], 1).into(),
-                Duration::from_secs(3600),
-                stop_rx,
-            )
-            .await
-        });
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
+        let (io, stop) = raw_client(proxy, Duration::from_secs(3600));
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .unwrap();
-        tokio::spawn(conn);
+        tokio::spawn(async move {
+            let _keep = stop;
+            conn.await
+        });
         send
+    }
+
+    /// Reads one response with a `content-length` body off `io`; returns its head,
+    /// lower-cased.
+    async fn read_response(io: &mut DuplexStream) -> String {
+        let mut buf = Vec::new();
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if buf.len() >= end + 4 + len {
+                    assert_eq!(buf.len(), end + 4 + len, "bytes after the response");
+                    return head;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = io.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed mid-response: {buf:?}");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    const HEALTH: &[u8] = b"GET /litefs/health HTTP/1.1\r\nhost: x\r\n\r\n";
+
+    async fn health_on(io: &mut DuplexStream) {
+        let head = read_response(io).await;
+        assert!(head.starts_with("http/1.1 200 "), "{head}");
+        assert!(!head.contains("connection: close"), "{head}");
+    }
+
+    /// An idle keep-alive connection drops hyper's state and serves its next request on
+    /// the same socket, whatever part of it arrived before, while or after parking. It is
+    /// never parked before its first exchange nor in the middle of a request head.
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_park_between_requests_and_lose_no_byte() {
+        let (proxy, _tx, _dir) = proxy(Primary::Local);
+        let (mut io, _stop) = raw_client(proxy.clone(), Duration::from_secs(3600));
+        let quiet = PARK_AFTER + Duration::from_millis(10);
+        tokio::time::sleep(PARK_AFTER * 3).await;
+        assert_eq!(
+            proxy.client_connections(),
+            (1, 0),
+            "parked before any request"
+        );
+
+        io.write_all(HEALTH).await.unwrap();
+        health_on(&mut io).await;
+        assert_eq!(proxy.client_connections(), (1, 0));
+        tokio::time::sleep(quiet).await;
+        assert_eq!(proxy.client_connections(), (0, 1));
+
+        // Parked: half a head wakes the connection; it stays served while the rest comes.
+        io.write_all(&HEALTH[..10]).await.unwrap();
+        tokio::time::sleep(PARK_AFTER * 3).await;
+        assert_eq!(proxy.client_connections(), (1, 0), "parked inside a head");
+        io.write_all(&HEALTH[10..]).await.unwrap();
+        health_on(&mut io).await;
+        assert_eq!(proxy.connection_parks(), 1);
+
+        // Half a head that hyper has read when the connection parks comes back with it.
+        io.write_all(&HEALTH[..10]).await.unwrap();
+        tokio::time::sleep(quiet).await;
+        assert_eq!(proxy.connection_parks(), 2);
+        io.write_all(&HEALTH[10..]).await.unwrap();
+        health_on(&mut io).await;
+        // Two requests in one write, the second cut: both answered in order.
+        let mut two = HEALTH.to_vec();
+        two.extend_from_slice(&HEALTH[..10]);
+        io.write_all(&two).await.unwrap();
+        health_on(&mut io).await;
+        tokio::time::sleep(quiet).await;
+        assert_eq!(proxy.connection_parks(), 3);
+        io.write_all(&HEALTH[10..]).await.unwrap();
+        health_on(&mut io).await;
+    }
+
+    /// A parked connection still ends on `idle_timeout` (counted from its last byte) and
+    /// at once when the server drains.
+    #[tokio::test(start_paused = true)]
+    async fn parked_connections_close_on_idle_timeout_and_drain() {
+        let (proxy, _tx, _dir) = proxy(Primary::Local);
+        let idle = Duration::from_secs(30);
+        let (mut io, _stop) = raw_client(proxy.clone(), idle);
+        io.write_all(HEALTH).await.unwrap();
+        health_on(&mut io).await;
+        let start = tokio::time::Instant::now();
+        let mut rest = [0u8; 1];
+        assert_eq!(io.read(&mut rest).await.unwrap(), 0);
+        assert_eq!(start.elapsed(), idle);
+        assert_eq!(proxy.connection_parks(), 1);
+        assert_eq!(proxy.client_connections(), (0, 0));
+
+        let (mut io, stop) = raw_client(proxy.clone(), idle);
+        io.write_all(HEALTH).await.unwrap();
+        health_on(&mut io).await;
+        tokio::time::sleep(PARK_AFTER * 2).await;
+        assert_eq!(proxy.client_connections(), (0, 1));
+        let start = tokio::time::Instant::now();
+        stop.send(true).unwrap();
+        assert_eq!(io.read(&mut rest).await.unwrap(), 0);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(proxy.client_connections(), (0, 0));
     }
 
     fn post(path: &str, hop: Option<&str>) -> http::Request<Full<bytes::Bytes>> {
