@@ -51,7 +51,14 @@ fn mem_kib(pid: u32, with_children: bool) -> Option<u64> {
     Some(total)
 }
 
-async fn measure(addr: SocketAddr, pid: u32, n: usize, with_children: bool) -> Result<(u64, u64)> {
+/// Idle and loaded memory; for litefs-proxy (`with_children` false) also its
+/// `client_connections` status while loaded (serving / parked).
+async fn measure(
+    addr: SocketAddr,
+    pid: u32,
+    n: usize,
+    with_children: bool,
+) -> Result<(u64, u64, serde_json::Value)> {
     // Warm: a few requests so pools and buffers of the steady state exist.
     let warm = open(addr, 8).await?;
     drop(warm);
@@ -62,8 +69,15 @@ async fn measure(addr: SocketAddr, pid: u32, n: usize, with_children: bool) -> R
     // connection holds no buffers (nginx frees them at once).
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let loaded = mem_kib(pid, with_children).context("reading memory")?;
+    let conns_status = if with_children {
+        serde_json::Value::Null
+    } else {
+        client::status(addr)
+            .await
+            .map_or(serde_json::Value::Null, |s| s["client_connections"].clone())
+    };
     drop(conns);
-    Ok((idle, loaded))
+    Ok((idle, loaded, conns_status))
 }
 
 pub async fn run(ctx: &Ctx) -> Result<Section> {
@@ -87,10 +101,10 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
         ),
     )?;
     proxy.wait_ready(addr, "/litefs/health").await?;
-    let (idle, loaded) = measure(addr, proxy.pid(), n, false).await?;
+    let (idle, loaded, conns_status) = measure(addr, proxy.pid(), n, false).await?;
     drop(proxy);
     let per = (loaded.saturating_sub(idle)) as f64 / n as f64;
-    eprintln!("  s5 litefs-proxy: idle {idle} KiB, {n} conns {loaded} KiB, {per:.2} KiB/conn");
+    eprintln!("  s5 litefs-proxy: idle {idle} KiB, {n} conns {loaded} KiB, {per:.2} KiB/conn; connections {conns_status}");
 
     let mut nginx_json = serde_json::Value::Null;
     let mut nginx_txt = "nginx not installed".to_string();
@@ -99,7 +113,7 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
         let naddr = free_port();
         let ng = procs::spawn_nginx(bin, &dir.join("s5"), naddr, ctx.hello, ctx.cores)?;
         ng.wait_ready(naddr, "/").await?;
-        let (ni, nl) = measure(naddr, ng.pid(), n, true).await?;
+        let (ni, nl, _) = measure(naddr, ng.pid(), n, true).await?;
         nginx_per = (nl.saturating_sub(ni)) as f64 / n as f64;
         eprintln!("  s5 nginx (PSS): idle {ni} KiB, {n} conns {nl} KiB, {nginx_per:.2} KiB/conn");
         nginx_json = json!({"idle_pss_kib": ni, "loaded_pss_kib": nl, "kib_per_conn": nginx_per});
@@ -131,7 +145,7 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
     rows.push(r);
     Ok(Section {
         rows,
-        json: json!({"connections": n, "proxy": {"idle_rss_kib": idle, "loaded_rss_kib": loaded, "kib_per_conn": per},
+        json: json!({"connections": n, "proxy": {"idle_rss_kib": idle, "loaded_rss_kib": loaded, "kib_per_conn": per, "client_connections": conns_status},
             "nginx": nginx_json}),
         panels: vec![Panel {
             title: format!("Memory per idle connection ({n})"),
