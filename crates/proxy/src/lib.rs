@@ -2,8 +2,10 @@
 //! local LiteFS TXID reaches the client's token, mints the token after writes.
 #![forbid(unsafe_code)]
 
+mod activity;
 pub mod body;
 pub mod config;
+mod connection;
 mod endpoints;
 pub mod error;
 mod handler;
@@ -19,10 +21,11 @@ pub mod txid;
 pub mod upstream;
 
 pub use config::{ConfigError, OnReadTimeout, ProxyConfig, TxidSource};
+pub use connection::PARK_AFTER;
 pub use error::ProxyError;
 pub use handler::{Proxy, StatusExtension};
 pub use primary::Primary;
-pub use serve::{serve, PARK_AFTER};
+pub use serve::serve;
 pub use txid::TxId;
 
 /// Response body: an upstream's streamed body, or a small one of the proxy's own.
