@@ -1,4 +1,5 @@
-//! Three in-process nodes: election, crash failover, rejoin, graceful handover, `.primary`.
+//! In-process clusters: three nodes (election, crash failover, rejoin, graceful handover,
+//! `.primary`) and five (quorum through two failures, none without one).
 
 mod common;
 
@@ -120,11 +121,8 @@ async fn three_nodes_elect_fail_over_rejoin_and_hand_over() {
         handed.is_some(),
         "the old leader saw a new leader before exiting"
     );
-    // Goal ~200 ms; measured a few ms on loopback. Crash failover takes 450-600 ms.
-    assert!(
-        handover < Duration::from_millis(250),
-        "handover took {handover:?}"
-    );
+    // How fast (goal ~200 ms, crash failover ~0.5 s) is the bench's to measure
+    // (scenario 4); here: the successor was elected while the old leader still ran.
     // The stopped leader's .primary names its successor.
     assert_eq!(
         c.primary_file(leader2),
@@ -141,5 +139,39 @@ async fn three_nodes_elect_fail_over_rejoin_and_hand_over() {
     for i in c.running().into_iter().filter(|i| *i != leader4) {
         assert!(matches!(c.leadership(i), Some(Leadership::Follower { .. })));
     }
+    c.stop_all().await;
+}
+
+/// Five nodes: a primary survives two failures (three of five are a quorum); with three
+/// down the two left never elect one; one node back and there is a primary again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_keep_a_primary_through_two_failures_and_none_without_a_quorum() {
+    common::init_tracing();
+    let mut c = Cluster::new(5, None, |_| {});
+    c.start_all().await;
+    let mut down = Vec::new();
+    for _ in 0..2 {
+        let leader = c.wait_agreed(Duration::from_secs(5)).await;
+        assert!(!down.contains(&leader));
+        c.kill(leader).await;
+        down.push(leader);
+    }
+    let leader = c.wait_agreed(Duration::from_secs(5)).await;
+    assert_eq!(c.running().len(), 3);
+    c.kill(leader).await;
+    down.push(leader);
+    // Two of five: no leader, for many election timeouts (150-300 ms each).
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(2) {
+        assert_eq!(
+            c.leaders(),
+            Vec::<usize>::new(),
+            "a leader without a quorum"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.start(down[0]).await;
+    let leader = c.wait_agreed(Duration::from_secs(5)).await;
+    assert_eq!(c.leaders(), vec![leader]);
     c.stop_all().await;
 }
