@@ -46,8 +46,33 @@ pub fn binary() -> PathBuf {
     .clone()
 }
 
-/// A free loopback port (bound then released; the process binds it right after).
+/// A free loopback port for a process about to start. Taken below Linux's ephemeral
+/// range when there is room: a port the kernel picked for port 0 is, once released, free
+/// for any outgoing connection on the machine to take before the process binds it, and a
+/// node that cannot bind never comes up. Ports are handed out in turn from a start that
+/// differs per test process; each is checked free by binding it.
 pub fn free_port() -> SocketAddr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FLOOR: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(0);
+    if low > FLOOR + 1_000 {
+        let span = low - FLOOR;
+        let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = FLOOR + (start + n) % span;
+            let Ok(port) = u16::try_from(port) else {
+                continue;
+            };
+            if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                return l.local_addr().expect("addr");
+            }
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr")
 }
@@ -324,6 +349,17 @@ peers = [{peers}]
                 }
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Say why, for the test that fails on it: each node's status and log tail.
+        for &i in among {
+            let log = self.log(i);
+            let tail: Vec<&str> = log.lines().rev().take(25).collect();
+            eprintln!(
+                "wait_leader: no agreed leader; {} status {:?}; log tail:\n{}",
+                self.nodes[i].id,
+                self.status(i).await,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
         None
     }
