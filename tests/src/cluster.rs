@@ -46,35 +46,54 @@ pub fn binary() -> PathBuf {
     .clone()
 }
 
-/// A free loopback port for a process about to start. Taken below Linux's ephemeral
-/// range when there is room: a port the kernel picked for port 0 is, once released, free
-/// for any outgoing connection on the machine to take before the process binds it, and a
-/// node that cannot bind never comes up. Ports are handed out in turn from a start that
-/// differs per test process; each is checked free by binding it.
+/// A free loopback port for a process about to start; see [`free_run`].
 pub fn free_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_run(1)))
+}
+
+/// The first of `n` consecutive loopback ports that are free, for a process about to start.
+/// Taken below Linux's ephemeral range when there is room: a port the kernel picked for
+/// port 0 is, once released, free for any outgoing connection on the machine to take
+/// before the process binds it, and a node that cannot bind never comes up. Runs are handed
+/// out in turn from a start that differs per test process; each port is checked free by
+/// binding it.
+pub fn free_run(n: u16) -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const FLOOR: u32 = 10_000;
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n32 = u32::from(n);
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
         .unwrap_or(0);
-    if low > FLOOR + 1_000 {
-        let span = low - FLOOR;
+    if low > FLOOR + 1_000 + n32 {
+        let span = low - FLOOR - n32;
         let start = std::process::id().wrapping_mul(2_654_435_761) % span;
         for _ in 0..span {
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let port = FLOOR + (start + n) % span;
-            let Ok(port) = u16::try_from(port) else {
+            let first = FLOOR + (start + NEXT.fetch_add(n32, Ordering::Relaxed)) % span;
+            let Ok(first) = u16::try_from(first) else {
                 continue;
             };
-            if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-                return l.local_addr().expect("addr");
+            if all_free(first, n) {
+                return first;
             }
         }
     }
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let first = l.local_addr().expect("addr").port();
+        drop(l);
+        if first.checked_add(n).is_some() && all_free(first, n) {
+            return first;
+        }
+    }
+}
+
+fn all_free(first: u16, n: u16) -> bool {
+    let bound: Vec<_> = (0..n)
+        .filter_map(|k| std::net::TcpListener::bind(("127.0.0.1", first + k)).ok())
+        .collect();
+    bound.len() == usize::from(n)
 }
 
 pub struct ProcNode {

@@ -10,28 +10,8 @@ use std::{
 
 use litefs_proxy_tests::{
     client::{get, post},
-    cluster::binary,
+    cluster::{binary, free_run},
 };
-
-/// A first port such that `first..first + n` are all free right now.
-fn free_run(n: u16) -> u16 {
-    loop {
-        let first = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if first > 65000 {
-            continue;
-        }
-        let all: Vec<_> = (0..n)
-            .filter_map(|k| std::net::TcpListener::bind(("127.0.0.1", first + k)).ok())
-            .collect();
-        if all.len() == n as usize {
-            return first;
-        }
-    }
-}
 
 /// Kills the supervisor if the test fails half-way; its nodes then see their stdin close.
 struct Supervisor(std::process::Child);
