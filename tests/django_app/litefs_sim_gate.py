@@ -1,7 +1,7 @@
 """Test harness only, not part of the Django project: the stand-in for LiteFS's FUSE
 guarantee that a commit's TXID is published before the committing request can answer.
 
-LiteFS sees a commit inside the write itself. The simulator (tests/src/django.rs) sees it
+LiteFS sees a commit inside the write itself. The simulator (tests/src/django/watch.rs) sees it
 by polling the database header, so a response could reach litefs-proxy a moment before the
 TXID moved and get a token one commit short. This WSGI wrapper closes that window exactly:
 after a write request (any method but GET/HEAD/OPTIONS), if the database's change counter

@@ -3,33 +3,33 @@
 //! `litefs_sim::Member` in this process standing in for LiteFS (the only writer of the
 //! position, replication with a random lag, read-only replicas) that follows the Raft leader
 //! its own proxy reports; in front of all, a real nginx round-robin upstream without
-//! stickiness. Also a small cookie jar, streamed uploads, and the prerequisite check.
+//! stickiness. The cookie jar and streamed uploads are in `web`, the commit watcher in
+//! `watch`, the outside tools and the prerequisite check in `tools`.
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    convert::Infallible,
+    collections::HashMap,
     net::SocketAddr,
-    os::unix::process::CommandExt,
-    path::{Path, PathBuf},
-    pin::Pin,
-    process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
-    task::{Context, Poll},
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::body::Frame;
 use litefs_sim::{Lag, LagControl, Member, NodeConfig};
 
 use crate::{
-    client::{self, Answer},
+    client,
     cluster::{free_port, Cluster, External, Options},
 };
+
+mod tools;
+mod watch;
+mod web;
+
+pub use tools::{app_dir, available, prerequisites, under_ci};
+use tools::{nginx_binary, Group};
+pub use watch::Watcher;
+pub use web::{multipart_file, sha256_file, ChannelBody, Jar};
 
 /// The database every node serves, as LiteFS names it in the mount.
 pub const DB: &str = "db.sqlite3";
@@ -37,304 +37,6 @@ pub const DB: &str = "db.sqlite3";
 /// How often each node's sim asks its proxy who the leader is (LiteFS's lease would follow
 /// the Raft leader through the Consul-compatible endpoint; here the test process does it).
 const FOLLOW_EVERY: Duration = Duration::from_millis(10);
-
-/// The commit watcher's poll (see `litefs_sim::CommitWatcher`'s race window): a commit is
-/// counted at most this long (plus a thread wake-up) after Django wrote it.
-const WATCH_EVERY: Duration = Duration::from_micros(250);
-
-/// The Django project.
-pub fn app_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("django_app")
-}
-
-fn nginx_binary() -> Option<PathBuf> {
-    let sbin = PathBuf::from("/usr/sbin/nginx");
-    if sbin.is_file() {
-        return Some(sbin);
-    }
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join("nginx"))
-            .find(|c| c.is_file())
-    })
-}
-
-/// Whether CI runs us (`CI` set to anything but empty, `0` or `false`): then missing
-/// prerequisites are a failure, not a skip.
-pub fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
-
-/// `Ok` when python3 can import Django and gunicorn and nginx exists; otherwise what is missing.
-pub fn prerequisites() -> Result<(), String> {
-    let mut missing = Vec::new();
-    let py = Command::new("python3")
-        .args(["-c", "import django, gunicorn"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if !py.is_ok_and(|s| s.success()) {
-        missing.push(
-            "python3 with Django and gunicorn (pip install -r tests/django_app/requirements.txt)",
-        );
-    }
-    if nginx_binary().is_none() {
-        missing.push("nginx (apt-get install nginx-light)");
-    }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(missing.join(" and "))
-    }
-}
-
-/// `true` when the Django tests can run. Outside CI a missing prerequisite skips the test
-/// with a message; under CI it fails it.
-pub fn available() -> bool {
-    match prerequisites() {
-        Ok(()) => true,
-        Err(m) if under_ci() => panic!("the Django end-to-end tests need {m} (CI is set)"),
-        Err(m) => {
-            eprintln!("SKIPPED: the Django end-to-end tests need {m}; CI unset, so skipping");
-            false
-        }
-    }
-}
-
-/// A minimal cookie jar: keeps what `Set-Cookie` says, sends it back in `Cookie`.
-#[derive(Default, Debug, Clone)]
-pub struct Jar {
-    cookies: BTreeMap<String, String>,
-}
-
-impl Jar {
-    pub fn store(&mut self, a: &Answer) {
-        for v in a.headers.get_all("set-cookie") {
-            let Ok(v) = v.to_str() else { continue };
-            let mut parts = v.split(';').map(str::trim);
-            let Some((name, value)) = parts.next().and_then(|p| p.split_once('=')) else {
-                continue;
-            };
-            let expired = parts.any(|a| {
-                a.split_once('=').is_some_and(|(k, v)| {
-                    k.eq_ignore_ascii_case("max-age")
-                        && v.trim().parse::<i64>().is_ok_and(|s| s <= 0)
-                })
-            });
-            if expired {
-                self.cookies.remove(name);
-            } else {
-                self.cookies.insert(name.to_owned(), value.to_owned());
-            }
-        }
-    }
-
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.cookies.get(name).map(String::as_str)
-    }
-
-    /// The `Cookie` header value, if there is anything to send.
-    pub fn header(&self) -> Option<String> {
-        (!self.cookies.is_empty()).then(|| {
-            self.cookies
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
-    }
-}
-
-/// A request body fed chunk by chunk from a channel (streams a large upload).
-pub struct ChannelBody {
-    rx: tokio::sync::mpsc::Receiver<Bytes>,
-}
-
-impl http_body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
-    }
-}
-
-/// A multipart/form-data body with the file at `path` as field `file`, streamed from disk
-/// in 256 KiB chunks; returns the body, its exact length and the content type.
-pub fn multipart_file(path: &Path) -> (client::ReqBody, u64, String) {
-    let boundary = "litefs-proxy-test-boundary-7d1f0c";
-    let head = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\n\
-         Content-Type: application/octet-stream\r\n\r\n"
-    );
-    let tail = format!("\r\n--{boundary}--\r\n");
-    let size = std::fs::metadata(path).expect("upload file").len();
-    let len = head.len() as u64 + size + tail.len() as u64;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        if tx.blocking_send(Bytes::from(head)).is_err() {
-            return;
-        }
-        let mut f = std::fs::File::open(&path).expect("open upload file");
-        loop {
-            let mut buf = vec![0u8; 256 * 1024];
-            let n = f.read(&mut buf).expect("read upload file");
-            if n == 0 {
-                break;
-            }
-            buf.truncate(n);
-            if tx.blocking_send(Bytes::from(buf)).is_err() {
-                return;
-            }
-        }
-        let _ = tx.blocking_send(Bytes::from(tail));
-    });
-    (
-        ChannelBody { rx }.boxed(),
-        len,
-        format!("multipart/form-data; boundary={boundary}"),
-    )
-}
-
-/// `sha256sum` of a file, lower-case hex.
-pub fn sha256_file(path: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("run sha256sum");
-    assert!(out.status.success(), "sha256sum failed");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-/// A process started in its own process group, killed with its children (gunicorn's and
-/// nginx's workers) by `kill -9 -<pgid>`.
-struct Group {
-    child: Child,
-}
-
-impl Group {
-    fn spawn(cmd: &mut Command) -> std::io::Result<Group> {
-        cmd.process_group(0).spawn().map(|child| Group { child })
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn kill(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Turns Django's commits on a node's database into TXIDs (`Node::commit`, so the sim stays
-/// the only writer of the position), like `litefs_sim::CommitWatcher`, which this replaces
-/// here for one reason: that watcher opens and closes the database file on every poll, and
-/// closing any descriptor of a file drops every POSIX lock this process holds on it,
-/// including the locks of the sim's replication connections living in this same process. A
-/// delivery into a replica then races the replica's gunicorn readers, which fail with
-/// "disk I/O error" (seen about once per 100 reads on a replica). This one reads the header
-/// through a descriptor it keeps open for the node's whole life. Rollback-journal databases
-/// only (Django's default; the sim keeps replicas in that mode anyway): the header's change
-/// counter moves on every commit.
-pub struct Watcher {
-    shared: Arc<WatchShared>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-struct WatchShared {
-    node: litefs_sim::Node,
-    /// Where the last change counter seen is published for `litefs_sim_gate.py`.
-    counted: PathBuf,
-    stop: AtomicBool,
-    /// The open database file (once it exists) and the header bytes 24..32 last seen.
-    state: Mutex<(Option<std::fs::File>, Option<[u8; 8]>)>,
-}
-
-impl Watcher {
-    fn spawn(node: litefs_sim::Node, counted: PathBuf) -> Watcher {
-        let shared = Arc::new(WatchShared {
-            node,
-            counted,
-            stop: AtomicBool::new(false),
-            state: Mutex::new((None, None)),
-        });
-        shared.check();
-        let s = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("commit-watch-{}", s.node.hostname()))
-            .spawn(move || {
-                while !s.stop.load(Ordering::Relaxed) {
-                    s.check();
-                    std::thread::sleep(WATCH_EVERY);
-                }
-            })
-            .expect("watcher thread");
-        Watcher {
-            shared,
-            thread: Some(thread),
-        }
-    }
-
-    /// Counts every commit made so far; returns the TXID.
-    pub fn sync(&self) -> u64 {
-        self.shared.check();
-        self.shared.node.txid()
-    }
-}
-
-impl WatchShared {
-    fn check(&self) {
-        use std::os::unix::fs::FileExt;
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.0.is_none() {
-            st.0 = std::fs::File::open(self.node.db_path()).ok();
-        }
-        let Some(f) = st.0.as_ref() else { return };
-        let mut h = [0u8; 8];
-        if f.read_exact_at(&mut h, 24).is_err() {
-            return;
-        }
-        if st.1 == Some(h) {
-            return;
-        }
-        // The first sighting (the file appearing) is a commit too: on the primary it is
-        // the migration creating the database.
-        st.1 = Some(h);
-        // On a replica, changes are replication's.
-        if self.node.is_primary() {
-            self.node.commit();
-        }
-        // Only now may the committing request answer (see `litefs_sim_gate.py`).
-        let tmp = self.counted.with_extension("tmp");
-        let counter = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
-        if std::fs::write(&tmp, counter.to_string()).is_ok() {
-            let _ = std::fs::rename(&tmp, &self.counted);
-        }
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// One node's LiteFS stand-in and the task that makes it follow its proxy's leader.
 struct SimNode {
