@@ -1,11 +1,10 @@
-//! Scenario 4: failover of a 3-process Raft cluster (the ideas of tests/src/cluster.rs):
+//! Scenario 4: failover of a 3-process Raft cluster (`litefs_proxy_tests::cluster`):
 //! under a write every 10 ms through the survivors, kill -9 the leader and time the first
 //! successful write sent after the kill; then SIGTERM (planned handover) the same way.
 //! The killed node is restarted and rejoins before the next trial.
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -16,12 +15,11 @@ use std::{
 use anyhow::{bail, Result};
 use bytes::Bytes;
 use http::Method;
+use litefs_proxy_tests::cluster::{Cluster, Options};
 use serde_json::json;
-use tokio::net::TcpListener;
 
 use crate::{
-    client, hello,
-    procs::{free_port, Proc},
+    client,
     report::{percentile, secs, Group, Panel, Row},
     Ctx, Section,
 };
@@ -29,140 +27,17 @@ use crate::{
 /// LiteFS + Consul: 10 s session TTL + 1 s lock delay (documented, not measured here).
 const LITEFS_CONSUL_S: f64 = 11.0;
 
-struct Node {
-    id: String,
-    proxy: SocketAddr,
-    config: PathBuf,
-    proc: Option<Proc>,
+/// The harness's 3-process Raft cluster, with the timeouts of a production config.
+async fn start_cluster() -> Cluster {
+    Cluster::start(Options {
+        proxy_extra: "primary_redirect_timeout = \"5s\"\nshutdown_grace = \"2s\"\n".into(),
+        ..Options::default()
+    })
+    .await
 }
 
-struct Cluster {
-    bin: PathBuf,
-    dir: PathBuf,
-    nodes: Vec<Node>,
-}
-
-impl Cluster {
-    async fn start(ctx: &Ctx) -> Result<Cluster> {
-        let dir = ctx.dir.path().join("s4");
-        std::fs::create_dir_all(&dir)?;
-        let ids: Vec<String> = (1..=3).map(|i| format!("node-{i}")).collect();
-        let proxies: Vec<SocketAddr> = (0..3).map(|_| free_port()).collect();
-        let rafts: Vec<SocketAddr> = (0..3).map(|_| free_port()).collect();
-        let peers: Vec<String> = (0..3)
-            .map(|j| {
-                format!(
-                    r#"{{ id = "{}", raft = "{}", proxy = "http://{}" }}"#,
-                    ids[j], rafts[j], proxies[j]
-                )
-            })
-            .collect();
-        let mut nodes = Vec::new();
-        for i in 0..3 {
-            let app = TcpListener::bind("127.0.0.1:0").await?;
-            let app_addr = app.local_addr()?;
-            tokio::spawn(hello::serve(app, None, Bytes::from(ids[i].clone())));
-            let mount = dir.join(format!("mount-{}", i + 1));
-            std::fs::create_dir_all(&mount)?;
-            let toml = format!(
-                r#"[proxy]
-addr = "{proxy}"
-target = "{app_addr}"
-mount = "{mount}"
-node_name = "{id}"
-primary_redirect_timeout = "5s"
-shutdown_grace = "2s"
-
-[role]
-source = "raft"
-
-[election]
-node_id = "{id}"
-raft_addr = "{raft}"
-data_dir = "{data}"
-peers = [{peers}]
-"#,
-                proxy = proxies[i],
-                mount = mount.display(),
-                id = ids[i],
-                raft = rafts[i],
-                data = dir.join(format!("data-{}", i + 1)).display(),
-                peers = peers.join(", "),
-            );
-            let config = dir.join(format!("node-{}.toml", i + 1));
-            std::fs::write(&config, toml)?;
-            nodes.push(Node {
-                id: ids[i].clone(),
-                proxy: proxies[i],
-                config,
-                proc: None,
-            });
-        }
-        let mut c = Cluster {
-            bin: ctx.bin.clone(),
-            dir,
-            nodes,
-        };
-        for i in 0..3 {
-            c.spawn(i)?;
-        }
-        Ok(c)
-    }
-
-    fn spawn(&mut self, i: usize) -> Result<()> {
-        let n = &mut self.nodes[i];
-        let mut cmd = std::process::Command::new(&self.bin);
-        cmd.args(["run", "--config"])
-            .arg(&n.config)
-            .env("RUST_LOG", "info,openraft=warn");
-        // Appends across restarts would be nicer; one log per start is enough here.
-        let log = self.dir.join(format!("{}-{}.log", n.id, now_ms()));
-        n.proc = Some(Proc::spawn(&n.id, &mut cmd, log, None)?);
-        Ok(())
-    }
-
-    /// Exactly one primary among `among`, named by all of them.
-    async fn wait_leader(&self, among: &[usize], within: Duration) -> Option<usize> {
-        let end = Instant::now() + within;
-        while Instant::now() < end {
-            let mut leader = None;
-            let mut primaries = 0;
-            let mut names = Vec::new();
-            let mut all = true;
-            for &i in among {
-                match client::status(self.nodes[i].proxy).await {
-                    Some(s) => {
-                        if s["role"] == "primary" {
-                            primaries += 1;
-                            leader = Some(i);
-                        }
-                        names.push(s["primary"].as_str().map(str::to_owned));
-                    }
-                    None => all = false,
-                }
-            }
-            if let (true, 1, Some(l)) = (all, primaries, leader) {
-                if names
-                    .iter()
-                    .all(|n| n.as_deref() == Some(self.nodes[l].id.as_str()))
-                {
-                    return Some(l);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        None
-    }
-}
-
-fn now_ms() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
-}
-
-/// One write: when it was sent, when it finished, and which node's app took it (2xx), or
-/// why it failed.
+/// One write: when it was sent, when it finished, and which node's app took it (2xx: the
+/// recording app answers with its node's name first), or why it failed.
 struct Write {
     sent: Instant,
     done: Instant,
@@ -194,9 +69,11 @@ impl Writer {
                     let req =
                         client::request(Method::POST, "/items", &[], Bytes::from_static(b"x"));
                     let result = match client::once(addr, req, Duration::from_secs(10)).await {
-                        Ok((st, body)) if st.is_success() => {
-                            Ok(String::from_utf8_lossy(&body).into_owned())
-                        }
+                        Ok((st, body)) if st.is_success() => Ok(String::from_utf8_lossy(&body)
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned()),
                         Ok((st, body)) => Err(format!(
                             "{} {}",
                             st.as_u16(),
@@ -268,11 +145,9 @@ async fn trial(c: &mut Cluster, sigterm: bool) -> Result<TrialResult> {
     let t0 = Instant::now();
     let mut exit = None;
     if sigterm {
-        if let Some(p) = &c.nodes[l].proc {
-            p.signal("TERM");
-        }
-    } else if let Some(mut p) = c.nodes[l].proc.take() {
-        p.kill9();
+        c.signal(l, "TERM");
+    } else {
+        c.kill(l);
     }
     let end = t0 + Duration::from_secs(15);
     let mut took = None;
@@ -280,12 +155,8 @@ async fn trial(c: &mut Cluster, sigterm: bool) -> Result<TrialResult> {
         if took.is_none() {
             took = writer.first_ok_after(t0, &old);
         }
-        if sigterm && exit.is_none() {
-            if let Some(p) = c.nodes[l].proc.as_mut() {
-                if p.try_wait().is_some() {
-                    exit = Some(t0.elapsed());
-                }
-            }
+        if sigterm && exit.is_none() && c.exited(l).is_some() {
+            exit = Some(t0.elapsed());
         }
         if took.is_some() && (!sigterm || exit.is_some()) {
             break;
@@ -297,8 +168,8 @@ async fn trial(c: &mut Cluster, sigterm: bool) -> Result<TrialResult> {
     let took = writer.first_ok_after(t0, &old).or(took);
     let failed = writer.failures_after(t0);
     writer.stop().await;
-    c.nodes[l].proc = None;
-    c.spawn(l)?;
+    c.kill(l);
+    c.spawn(l);
     let Some(took) = took else {
         bail!("no successful write within 15 s of stopping the leader");
     };
@@ -307,7 +178,7 @@ async fn trial(c: &mut Cluster, sigterm: bool) -> Result<TrialResult> {
 
 pub async fn run(ctx: &Ctx) -> Result<Section> {
     let (kills, terms) = if ctx.quick { (3, 2) } else { (20, 5) };
-    let mut c = Cluster::start(ctx).await?;
+    let mut c = start_cluster().await;
     let mut kill_s = Vec::new();
     let mut term_s = Vec::new();
     let mut exit_s = Vec::new();

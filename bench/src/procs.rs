@@ -5,7 +5,7 @@ use std::{
     io::BufRead,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -71,29 +71,6 @@ impl Proc {
                     self.log_tail()
                 )
             })
-    }
-
-    pub fn signal(&self, sig: &str) {
-        if let Some(c) = &self.child {
-            let _ = Command::new("kill")
-                .args(["-s", sig, &c.id().to_string()])
-                .status();
-        }
-    }
-
-    /// kill -9 and reap.
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Reaps the child if it exited.
-    pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        let st = self.child.as_mut()?.try_wait().ok()??;
-        self.child = None;
-        Some(st)
     }
 
     pub fn log_tail(&self) -> String {

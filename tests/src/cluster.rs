@@ -291,20 +291,32 @@ peers = [{peers}]
         }
     }
 
+    /// Sends `signal` (e.g. `TERM`) to node `i`'s process, without waiting.
+    pub fn signal(&self, i: usize, signal: &str) {
+        if let Some(c) = &self.nodes[i].child {
+            let _ = Command::new("kill")
+                .args([format!("-{signal}"), c.id().to_string()])
+                .status();
+        }
+    }
+
+    /// The exit status of node `i`'s process once it has exited (it stays recorded as
+    /// running until [`Cluster::kill`] or [`Cluster::spawn`]).
+    pub fn exited(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        self.nodes[i].child.as_mut()?.try_wait().ok().flatten()
+    }
+
     /// SIGTERM, then wait for the process to exit (at most `within`); returns its exit code.
     pub fn terminate(&mut self, i: usize, within: Duration) -> Option<i32> {
-        let mut c = self.nodes[i].child.take()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
+        self.signal(i, "TERM");
         let end = Instant::now() + within;
         loop {
-            if let Ok(Some(st)) = c.try_wait() {
+            if let Some(st) = self.exited(i) {
+                self.nodes[i].child = None;
                 return st.code();
             }
             if Instant::now() > end {
-                let _ = c.kill();
-                let _ = c.wait();
+                self.kill(i);
                 return None;
             }
             std::thread::sleep(Duration::from_millis(10));
