@@ -99,7 +99,7 @@ pub struct ConfigArgs {
     #[arg(long, value_name = "FILE")]
     pub litefs_config: Option<PathBuf>,
     /// Log filter (tracing EnvFilter syntax, e.g. `info,litefs_proxy=debug`); default
-    /// RUST_LOG, else `info`.
+    /// RUST_LOG, else `info,openraft=warn`.
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
 

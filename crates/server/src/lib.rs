@@ -95,11 +95,18 @@ pub fn block_on(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     }
 }
 
-/// Logs to stderr, filtered by `--log`, else `RUST_LOG`, else `info`.
+/// The log filter when neither `--log` nor `RUST_LOG` is given. openraft logs every vote
+/// and state change (with whole state dumps) at `info`; its warnings still show, and the
+/// election's own role changes are logged by `litefs_election` at `info`.
+pub const DEFAULT_LOG_FILTER: &str = "info,openraft=warn";
+
+/// Logs to stderr, filtered by `--log`, else `RUST_LOG`, else [`DEFAULT_LOG_FILTER`].
 pub fn init_tracing(filter: Option<&str>) -> Result<(), String> {
     let filter = match filter {
         Some(f) => EnvFilter::try_new(f).map_err(|e| e.to_string())?,
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        None => {
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER))
+        }
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -414,13 +414,24 @@ impl Running {
 
     /// The first stderr line containing `needle`.
     fn wait_line(&self, needle: &str) -> String {
+        self.lines_until(needle).pop().unwrap_or_default()
+    }
+
+    /// Every stderr line up to and including the first one containing `needle`.
+    fn lines_until(&self, needle: &str) -> Vec<String> {
         let end = Instant::now() + DEADLINE;
+        let mut seen = Vec::new();
         loop {
             let left = end.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("no stderr line with {needle:?}: {e}"),
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    seen.push(line);
+                    if found {
+                        return seen;
+                    }
+                }
+                Err(e) => panic!("no stderr line with {needle:?}: {e}; got {seen:#?}"),
             }
         }
     }
@@ -505,4 +516,46 @@ fn bind_failure_exits_1_with_a_clear_message() {
         stderr.contains(&format!("cannot listen on {addr}")),
         "{stderr}"
     );
+}
+
+/// By default the log says when this node became primary, without openraft's own `info`
+/// lines (a state dump per vote and state change).
+#[test]
+fn default_log_shows_role_changes_without_openraft_chatter() {
+    let dir = tempfile::tempdir().unwrap();
+    let raft = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = write(
+        dir.path(),
+        "node.toml",
+        &format!(
+            r#"[proxy]
+addr = "127.0.0.1:0"
+mount = "{mount}"
+
+[role]
+source = "raft"
+
+[election]
+node_id = "node-1"
+raft_addr = "{raft}"
+data_dir = "{data}"
+peers = [{{ id = "node-1", raft = "{raft}", proxy = "http://127.0.0.1:9" }}]
+"#,
+            mount = dir.path().display(),
+            data = dir.path().join("data").display(),
+        ),
+    );
+    let mut proxy = Running::start(&["--config", config.to_str().unwrap()]);
+    let lines = proxy.lines_until("primary=local");
+    let chatter: Vec<&String> = lines.iter().filter(|l| l.contains("openraft")).collect();
+    assert!(chatter.is_empty(), "openraft info lines: {chatter:#?}");
+    let kill = Command::new("kill")
+        .args(["-TERM", &proxy.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert_eq!(proxy.wait_exit(), 0);
 }
