@@ -139,6 +139,12 @@ impl Election {
         .validate()
         .map_err(|e| Error::Raft(e.to_string()))?;
 
+        if cfg.cluster_secret.is_none() && !local_addr.ip().is_loopback() {
+            tracing::warn!(
+                raft_addr = %local_addr,
+                "election.cluster_secret is not set: anyone who reaches the Raft port can vote and append; set it (16+ characters, the same on every node)"
+            );
+        }
         let auth = Auth::new(cfg.cluster_secret.as_deref());
         let client = RpcClient::new(
             cfg.node_id.clone(),
@@ -350,10 +356,11 @@ impl Election {
     /// still learns who leads. No-op on a follower.
     pub async fn hand_over(&self) -> Option<Duration> {
         let was_leader = self.raft.metrics().borrow().state == openraft::ServerState::Leader;
-        if !was_leader {
+        // Once only: a second call (the drain's, then the shutdown's) would wait again for a
+        // successor that the first one already asked for.
+        if !was_leader || self.stepping_down.swap(true, Ordering::SeqCst) {
             return None;
         }
-        self.stepping_down.store(true, Ordering::SeqCst);
         self.wake.notify_one();
         // The watch must say "not leader" before anyone else can become leader.
         let mut rx = self.leadership.clone();

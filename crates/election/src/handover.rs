@@ -121,6 +121,10 @@ pub async fn hand_over(ctx: &HandoverCtx, client: &RpcClient) -> Option<Duration
     if m.state != ServerState::Leader {
         return None;
     }
+    if m.membership_config.voter_ids().all(|id| id == ctx.me) {
+        tracing::info!("handover: no other voter to hand over to");
+        return None;
+    }
     let started = Instant::now();
     ctx.raft.runtime_config().heartbeat(false);
     ctx.raft.runtime_config().elect(false);

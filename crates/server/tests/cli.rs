@@ -518,17 +518,16 @@ fn bind_failure_exits_1_with_a_clear_message() {
     );
 }
 
-/// By default the log says when this node became primary, without openraft's own `info`
-/// lines (a state dump per vote and state change).
-#[test]
-fn default_log_shows_role_changes_without_openraft_chatter() {
-    let dir = tempfile::tempdir().unwrap();
-    let raft = std::net::TcpListener::bind("127.0.0.1:0")
+/// A single-node Raft config listening on `bind` (`127.0.0.1` or `0.0.0.0`) with `extra`
+/// lines in `[election]`.
+fn raft_node(dir: &Path, bind: &str, extra: &str) -> PathBuf {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
-        .unwrap();
-    let config = write(
-        dir.path(),
+        .unwrap()
+        .port();
+    write(
+        dir,
         "node.toml",
         &format!(
             r#"[proxy]
@@ -540,22 +539,60 @@ source = "raft"
 
 [election]
 node_id = "node-1"
-raft_addr = "{raft}"
+raft_addr = "{bind}:{port}"
 data_dir = "{data}"
-peers = [{{ id = "node-1", raft = "{raft}", proxy = "http://127.0.0.1:9" }}]
+peers = [{{ id = "node-1", raft = "127.0.0.1:{port}", proxy = "http://127.0.0.1:9" }}]
+{extra}
 "#,
-            mount = dir.path().display(),
-            data = dir.path().join("data").display(),
+            mount = dir.display(),
+            data = dir.join("data").display(),
         ),
-    );
+    )
+}
+
+/// Runs `config` until this node is primary, then stops it with SIGTERM: its stderr up to
+/// the role change, and from there to the end of the drain.
+fn log_until_primary(config: &Path) -> (Vec<String>, Vec<String>) {
     let mut proxy = Running::start(&["--config", config.to_str().unwrap()]);
-    let lines = proxy.lines_until("primary=local");
-    let chatter: Vec<&String> = lines.iter().filter(|l| l.contains("openraft")).collect();
-    assert!(chatter.is_empty(), "openraft info lines: {chatter:#?}");
+    let up = proxy.lines_until("primary=local");
     let kill = Command::new("kill")
         .args(["-TERM", &proxy.child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
+    let down = proxy.lines_until("drained; bye");
     assert_eq!(proxy.wait_exit(), 0);
+    (up, down)
+}
+
+/// By default the log says when this node became primary, without openraft's own `info`
+/// lines (a state dump per vote and state change), and how a SIGTERM hands over.
+#[test]
+fn default_log_shows_role_changes_without_openraft_chatter() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, down) = log_until_primary(&raft_node(dir.path(), "127.0.0.1", ""));
+    let chatter: Vec<&String> = up.iter().filter(|l| l.contains("openraft")).collect();
+    assert!(chatter.is_empty(), "openraft info lines: {chatter:#?}");
+    // A lone voter has nobody to hand over to: it says so once and waits for no successor.
+    let handover: Vec<&String> = down.iter().filter(|l| l.contains("handover")).collect();
+    assert_eq!(handover.len(), 1, "{down:#?}");
+    assert!(handover[0].contains("no other voter"), "{down:#?}");
+}
+
+/// A Raft port reachable from other hosts without `cluster_secret` is warned about; a
+/// loopback one or a signed one is not.
+#[test]
+fn an_unauthenticated_raft_port_off_loopback_is_warned_about() {
+    const WARNING: &str = "election.cluster_secret is not set";
+    let warned = |bind: &str, extra: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let (up, _) = log_until_primary(&raft_node(dir.path(), bind, extra));
+        up.iter().any(|l| l.contains(WARNING) && l.contains("WARN"))
+    };
+    assert!(warned("0.0.0.0", ""));
+    assert!(!warned(
+        "0.0.0.0",
+        r#"cluster_secret = "a-long-random-string-shared-by-the-nodes""#
+    ));
+    assert!(!warned("127.0.0.1", ""));
 }
