@@ -272,6 +272,50 @@ async fn a_forward_reaching_a_node_that_knows_better_goes_on_once() {
     assert_eq!(seen.body, Bytes::from_static(b"stale view"));
 }
 
+/// Each forwarded write has a connection of its own (see `Upstream::new`). Were the
+/// replica to close them with a FIN, each would hold one of its ephemeral ports in
+/// TIME_WAIT for a minute, and ~470 writes/s to one primary would exhaust them. The
+/// primary closes first and the replica resets: no TIME_WAIT on either side.
+#[tokio::test]
+async fn forwarded_writes_leave_no_time_wait_behind() {
+    let (a, b) = pair(test_config()).await;
+    let port = a.addr.port();
+    // Sockets of earlier processes that used the same port number may still linger.
+    let before = time_wait_with(port);
+    for i in 0..100 {
+        let resp = post(b.addr, "/items", &[], &format!("w{i}")).await.unwrap();
+        assert_eq!(resp.status, 200);
+    }
+    assert_eq!(a.app.count(), 100);
+    let after = time_wait_with(port);
+    assert!(
+        after.0 <= before.0 && after.1 <= before.1,
+        "TIME_WAIT sockets on the primary's port / towards it: {before:?} before, {after:?} after"
+    );
+}
+
+/// TIME_WAIT sockets on this machine whose local / remote port is `port` (/proc/net/tcp*).
+fn time_wait_with(port: u16) -> (usize, usize) {
+    const TIME_WAIT: &str = "06";
+    let port_of = |addr: &str| {
+        addr.rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+    };
+    let (mut local, mut remote) = (0, 0);
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 4 || f[3] != TIME_WAIT {
+                continue;
+            }
+            local += usize::from(port_of(f[1]) == Some(port));
+            remote += usize::from(port_of(f[2]) == Some(port));
+        }
+    }
+    (local, remote)
+}
+
 async fn metrics(n: &ProxyNode) -> String {
     get(n.addr, "/litefs/metrics", &[]).await.unwrap().text()
 }

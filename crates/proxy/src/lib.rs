@@ -6,6 +6,7 @@ mod activity;
 pub mod body;
 pub mod config;
 mod connection;
+mod connector;
 mod endpoints;
 pub mod error;
 mod handler;

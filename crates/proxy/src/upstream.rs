@@ -4,18 +4,21 @@
 
 use std::time::Duration;
 
-use http::{request::Parts, uri::PathAndQuery, Request, Response, Uri, Version};
+use http::{request::Parts, uri::PathAndQuery, HeaderValue, Request, Response, Uri, Version};
 use hyper::{body::Incoming, upgrade::OnUpgrade};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioIo},
 };
 
-use crate::body::OutBody;
+use crate::{body::OutBody, connector::Connector};
 
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, OutBody>,
+    client: Client<Connector, OutBody>,
+    /// Unpooled only: the client for protocol upgrades. A WebSocket tunnel's connection
+    /// ends with a FIN, never a reset, which could drop the tunnel's last bytes.
+    upgrades: Option<Client<Connector, OutBody>>,
 }
 
 /// Why a send failed.
@@ -31,16 +34,26 @@ impl Upstream {
     /// connection, so a peer that died shows as connect-refused (never sent, safe to hold
     /// and retry) instead of a reset on a reused connection, where the request may have
     /// been read and must not be sent again. Used for the primary's proxy, which can die
-    /// at any moment during a failover.
+    /// at any moment during a failover. Such connections ask the upstream to close
+    /// (`Connection: close`) and are closed with a reset (see [`Connector`]), so that
+    /// neither side is left in TIME_WAIT on this node's ports.
     pub fn new(connect_timeout: Duration, pooled: bool) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(if pooled { 256 } else { 0 })
-            .build(connector);
-        Upstream { client }
+        let build = |reset_on_close: bool| {
+            let mut http = HttpConnector::new();
+            http.set_nodelay(true);
+            http.set_connect_timeout(Some(connect_timeout));
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(if pooled { 256 } else { 0 })
+                .build(Connector {
+                    http,
+                    reset_on_close,
+                })
+        };
+        Upstream {
+            client: build(!pooled),
+            upgrades: (!pooled).then(|| build(false)),
+        }
     }
 
     /// Sends `head` + `body` to `base` (scheme and authority; the path comes from `head`).
@@ -58,7 +71,17 @@ impl Upstream {
         *req.uri_mut() = join(base, head.uri.path_and_query());
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = head.headers.clone();
-        match self.client.request(req).await {
+        let client = match (&self.upgrades, upgrade.is_some()) {
+            (Some(upgrades), true) => upgrades,
+            (Some(_), false) => {
+                // The upstream closes first; this side's reset then finds nothing to linger.
+                req.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                &self.client
+            }
+            (None, _) => &self.client,
+        };
+        match client.request(req).await {
             Ok(mut resp) => {
                 if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_side) = upgrade.take() {
