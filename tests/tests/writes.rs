@@ -272,7 +272,7 @@ async fn a_forward_reaching_a_node_that_knows_better_goes_on_once() {
     assert_eq!(seen.body, Bytes::from_static(b"stale view"));
 }
 
-/// Each forwarded write has a connection of its own (see `Upstream::new`). Were the
+/// Each forwarded write has a connection of its own (see `litefs_proxy::forward`). Were the
 /// replica to close them with a FIN, each would hold one of its ephemeral ports in
 /// TIME_WAIT for a minute, and ~470 writes/s to one primary would exhaust them. The
 /// primary closes first and the replica resets: no TIME_WAIT on either side.
@@ -294,9 +294,17 @@ async fn forwarded_writes_leave_no_time_wait_behind() {
     );
 }
 
-/// TIME_WAIT sockets on this machine whose local / remote port is `port` (/proc/net/tcp*).
+/// TCP socket states in /proc/net/tcp*.
+const TIME_WAIT: &str = "06";
+const SYN_SENT: &str = "02";
+
+/// Sockets on this machine in TIME_WAIT whose local / remote port is `port`.
 fn time_wait_with(port: u16) -> (usize, usize) {
-    const TIME_WAIT: &str = "06";
+    sockets(TIME_WAIT, port)
+}
+
+/// Sockets on this machine in `state` whose local / remote port is `port`.
+fn sockets(state: &str, port: u16) -> (usize, usize) {
     let port_of = |addr: &str| {
         addr.rsplit_once(':')
             .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
@@ -306,7 +314,7 @@ fn time_wait_with(port: u16) -> (usize, usize) {
         let text = std::fs::read_to_string(table).unwrap_or_default();
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 4 || f[3] != TIME_WAIT {
+            if f.len() < 4 || f[3] != state {
                 continue;
             }
             local += usize::from(port_of(f[1]) == Some(port));
@@ -314,6 +322,68 @@ fn time_wait_with(port: u16) -> (usize, usize) {
         }
     }
     (local, remote)
+}
+
+/// A listener whose accept queue is full, so new connections to it hang in SYN_SENT, as
+/// they do towards a host that went away. Keep the returned value alive.
+async fn black_hole() -> (
+    std::net::SocketAddr,
+    Vec<tokio::net::TcpStream>,
+    tokio::net::TcpListener,
+) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    loop {
+        match tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(s)) => queued.push(s),
+            Ok(Err(e)) => panic!("filling the accept queue: {e}"),
+            Err(_) => break, // full: this connect hung
+        }
+        assert!(queued.len() < 16, "the accept queue never filled");
+    }
+    (addr, queued, listener)
+}
+
+/// Rule 5, "sent as soon as a primary appears": the known primary's host is gone (its
+/// SYNs go unanswered, a connect would take its full 1 s timeout). When the new primary is
+/// announced the pending connect is abandoned (nothing had been sent) and the write goes
+/// to the new primary at once; with a redirect timeout shorter than that connect timeout,
+/// waiting the connect out would have answered 503.
+#[tokio::test]
+async fn a_write_stuck_connecting_to_a_vanished_primary_goes_to_the_new_one() {
+    let (hole, _queued, _listener) = black_hole().await;
+    let a = ProxyNode::start("node-a", Primary::Local, test_config()).await;
+    let b = ProxyNode::start(
+        "node-b",
+        Primary::remote("gone", &format!("http://{hole}")).unwrap(),
+        ProxyConfig {
+            primary_redirect_timeout: Duration::from_millis(900),
+            ..test_config()
+        },
+    )
+    .await;
+    let addr = b.addr;
+    let write = tokio::spawn(async move { post(addr, "/items", &[], "x").await });
+    assert!(
+        eventually(Duration::from_secs(2), || sockets(SYN_SENT, hole.port()).1
+            > 0)
+        .await,
+        "the replica is connecting to the vanished primary"
+    );
+    assert_eq!(a.app.count(), 0);
+    b.primary.send_replace(a.as_remote());
+    let resp = write.await.unwrap().unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("x-app"), Some("node-a"));
+    assert_eq!(a.app.count(), 1);
 }
 
 async fn metrics(n: &ProxyNode) -> String {

@@ -13,6 +13,7 @@ use crate::{
     config::{ConfigError, OnReadTimeout, ProxyConfig, TxidSource},
     endpoints,
     error::ProxyError,
+    forward::Forwarder,
     headers::{self, HOP_HEADER},
     litefs_api::LitefsApi,
     metrics::{GaugeGuard, Metrics, WaitOutcome},
@@ -55,8 +56,8 @@ pub(crate) struct Shared {
     pub(crate) primary: watch::Receiver<Primary>,
     /// The local app, over pooled connections.
     app: Upstream,
-    /// The primary's proxy: a fresh connection per request (see `Upstream::new`).
-    to_primary: Upstream,
+    /// The primary's proxy: a connection of its own per request (see `crate::forward`).
+    to_primary: Forwarder,
     pub(crate) metrics: Metrics,
     pub(crate) extension: Option<Arc<dyn StatusExtension>>,
 }
@@ -120,8 +121,8 @@ impl Proxy {
                 tokens,
                 txid,
                 primary,
-                app: Upstream::new(Duration::from_secs(1), true),
-                to_primary: Upstream::new(Duration::from_secs(1), false),
+                app: Upstream::new(Duration::from_secs(1)),
+                to_primary: Forwarder::new(Duration::from_secs(1)),
                 metrics: Metrics::default(),
                 extension: None,
                 cfg,
@@ -312,27 +313,35 @@ impl Proxy {
             match target {
                 None => return self.to_app(p, is_write).await,
                 Some(Some(url)) => {
-                    p.head
-                        .headers
-                        .insert(HOP_HEADER, HeaderValue::from(u16::from(hops) + 1));
                     let start = Instant::now();
-                    match s
-                        .to_primary
-                        .send(&url, &p.head, p.body, &mut p.upgrade)
-                        .await
-                    {
-                        Ok(resp) => {
+                    // Nothing has left while connecting: a new primary (or the deadline)
+                    // abandons the attempt, so a connect hanging on a dead host does not
+                    // delay the write past the election.
+                    let connected = tokio::select! {
+                        c = s.to_primary.connect(&url) => Some(c),
+                        _ = changes(&mut primary) => None,
+                        _ = tokio::time::sleep_until(deadline) => None,
+                    };
+                    match connected {
+                        Some(Ok(conn)) => {
+                            p.head
+                                .headers
+                                .insert(HOP_HEADER, HeaderValue::from(u16::from(hops) + 1));
+                            let resp = conn
+                                .send(&url, &p.head, p.body, &mut p.upgrade)
+                                .await
+                                .map_err(ProxyError::Primary)?;
                             s.metrics
                                 .forward_latency
                                 .observe(start.elapsed().as_secs_f64());
                             return Ok((response(resp), "forwarded"));
                         }
-                        Err(SendError::NotSent(body, why)) => {
+                        Some(Err(why)) => {
                             tracing::debug!(error = %why, primary = %url, "primary unreachable; holding");
-                            p.body = body;
                             refused = true;
                         }
-                        Err(SendError::MaybeSent(why)) => return Err(ProxyError::Primary(why)),
+                        None if Instant::now() < deadline => continue,
+                        None => {}
                     }
                 }
                 _ => {}
@@ -348,12 +357,7 @@ impl Proxy {
                 deadline
             };
             tokio::select! {
-                changed = primary.changed() => {
-                    if changed.is_err() {
-                        // The role source is gone: nothing will change any more.
-                        tokio::time::sleep_until(wake).await;
-                    }
-                }
+                _ = changes(&mut primary) => {}
                 _ = tokio::time::sleep_until(wake) => {}
             }
         }
@@ -396,6 +400,13 @@ impl Proxy {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot mint token: position unreadable"),
         }
+    }
+}
+
+/// Resolves on the next change of the primary; never, once the role source is gone.
+async fn changes(primary: &mut watch::Receiver<Primary>) {
+    if primary.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -1,24 +1,21 @@
-//! Sending one request to an upstream (the local app or the primary's proxy) over a
-//! pooled client. A failure says whether the request may have left: only one that
-//! surely did not (connect failed) comes back to be sent again.
+//! Sending one request to the local app over a pooled client. A failure says whether the
+//! request may have left: only one that surely did not (connect failed) comes back to be
+//! sent again. (The primary's proxy is reached by [`crate::forward`].)
 
 use std::time::Duration;
 
-use http::{request::Parts, uri::PathAndQuery, HeaderValue, Request, Response, Uri, Version};
+use http::{request::Parts, uri::PathAndQuery, Request, Response, Uri, Version};
 use hyper::{body::Incoming, upgrade::OnUpgrade};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioIo},
 };
 
-use crate::{body::OutBody, connector::Connector};
+use crate::body::OutBody;
 
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<Connector, OutBody>,
-    /// Unpooled only: the client for protocol upgrades. A WebSocket tunnel's connection
-    /// ends with a FIN, never a reset, which could drop the tunnel's last bytes.
-    upgrades: Option<Client<Connector, OutBody>>,
+    client: Client<HttpConnector, OutBody>,
 }
 
 /// Why a send failed.
@@ -30,30 +27,15 @@ pub enum SendError {
 }
 
 impl Upstream {
-    /// `pooled`: keep idle connections for reuse. Without it every request opens its own
-    /// connection, so a peer that died shows as connect-refused (never sent, safe to hold
-    /// and retry) instead of a reset on a reused connection, where the request may have
-    /// been read and must not be sent again. Used for the primary's proxy, which can die
-    /// at any moment during a failover. Such connections ask the upstream to close
-    /// (`Connection: close`) and are closed with a reset (see [`Connector`]), so that
-    /// neither side is left in TIME_WAIT on this node's ports.
-    pub fn new(connect_timeout: Duration, pooled: bool) -> Upstream {
-        let build = |reset_on_close: bool| {
-            let mut http = HttpConnector::new();
-            http.set_nodelay(true);
-            http.set_connect_timeout(Some(connect_timeout));
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .pool_max_idle_per_host(if pooled { 256 } else { 0 })
-                .build(Connector {
-                    http,
-                    reset_on_close,
-                })
-        };
-        Upstream {
-            client: build(!pooled),
-            upgrades: (!pooled).then(|| build(false)),
-        }
+    pub fn new(connect_timeout: Duration) -> Upstream {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Upstream { client }
     }
 
     /// Sends `head` + `body` to `base` (scheme and authority; the path comes from `head`).
@@ -71,17 +53,7 @@ impl Upstream {
         *req.uri_mut() = join(base, head.uri.path_and_query());
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = head.headers.clone();
-        let client = match (&self.upgrades, upgrade.is_some()) {
-            (Some(upgrades), true) => upgrades,
-            (Some(_), false) => {
-                // The upstream closes first; this side's reset then finds nothing to linger.
-                req.headers_mut()
-                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-                &self.client
-            }
-            (None, _) => &self.client,
-        };
-        match client.request(req).await {
+        match self.client.request(req).await {
             Ok(mut resp) => {
                 if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(client_side) = upgrade.take() {
@@ -113,8 +85,16 @@ fn join(base: &Uri, pq: Option<&PathAndQuery>) -> Uri {
     Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
 }
 
+/// A request target in origin form (`/path?query`), as sent on a connection of our own.
+pub(crate) fn origin_form(pq: Option<&PathAndQuery>) -> Uri {
+    Uri::from(
+        pq.cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    )
+}
+
 /// Copies bytes both ways between an upgraded client and upstream connection.
-async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
+pub(crate) async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
     match tokio::try_join!(client, upstream) {
         Ok((c, u)) => {
             let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
@@ -126,7 +106,7 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {
