@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use http::{header, request::Parts, HeaderValue, Request, Response, Uri, Version};
+use http::{header, request::Parts, HeaderValue, Response, Uri};
 use hyper::{body::Incoming, upgrade::OnUpgrade};
 use hyper_util::{client::legacy::connect::HttpConnector, rt::TokioIo};
 use tokio::{
@@ -18,7 +18,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::upstream::{error_chain, origin_form, tunnel};
+use crate::upstream::{error_chain, origin_form, outbound, tunnel_if_switching};
 
 /// Opens connections to the primary's proxy (name resolution and connect timeout by
 /// hyper-util's `HttpConnector`).
@@ -83,11 +83,7 @@ impl Connected {
                 tracing::debug!(error = %e, "connection to the primary ended");
             }
         });
-        let mut req = Request::new(body);
-        *req.method_mut() = head.method.clone();
-        *req.uri_mut() = origin_form(head.uri.path_and_query());
-        *req.version_mut() = Version::HTTP_11;
-        *req.headers_mut() = head.headers.clone();
+        let mut req = outbound(head, origin_form(head.uri.path_and_query()), body);
         if let (false, Some(authority)) =
             (req.headers().contains_key(header::HOST), base.authority())
         {
@@ -103,12 +99,7 @@ impl Connected {
             .send_request(req)
             .await
             .map_err(|e| error_chain(&e))?;
-        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_side) = upgrade.take() {
-                let upstream_side = hyper::upgrade::on(&mut resp);
-                tokio::spawn(tunnel(client_side, upstream_side));
-            }
-        }
+        tunnel_if_switching(&mut resp, upgrade);
         Ok(resp)
     }
 }

@@ -48,19 +48,10 @@ impl Upstream {
         upgrade: &mut Option<OnUpgrade>,
     ) -> Result<Response<Incoming>, SendError> {
         let (out, reclaim) = OutBody::new(body);
-        let mut req = Request::new(out);
-        *req.method_mut() = head.method.clone();
-        *req.uri_mut() = join(base, head.uri.path_and_query());
-        *req.version_mut() = Version::HTTP_11;
-        *req.headers_mut() = head.headers.clone();
+        let req = outbound(head, join(base, head.uri.path_and_query()), out);
         match self.client.request(req).await {
             Ok(mut resp) => {
-                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(client_side) = upgrade.take() {
-                        let upstream_side = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(tunnel(client_side, upstream_side));
-                    }
-                }
+                tunnel_if_switching(&mut resp, upgrade);
                 Ok(resp)
             }
             Err(e) => {
@@ -93,8 +84,30 @@ pub(crate) fn origin_form(pq: Option<&PathAndQuery>) -> Uri {
     )
 }
 
+/// The request to send upstream: `head`'s method and headers (cloned, so a request that
+/// never left can be sent again), `uri`, HTTP/1.1.
+pub(crate) fn outbound<B>(head: &Parts, uri: Uri, body: B) -> Request<B> {
+    let mut req = Request::new(body);
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = head.headers.clone();
+    req
+}
+
+/// After a `101 Switching Protocols`, joins the client's upgraded connection to the
+/// upstream's.
+pub(crate) fn tunnel_if_switching(resp: &mut Response<Incoming>, upgrade: &mut Option<OnUpgrade>) {
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_side) = upgrade.take() {
+            let upstream_side = hyper::upgrade::on(resp);
+            tokio::spawn(tunnel(client_side, upstream_side));
+        }
+    }
+}
+
 /// Copies bytes both ways between an upgraded client and upstream connection.
-pub(crate) async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
     match tokio::try_join!(client, upstream) {
         Ok((c, u)) => {
             let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
