@@ -109,7 +109,7 @@ pub fn spawn_proxy(bin: &Path, dir: &Path, name: &str, toml: &str) -> Result<Pro
     let mut cmd = Command::new(bin);
     cmd.args(["run", "--config"])
         .arg(&config)
-        .env("RUST_LOG", "info,openraft=warn");
+        .env_remove("RUST_LOG"); // the binary's default filter
     Proc::spawn(name, &mut cmd, dir.join(format!("{name}.log")), None)
 }
 

@@ -274,7 +274,8 @@ peers = [{peers}]
         let child = Command::new(binary())
             .args(["run", "--config"])
             .arg(&node.config)
-            .env("RUST_LOG", "info,openraft=warn")
+            // The binary's own default filter (no openraft chatter), whatever the test inherits.
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

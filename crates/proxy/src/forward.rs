@@ -18,7 +18,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::upstream::{error_chain, origin_form, outbound, tunnel_if_switching};
+use crate::upstream::{connector, error_chain, origin_form, outbound, tunnel_if_switching};
 
 /// Opens connections to the primary's proxy (name resolution and connect timeout by
 /// hyper-util's `HttpConnector`).
@@ -34,10 +34,9 @@ pub struct Connected {
 
 impl Forwarder {
     pub fn new(connect_timeout: Duration) -> Forwarder {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(connect_timeout));
-        Forwarder { http }
+        Forwarder {
+            http: connector(connect_timeout),
+        }
     }
 
     /// Connects to `base` (scheme and authority).

@@ -28,13 +28,10 @@ pub enum SendError {
 
 impl Upstream {
     pub fn new(connect_timeout: Duration) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
-            .build(connector);
+            .build(connector(connect_timeout));
         Upstream { client }
     }
 
@@ -67,21 +64,28 @@ impl Upstream {
     }
 }
 
+/// Connections to an upstream: TCP_NODELAY, bounded connect time.
+pub(crate) fn connector(connect_timeout: Duration) -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http
+}
+
 fn join(base: &Uri, pq: Option<&PathAndQuery>) -> Uri {
     let mut parts = base.clone().into_parts();
-    parts.path_and_query = Some(
-        pq.cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
+    parts.path_and_query = Some(path_and_query(pq));
     Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
 }
 
 /// A request target in origin form (`/path?query`), as sent on a connection of our own.
 pub(crate) fn origin_form(pq: Option<&PathAndQuery>) -> Uri {
-    Uri::from(
-        pq.cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    )
+    Uri::from(path_and_query(pq))
+}
+
+fn path_and_query(pq: Option<&PathAndQuery>) -> PathAndQuery {
+    pq.cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
 }
 
 /// The request to send upstream: `head`'s method and headers (cloned, so a request that

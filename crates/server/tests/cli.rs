@@ -436,6 +436,14 @@ impl Running {
         }
     }
 
+    fn sigterm(&self) {
+        let kill = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+    }
+
     fn wait_exit(&mut self) -> i32 {
         let end = Instant::now() + DEADLINE;
         loop {
@@ -497,11 +505,7 @@ fn run_serves_until_sigterm_then_exits_0() {
     assert!(status.contains(r#""primary":"node-1""#), "{status}");
     assert!(status.contains(r#""node":"node-2""#), "{status}");
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &proxy.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    proxy.sigterm();
     assert_eq!(proxy.wait_exit(), 0);
 }
 
@@ -555,11 +559,7 @@ peers = [{{ id = "node-1", raft = "127.0.0.1:{port}", proxy = "http://127.0.0.1:
 fn log_until_primary(config: &Path) -> (Vec<String>, Vec<String>) {
     let mut proxy = Running::start(&["--config", config.to_str().unwrap()]);
     let up = proxy.lines_until("primary=local");
-    let kill = Command::new("kill")
-        .args(["-TERM", &proxy.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    proxy.sigterm();
     let down = proxy.lines_until("drained; bye");
     assert_eq!(proxy.wait_exit(), 0);
     (up, down)
