@@ -96,6 +96,25 @@ fn all_free(first: u16, n: u16) -> bool {
     bound.len() == usize::from(n)
 }
 
+/// A node's LiteFS as a process of its own (`litefs-proxy sim-litefs`), with [`Options::litefs`].
+pub struct LiteFsProc {
+    /// Its API (`/info`, `/events`, the replication stream).
+    pub api: SocketAddr,
+    /// The demo app it serves, the proxy's target.
+    pub app: SocketAddr,
+    /// This node's lease endpoint, LiteFS's Consul.
+    pub lease: SocketAddr,
+    pub mount: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl LiteFsProc {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
 pub struct ProcNode {
     pub id: String,
     pub proxy: SocketAddr,
@@ -105,6 +124,8 @@ pub struct ProcNode {
     pub data_dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// With [`Options::litefs`]: the node's LiteFS process.
+    pub litefs: Option<LiteFsProc>,
     child: Option<Child>,
 }
 
@@ -126,6 +147,7 @@ pub struct Cluster {
     pub nodes: Vec<ProcNode>,
     /// `relays[i][j]`: how node i reaches node j's Raft port (None for i == j or no relays).
     pub relays: Vec<Vec<Option<Relay>>>,
+    litefs: Option<LiteFsOptions>,
     _dir: tempfile::TempDir,
 }
 
@@ -138,6 +160,19 @@ pub struct Options {
     /// that the proxy is pointed at instead of the in-process recording app and sim, which
     /// are then idle. Empty: the in-process ones.
     pub external: Vec<External>,
+    /// Run a LiteFS process per node (the sim's LiteFS: its lease loop against the node's
+    /// lease endpoint, replication over its stream, the demo app on its database) and
+    /// point the proxy at it with `confirm_litefs`, as a production node is set up.
+    pub litefs: Option<LiteFsOptions>,
+}
+
+/// The LiteFS settings of [`Options::litefs`] (litefs.yml's `lease.consul.ttl` and
+/// `lock-delay`) and the replication lag every replica sees.
+#[derive(Clone, Debug)]
+pub struct LiteFsOptions {
+    pub ttl: Duration,
+    pub lock_delay: Duration,
+    pub lag_ms: u64,
 }
 
 /// An app and mount the test runs itself, for [`Options::external`].
@@ -157,6 +192,7 @@ impl Default for Options {
             relays: false,
             proxy_extra: String::new(),
             external: Vec::new(),
+            litefs: None,
         }
     }
 }
@@ -201,10 +237,23 @@ impl Cluster {
                     )
                 })
                 .collect();
-            let (target, mount, api) = match opts.external.get(i) {
-                Some(e) => (e.target, e.mount.clone(), e.litefs_api),
-                None => (app.addr, mount, None),
+            let litefs = opts.litefs.as_ref().map(|_| LiteFsProc {
+                api: free_port(),
+                app: free_port(),
+                lease: free_port(),
+                mount: dir.path().join(format!("litefs-{}", i + 1)),
+                log: dir.path().join(format!("litefs-{}.log", i + 1)),
+                child: None,
+            });
+            let (target, mount, api) = match (opts.external.get(i), &litefs) {
+                (Some(e), _) => (e.target, e.mount.clone(), e.litefs_api),
+                (None, Some(l)) => (l.app, l.mount.clone(), Some(l.api)),
+                (None, None) => (app.addr, mount, None),
             };
+            let lease_line = litefs
+                .as_ref()
+                .map(|l| format!("lease_addr = \"{}\"\n", l.lease))
+                .unwrap_or_default();
             let (api_line, confirm_line) = match api {
                 Some(a) => (
                     format!("litefs_api = \"http://{a}\"\n"),
@@ -228,7 +277,7 @@ source = "raft"
 node_id = "{id}"
 raft_addr = "{raft}"
 data_dir = "{data}"
-peers = [{peers}]
+{lease_line}peers = [{peers}]
 "#,
                 proxy = proxies[i],
                 app = target,
@@ -249,18 +298,105 @@ peers = [{peers}]
                 data_dir,
                 log: dir.path().join(format!("node-{}.log", i + 1)),
                 config,
+                litefs,
                 child: None,
             });
         }
         let mut c = Cluster {
             nodes,
             relays,
+            litefs: opts.litefs,
             _dir: dir,
         };
         for i in 0..n {
+            if c.nodes[i].litefs.is_some() {
+                c.spawn_litefs(i);
+            }
             c.spawn(i);
         }
         c
+    }
+
+    /// Starts (or restarts) node `i`'s LiteFS process.
+    pub fn spawn_litefs(&mut self, i: usize) {
+        let opts = self.litefs.clone().expect("a cluster with Options::litefs");
+        let id = self.nodes[i].id.clone();
+        let l = self.nodes[i].litefs.as_mut().expect("a LiteFS node");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&l.log)
+            .expect("log");
+        let child = Command::new(binary())
+            .arg("sim-litefs")
+            .args(["--hostname", &id])
+            .arg("--mount")
+            .arg(&l.mount)
+            .args(["--api-addr", &l.api.to_string()])
+            .args(["--consul-url", &format!("http://{}", l.lease)])
+            .args(["--app-addr", &l.app.to_string()])
+            .args(["--ttl", &format!("{}ms", opts.ttl.as_millis())])
+            .args([
+                "--lock-delay",
+                &format!("{}ms", opts.lock_delay.as_millis()),
+            ])
+            .args(["--lag-ms", &opts.lag_ms.to_string()])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn sim-litefs");
+        l.child = Some(child);
+    }
+
+    /// kill -9 of node `i`'s LiteFS process (its proxy keeps running).
+    pub fn kill_litefs(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].litefs.as_mut().and_then(|l| l.child.take()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `GET /info` of node `i`'s LiteFS, if it answers.
+    pub async fn litefs_info(&self, i: usize) -> Option<serde_json::Value> {
+        let api = self.nodes[i].litefs.as_ref()?.api;
+        let fut = client::get(api, "/info", &[]);
+        let a = tokio::time::timeout(Duration::from_millis(500), fut)
+            .await
+            .ok()?
+            .ok()?;
+        serde_json::from_slice(&a.body).ok()
+    }
+
+    /// The nodes whose LiteFS says it is primary right now.
+    pub async fn litefs_primaries(&self) -> Vec<usize> {
+        let mut out = Vec::new();
+        for i in 0..self.nodes.len() {
+            if let Some(info) = self.litefs_info(i).await {
+                if info["isPrimary"] == true {
+                    out.push(i);
+                }
+            }
+        }
+        out
+    }
+
+    /// The Raft leader as node `i`'s proxy reports it.
+    pub async fn raft_leader(&self, i: usize) -> Option<String> {
+        self.status(i)
+            .await?
+            .pointer("/election/leader")?
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    pub fn litefs_log(&self, i: usize) -> String {
+        self.nodes[i]
+            .litefs
+            .as_ref()
+            .and_then(|l| std::fs::read_to_string(&l.log).ok())
+            .unwrap_or_default()
     }
 
     /// Starts (or restarts) node `i`'s process.
@@ -422,6 +558,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..self.nodes.len() {
             self.kill(i);
+            self.kill_litefs(i);
         }
     }
 }

@@ -41,7 +41,13 @@ fn alive(pid: u32) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_the_printed_session_and_ctrl_c_stops_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let (proxy, app, raft, api) = (free_run(3), free_run(3), free_run(3), free_run(3));
+    let (proxy, app, raft, api, lease) = (
+        free_run(3),
+        free_run(3),
+        free_run(3),
+        free_run(3),
+        free_run(3),
+    );
     let mut sup = Supervisor(
         Command::new(binary())
             .arg("demo")
@@ -58,6 +64,7 @@ async fn demo_runs_the_printed_session_and_ctrl_c_stops_everything() {
                 "--api-port",
                 &api.to_string(),
             ])
+            .args(["--lease-port", &lease.to_string()])
             .args(["--lag-ms", "300"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -184,4 +191,17 @@ async fn demo_runs_the_printed_session_and_ctrl_c_stops_everything() {
     for pid in pids {
         assert!(!alive(pid), "node process {pid} still running");
     }
+    // Nor any node's LiteFS (children of the node processes, named by the demo's dir).
+    let dir_arg = dir.path().display().to_string();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (cmd.contains(&dir_arg) && alive(pid)).then_some(cmd)
+        })
+        .collect();
+    assert!(left.is_empty(), "still running: {left:?}");
 }

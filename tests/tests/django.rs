@@ -25,7 +25,11 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const ROUNDS: usize = 200;
 
 fn lag() -> Lag {
-    Lag::random_ms(20, 200)
+    Lag::random_ms(20, lag_max().as_millis() as u64)
+}
+
+fn lag_max() -> Duration {
+    Duration::from_millis(200)
 }
 
 fn json(a: &Answer) -> serde_json::Value {
@@ -417,11 +421,12 @@ async fn writes_every_20_ms_through_nginx_survive_kill_9_of_the_leader() {
     let sent = std::mem::take(&mut *sent.lock().unwrap());
     let new = c.wait_leader(Duration::from_secs(20)).await;
     assert_ne!(new, l);
-    // "Acknowledged, then missing" cannot happen here because the sim's promotion catches up
-    // from the dead primary's mount (`Member::set_leader`, files still on disk): every commit
-    // the dead node acknowledged reaches the new primary. Real LiteFS replicates
-    // asynchronously and would lose the acknowledged writes still in flight to the replicas
-    // (up to the replication lag) when the primary's machine dies.
+    // Replication is asynchronous (as LiteFS's): the writes the dead primary acknowledged in
+    // the last replication lag before the kill were still in flight to the replicas and are
+    // gone with it. They are counted as lost, and only they may be missing; everything
+    // acknowledged earlier must be on both survivors. (`proxy.sync_replicas`, the durability
+    // issue, is what makes this zero.)
+    let in_flight_window = lag_max() + Duration::from_millis(300);
     // Let the sim's replication finish on the surviving replica.
     assert!(
         c.wait_replicated(Duration::from_secs(20)).await,
@@ -435,12 +440,19 @@ async fn writes_every_20_ms_through_nginx_survive_kill_9_of_the_leader() {
     let mut ok = 0;
     let mut retry = 0;
     let mut in_flight = 0;
+    let mut lost = 0;
     let mut bad = Vec::new();
     for s in &sent {
         match s.status {
             Ok(200..=299) => {
                 ok += 1;
-                if on_primary.get(&s.key) != Some(&1) || on_replica.get(&s.key) != Some(&1) {
+                let unshipped = s.answered < killed_at
+                    && killed_at - s.answered <= in_flight_window
+                    && !on_primary.contains_key(&s.key)
+                    && !on_replica.contains_key(&s.key);
+                if unshipped {
+                    lost += 1;
+                } else if on_primary.get(&s.key) != Some(&1) || on_replica.get(&s.key) != Some(&1) {
                     bad.push(format!(
                         "{} acknowledged but {:?} rows on the new primary, {:?} on the replica",
                         s.key,
@@ -487,7 +499,8 @@ async fn writes_every_20_ms_through_nginx_survive_kill_9_of_the_leader() {
         .min();
     let slowest = sent.iter().map(|s| s.answered - s.sent).max();
     println!(
-        "failover through nginx: {} writes, {ok} acknowledged, {retry} answered 503, {in_flight} in flight at \
+        "failover through nginx: {} writes, {ok} acknowledged ({lost} of them in the last {in_flight_window:?} \
+         before the kill, unshipped and lost), {retry} answered 503, {in_flight} in flight at \
          the kill answered 502 or cut off; {} -> {}: first write sent after the kill acknowledged {first_after:?} \
          after it; slowest write {slowest:?}",
         sent.len(),

@@ -31,6 +31,57 @@ pub enum Command {
     /// One node of the demo (started by `demo`; stops when `demo` goes away).
     #[command(hide = true)]
     DemoNode(DemoNodeArgs),
+    /// The LiteFS stand-in as a process (crates/sim): mount files, API and replication
+    /// stream, LiteFS's consul lease loop, optionally the demo app. For the demo and tests.
+    #[command(hide = true)]
+    SimLitefs(SimLitefsArgs),
+}
+
+/// A LiteFS node of the sim (see `litefs_sim::litefs`).
+#[derive(Debug, Args, Clone)]
+pub struct SimLitefsArgs {
+    /// This node's hostname (what the lease key advertises).
+    #[arg(long)]
+    pub hostname: String,
+    /// The mount directory (`<db>`, `<db>-pos`, `.primary`, `.lag`).
+    #[arg(long, value_name = "DIR")]
+    pub mount: PathBuf,
+    #[arg(long, default_value = "db.sqlite3")]
+    pub db: String,
+    /// LiteFS's `http.addr`: the API and the replication stream.
+    #[arg(long, value_name = "ADDR")]
+    pub api_addr: std::net::SocketAddr,
+    /// `lease.advertise-url` (default: `http://<api-addr>`).
+    #[arg(long, value_name = "URL")]
+    pub advertise_url: Option<String>,
+    /// `lease.consul.url`: the node's lease endpoint.
+    #[arg(long, value_name = "URL")]
+    pub consul_url: String,
+    /// `lease.consul.key`.
+    #[arg(long, default_value = "litefs/primary")]
+    pub lease_key: String,
+    /// `lease.consul.ttl`.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub ttl: std::time::Duration,
+    /// `lease.consul.lock-delay`.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub lock_delay: std::time::Duration,
+    /// `lease.candidate`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub candidate: bool,
+    /// Replication lag added to every transaction a replica receives, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub lag_ms: u64,
+    /// Serve the demo app (an app writing through this node) on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub app_addr: Option<std::net::SocketAddr>,
+    /// A foreign app writes the database: poll it for commits.
+    #[arg(long)]
+    pub watch_commits: bool,
+    /// Exit at once (without releasing anything, like a crash) when stdin closes: the
+    /// process that started this node is gone.
+    #[arg(long)]
+    pub die_with_stdin: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -69,9 +120,12 @@ pub struct DemoArgs {
     /// First Raft port.
     #[arg(long, default_value_t = 4321)]
     pub raft_port: u16,
-    /// First port of the LiteFS-like API (/info, /events).
+    /// First port of the LiteFS stand-in's API (/info, /events, replication stream).
     #[arg(long, default_value_t = 20202)]
     pub api_port: u16,
+    /// First port of the lease endpoint each node's LiteFS uses as its Consul.
+    #[arg(long, default_value_t = 8500)]
+    pub lease_port: u16,
     /// Replication lag of the LiteFS stand-in, in milliseconds.
     #[arg(long, default_value_t = 300)]
     pub lag_ms: u64,

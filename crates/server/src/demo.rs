@@ -1,7 +1,8 @@
 //! `litefs-proxy demo`: a local cluster on 127.0.0.1 in one command. The supervisor starts
-//! one process per node (so `kill <leader pid>` is a real node failure); each node process
-//! runs the LiteFS stand-in (mount files, `/info` + `/events`, replication from whoever is
-//! primary), the demo app, the Raft election and the proxy. A node stops when its
+//! one process per node (so `kill <leader pid>` is a real node failure) running the proxy,
+//! the Raft election and its lease endpoint; each node process starts its LiteFS stand-in
+//! (`sim-litefs`: mount files, API, replication stream, LiteFS's consul lease loop against
+//! that endpoint, and the demo app) as a child that dies with it. A node stops when its
 //! supervisor goes away (its stdin closes), so Ctrl-C leaves nothing running.
 
 use std::{
@@ -9,12 +10,11 @@ use std::{
     net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, ExitCode, Stdio},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use litefs_proxy::{Primary, ProxyConfig};
-use litefs_sim::{Lag, LagControl, Member, NodeConfig};
+use litefs_proxy::ProxyConfig;
+use litefs_sim::{Lag, LagControl};
 
 use crate::{
     cli::{DemoArgs, DemoNodeArgs},
@@ -119,6 +119,7 @@ fn spawn_node(exe: &Path, args: &DemoArgs, dir: &Path, i: u16) -> std::io::Resul
             "--api-port",
             &args.api_port.to_string(),
         ])
+        .args(["--lease-port", &args.lease_port.to_string()])
         .args(["--lag-ms", &args.lag_ms.to_string()])
         // The node exits when this pipe closes, whatever way the supervisor ends.
         .stdin(Stdio::piped())
@@ -283,42 +284,16 @@ async fn run_node(args: DemoNodeArgs) -> ExitCode {
     let off = i - 1;
     let name = node_name(i);
     let mount = mount_of(&dir, &name);
-    let peers = (1..=d.nodes)
-        .map(|k| (node_name(k), mount_of(&dir, &node_name(k))))
-        .collect();
-    let member = Arc::new(Member::start(
-        NodeConfig {
-            mount: mount.clone(),
-            db: DB.into(),
-            hostname: name.clone(),
-            is_primary: false,
-            primary_hostname: None,
-        },
-        peers,
-        LagControl {
-            lag: Lag::fixed_ms(d.lag_ms),
-            paused: false,
-        },
-        None,
-    ));
-    let sim = member.node().clone();
-    let (app, api) = match (bind(d.app_port + off).await, bind(d.api_port + off).await) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("litefs-proxy: {name}: {e}");
+    // This node's LiteFS: a process of its own, as `litefs mount` would be, running
+    // LiteFS's consul lease loop against this node's lease endpoint. It holds our pipe on
+    // its stdin and dies with us (kill -9 of this pid is a whole-node crash).
+    let litefs = match spawn_litefs(d, &dir, i) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("litefs-proxy: {name}: cannot start its LiteFS: {e}");
             return ExitCode::FAILURE;
         }
     };
-    tokio::spawn(litefs_sim::serve_demo_app(
-        sim.clone(),
-        app,
-        std::future::pending(),
-    ));
-    tokio::spawn(litefs_sim::serve_api(
-        sim.clone(),
-        api,
-        std::future::pending(),
-    ));
     let peers: Vec<String> = (1..=d.nodes)
         .map(|k| {
             format!(
@@ -330,8 +305,9 @@ async fn run_node(args: DemoNodeArgs) -> ExitCode {
         })
         .collect();
     let election = format!(
-        "node_id = \"{name}\"\nraft_addr = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\npeers = [{}]\n",
+        "node_id = \"{name}\"\nraft_addr = \"127.0.0.1:{}\"\nlease_addr = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\npeers = [{}]\n",
         d.raft_port + off,
+        d.lease_port + off,
         dir.join(&name).join("data").display(),
         peers.join(", ")
     );
@@ -353,6 +329,8 @@ async fn run_node(args: DemoNodeArgs) -> ExitCode {
         },
         role: RoleConfig {
             source: RoleSource::Raft,
+            // Act as primary only once this node's LiteFS holds the lease too, so no
+            // write reaches a database that is still read-only.
             confirm_litefs: Some(true),
             ..RoleConfig::default()
         },
@@ -368,38 +346,106 @@ async fn run_node(args: DemoNodeArgs) -> ExitCode {
     let stop = async move {
         let _ = gone_rx.await;
     };
-    crate::run::run_with(
-        cfg,
-        move |mut raft| {
-            // The LiteFS lease follows Raft: the leader's sim becomes the replication
-            // source (catching up from the previous primary's files first). The proxy acts
-            // as primary only once the sim's API says so (role.confirm_litefs), so no write
-            // reaches a database that is still read-only.
-            tokio::spawn(async move {
-                loop {
-                    let leader = match &*raft.borrow_and_update() {
-                        Primary::Local => Some(name.clone()),
-                        Primary::Remote { node, .. } => Some(node.clone()),
-                        Primary::Unknown => None,
-                    };
-                    if let Err(e) = member.set_leader(leader.as_deref()).await {
-                        tracing::warn!(error = %format!("{e:#}"), "sim cannot follow the leader");
-                    }
-                    if raft.changed().await.is_err() {
-                        break;
-                    }
-                }
-            });
-        },
-        stop,
-    )
-    .await
+    let code = crate::run::run_until(cfg, stop).await;
+    stop_litefs(litefs);
+    code
 }
 
-async fn bind(port: u16) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on 127.0.0.1:{port}: {e}"))
-        })
+/// Starts node `i`'s LiteFS (`sim-litefs`) with the lease settings `litefs-config`
+/// prints by default, its log in `<dir>/node-<i>-litefs.log`.
+fn spawn_litefs(d: &DemoArgs, dir: &Path, i: u16) -> std::io::Result<Child> {
+    let off = i - 1;
+    let name = node_name(i);
+    let log = std::fs::File::create(dir.join(format!("{name}-litefs.log")))?;
+    let exe = std::env::current_exe()?;
+    Command::new(exe)
+        .arg("sim-litefs")
+        .args(["--hostname", &name])
+        .args(["--mount".as_ref(), mount_of(dir, &name).as_os_str()])
+        .args(["--db", DB])
+        .args(["--api-addr", &format!("127.0.0.1:{}", d.api_port + off)])
+        .args([
+            "--consul-url",
+            &format!("http://127.0.0.1:{}", d.lease_port + off),
+        ])
+        .args(["--app-addr", &format!("127.0.0.1:{}", d.app_port + off)])
+        .args(["--lag-ms", &d.lag_ms.to_string()])
+        .arg("--die-with-stdin")
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+}
+
+/// A clean LiteFS stop (SIGTERM: a primary releases its lease), then reaped.
+fn stop_litefs(mut c: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status();
+    let end = Instant::now() + Duration::from_secs(5);
+    while matches!(c.try_wait(), Ok(None)) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+/// `litefs-proxy sim-litefs`: one LiteFS node of the sim until SIGTERM/SIGINT (a clean
+/// stop: a primary releases its lease) or, with `--die-with-stdin`, until stdin closes
+/// (exit at once, holding whatever it held, as a crashed node).
+pub fn sim_litefs(a: crate::cli::SimLitefsArgs) -> ExitCode {
+    if let Err(e) = crate::init_tracing(None) {
+        eprintln!("litefs-proxy: {e}");
+    }
+    let cfg = litefs_sim::litefs::LiteFsConfig {
+        hostname: a.hostname.clone(),
+        mount: a.mount.clone(),
+        db: a.db.clone(),
+        api_addr: a.api_addr,
+        consul: litefs_sim::consul::ConsulConfig {
+            url: a.consul_url.clone(),
+            key: a.lease_key.clone(),
+            hostname: a.hostname.clone(),
+            advertise_url: a
+                .advertise_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", a.api_addr)),
+            ttl: a.ttl,
+            lock_delay: a.lock_delay,
+        },
+        candidate: a.candidate,
+        lag: LagControl {
+            lag: Lag::fixed_ms(a.lag_ms),
+            paused: false,
+        },
+        app_addr: a.app_addr,
+        watch_commits: a.watch_commits.then_some(litefs_sim::DEFAULT_INTERVAL),
+    };
+    if a.die_with_stdin {
+        std::thread::spawn(|| {
+            let mut sink = [0u8; 64];
+            while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
+            std::process::exit(1);
+        });
+    }
+    crate::block_on(async move {
+        let stop = async {
+            match crate::signals::shutdown() {
+                Ok(signal) => {
+                    signal.await;
+                }
+                Err(e) => {
+                    eprintln!("litefs-proxy: cannot wait for signals: {e}");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        match litefs_sim::litefs::run(cfg, stop).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("litefs-proxy: sim-litefs {}: {e:#}", a.hostname);
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

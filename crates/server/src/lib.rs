@@ -37,6 +37,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     match cli.command {
         Command::Demo(a) => demo::supervise(a),
         Command::DemoNode(a) => demo::node(a),
+        Command::SimLitefs(a) => demo::sim_litefs(a),
         Command::Check(args) => with_config(&args, |cfg| {
             print!("{}", config::to_redacted_toml(&cfg));
             ExitCode::SUCCESS

@@ -20,18 +20,15 @@ use crate::{
 /// Runs the proxy to completion. Exit codes: 0 after a clean drain, 64 for a config the
 /// proxy refuses, 1 when the address cannot be bound or serving fails.
 pub async fn run(cfg: Config) -> ExitCode {
-    run_with(cfg, |_| {}, std::future::pending()).await
+    run_until(cfg, std::future::pending()).await
 }
 
-/// `run`, handing `observe` the role source's own view of the primary (before the
-/// `confirm_litefs` gate; the demo drives its LiteFS stand-in from it), and also stopping
-/// gracefully, as on SIGTERM, when `stop` completes.
-pub async fn run_with(
+/// `run`, also stopping gracefully, as on SIGTERM, when `stop` completes.
+pub async fn run_until(
     cfg: Config,
-    observe: impl FnOnce(watch::Receiver<Primary>),
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> ExitCode {
-    match serve(cfg, observe, stop).await {
+    match serve(cfg, stop).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("litefs-proxy: {e:#}");
@@ -42,7 +39,6 @@ pub async fn run_with(
 
 async fn serve(
     cfg: Config,
-    observe: impl FnOnce(watch::Receiver<Primary>),
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<ExitCode> {
     let addr = cfg.proxy.listen_addr()?;
@@ -95,7 +91,6 @@ async fn serve(
             }
         }
     };
-    observe(rx.clone());
     let role_rx = match confirmed_by {
         Some(litefs) => confirm::gate(rx, litefs),
         None => rx,

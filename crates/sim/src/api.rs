@@ -1,5 +1,6 @@
-//! LiteFS's HTTP API (normally on :20202) for one simulated node: `GET /info` and the
-//! `GET /events` NDJSON stream, shaped as LiteFS's http/server.go serves them.
+//! LiteFS's HTTP API (normally on :20202) for one simulated node, shaped as LiteFS's
+//! http/server.go serves it: `GET /info`, the `GET /events` NDJSON stream, `POST /stream`
+//! (replication, [`crate::stream`]), `POST /promote` and `POST /handoff?nodeID=`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,9 +13,12 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
+use crate::client;
 use crate::event::Event;
 use crate::node::Node;
 use crate::serve::{serve, Body, Stop};
+use crate::stream;
+use crate::wire;
 
 /// LiteFS's `NodeInfo` (litefs.go), fields in its order.
 #[derive(Serialize)]
@@ -39,19 +43,88 @@ struct PrimaryInfo<'a> {
 /// still open after a short drain are cut, so a test can simulate the API going down.
 pub async fn serve_api(node: Node, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     serve("litefs-api", listener, shutdown, move |req, stop| {
-        let response = route(&node, req, stop);
-        async move { response }
+        let node = node.clone();
+        async move { route(&node, req, stop).await }
     })
     .await;
 }
 
-fn route(node: &Node, req: Request<Incoming>, stop: Stop) -> Response<Body> {
+async fn route(node: &Node, req: Request<Incoming>, stop: Stop) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/info") => info(node),
         (&Method::GET, "/events") => events(node, stop),
-        (_, "/info" | "/events") => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+        (&Method::POST, wire::STREAM_PATH) => stream::serve_stream(node, &req, stop),
+        (&Method::POST, "/promote") => promote(node).await,
+        (&Method::POST, "/handoff") => handoff(node, req.uri().query().unwrap_or("")).await,
+        (_, "/info" | "/events" | "/stream" | "/promote" | "/handoff") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
         _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
     }
+}
+
+/// LiteFS's `handlePostPromote`: on a replica, ask the primary it streams from to hand
+/// its lease over to this node; 200 at once on the primary.
+async fn promote(node: &Node) -> Response<Body> {
+    if node.is_primary() {
+        tracing::info!(node = %node.hostname(), "litefs-sim: node is already primary, skipping promotion");
+        return text(StatusCode::OK, "");
+    }
+    let Some(url) = node.primary_url() else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no primary is currently available for handoff, cannot promote".into(),
+        );
+    };
+    tracing::info!(node = %node.hostname(), primary = %url, "litefs-sim: requesting primary handoff");
+    let target = format!(
+        "{}/handoff?nodeID={}",
+        url.trim_end_matches('/'),
+        wire::format_node_id(node.id())
+    );
+    match client::request(Method::POST, &target, Bytes::new(), PROMOTE_TIMEOUT).await {
+        Ok((status, _)) if status.is_success() => text(StatusCode::OK, ""),
+        Ok((status, body)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "handoff failed: {}: {}",
+                status.as_u16(),
+                String::from_utf8_lossy(&body).trim()
+            ),
+        ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("handoff failed: {e}"),
+        ),
+    }
+}
+
+/// LiteFS's `handlePostHandoff`: hand the lease to the connected replica `nodeID`.
+async fn handoff(node: &Node, query: &str) -> Response<Body> {
+    let id = form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "nodeID")
+        .and_then(|(_, v)| wire::parse_node_id(&v));
+    let Some(id) = id else {
+        return error(StatusCode::BAD_REQUEST, "invalid node id".into());
+    };
+    match node.handoff(id).await {
+        Ok(()) => text(StatusCode::OK, ""),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot handoff: {e}"),
+        ),
+    }
+}
+
+/// The handoff's own bound (LiteFS: 5 s for the lease, 5 s for the stream).
+const PROMOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn error(status: StatusCode, message: String) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(message + "\n")).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
 }
 
 fn info(node: &Node) -> Response<Body> {

@@ -1,5 +1,7 @@
-//! N simulated LiteFS nodes in one process, wired so the replication source follows
-//! whoever is primary, as the LiteFS lease would make it.
+//! N simulated LiteFS nodes in one process, each with its own LiteFS API on a loopback
+//! port, replicas streaming from the primary's API (never from its files) and the primary
+//! moved by the caller, as a static lease moved by an operator would: a planned move is
+//! LiteFS's handoff over the stream, a failover takes what the new primary had received.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,8 +12,11 @@ use tokio::sync::watch;
 
 use crate::lag::{Lag, LagControl};
 use crate::node::{Node, NodeConfig};
-use crate::replicate::{ReplicaLink, Upstream};
+use crate::replicate::{LinkEvent, ReplicaLink, Upstream};
 use crate::watch::CommitWatcher;
+
+/// How long a planned handoff may take.
+const HANDOFF_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a cluster starts.
 #[derive(Clone, Debug)]
@@ -49,6 +54,10 @@ impl ClusterConfig {
 /// apps, one commit watcher per node (active only while it is primary).
 pub struct Cluster {
     nodes: Vec<Node>,
+    /// Each node's LiteFS API URL (its advertise URL), by hostname.
+    urls: HashMap<String, String>,
+    /// Stops the API servers when the cluster is dropped.
+    _stop_apis: tokio::sync::oneshot::Sender<()>,
     links: HashMap<String, ReplicaLink>,
     watchers: HashMap<String, CommitWatcher>,
     primary: watch::Sender<Option<String>>,
@@ -81,10 +90,31 @@ impl Cluster {
                 })
             })
             .collect();
-        let upstream = nodes
-            .iter()
-            .find(|n| n.hostname() == primary)
-            .map(Upstream::of);
+        let (stop_apis, apis_stopped) = tokio::sync::oneshot::channel::<()>();
+        let apis_stopped = futures_util::FutureExt::shared(async move {
+            let _ = apis_stopped.await;
+        });
+        let mut urls = HashMap::new();
+        for n in &nodes {
+            let std_listener =
+                std::net::TcpListener::bind("127.0.0.1:0").context("binding a LiteFS API port")?;
+            std_listener.set_nonblocking(true)?;
+            let addr = std_listener.local_addr()?;
+            let listener = tokio::net::TcpListener::from_std(std_listener)?;
+            urls.insert(n.hostname().to_owned(), format!("http://{addr}"));
+            tokio::spawn(crate::api::serve_api(
+                n.clone(),
+                listener,
+                apis_stopped.clone(),
+            ));
+        }
+        let upstream = Some(Upstream {
+            hostname: primary.clone(),
+            url: urls[&primary].clone(),
+        });
+        for n in nodes.iter().filter(|n| n.hostname() != primary) {
+            n.set_primary_url(upstream.as_ref().map(|u| u.url.clone()));
+        }
         let control = LagControl {
             lag: config.lag,
             paused: false,
@@ -97,7 +127,7 @@ impl Cluster {
                     .flatten();
                 (
                     n.hostname().to_owned(),
-                    ReplicaLink::spawn(n.clone(), up, control),
+                    ReplicaLink::spawn(n.clone(), up, control, true),
                 )
             })
             .collect();
@@ -115,6 +145,8 @@ impl Cluster {
         };
         Ok(Cluster {
             nodes,
+            urls,
+            _stop_apis: stop_apis,
             links,
             watchers,
             primary: watch::channel(Some(primary)).0,
@@ -139,6 +171,18 @@ impl Cluster {
     /// Follows primary changes (hostname, or `None` while there is none).
     pub fn watch_primary(&self) -> watch::Receiver<Option<String>> {
         self.primary.subscribe()
+    }
+
+    /// The LiteFS API URL of `hostname` (where replicas stream from when it is primary).
+    pub fn api_url(&self, hostname: &str) -> Option<&str> {
+        self.urls.get(hostname).map(String::as_str)
+    }
+
+    fn upstream(&self, hostname: &str) -> Option<Upstream> {
+        Some(Upstream {
+            hostname: hostname.to_owned(),
+            url: self.urls.get(hostname)?.clone(),
+        })
     }
 
     /// The replication link into `hostname`.
@@ -235,7 +279,7 @@ impl Cluster {
         self.primary.send_replace(None);
     }
 
-    async fn change_primary(&self, hostname: &str, catch_up: bool) -> anyhow::Result<()> {
+    async fn change_primary(&self, hostname: &str, handoff: bool) -> anyhow::Result<()> {
         let _guard = self.changing.lock().await;
         let new = self
             .node(hostname)
@@ -250,29 +294,58 @@ impl Cluster {
             .get(hostname)
             .context("node without replication link")?;
         if let Some(old) = &old {
-            // Count the old primary's last commits, then stop its writes.
+            // Count the old primary's last commits.
             if let Some(w) = self.watchers.get(old.hostname()) {
                 w.sync();
             }
-            old.set_role(false, None);
-            if catch_up {
-                link.set_upstream(Some(Upstream::of(old)));
-                link.catch_up()
-                    .await
-                    .with_context(|| format!("{hostname} catching up with {}", old.hostname()))?;
+            if handoff {
+                self.hand_off(old, &new, link).await?;
+            } else {
+                old.set_role(false, None);
             }
         }
         link.set_upstream(None);
+        new.set_primary_url(None);
         new.set_role(true, None);
+        let up = self.upstream(hostname);
         for n in self.nodes.iter().filter(|n| n.hostname() != hostname) {
+            n.set_primary_url(up.as_ref().map(|u| u.url.clone()));
             n.set_role(false, Some(hostname));
             if let Some(l) = self.links.get(n.hostname()) {
-                l.set_upstream(Some(Upstream::of(&new)));
+                l.set_upstream(up.clone());
             }
         }
         self.primary.send_replace(Some(hostname.to_owned()));
-        tracing::info!(primary = hostname, catch_up, "litefs-sim: primary changed");
+        tracing::info!(primary = hostname, handoff, "litefs-sim: primary changed");
         Ok(())
+    }
+
+    /// LiteFS's handoff: `new` must be streaming from `old`; `old` puts the handoff frame
+    /// behind everything it committed and steps down, and `new` applies all of it.
+    async fn hand_off(&self, old: &Node, new: &Node, link: &ReplicaLink) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + HANDOFF_TIMEOUT;
+        while !old.has_subscriber(new.id()) {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{} is not streaming from {}",
+                new.hostname(),
+                old.hostname()
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        old.handoff(new.id())
+            .await
+            .map_err(|e| anyhow::anyhow!("handoff from {}: {e}", old.hostname()))?;
+        loop {
+            let ev = tokio::time::timeout_at(deadline, link.next_event())
+                .await
+                .with_context(|| format!("{} got no handoff frame", new.hostname()))?;
+            match ev {
+                Some(LinkEvent::Handoff(_)) => return Ok(()),
+                Some(_) => continue,
+                None => anyhow::bail!("replication task of {} stopped", new.hostname()),
+            }
+        }
     }
 
     /// Follows an external role source (e.g. the Raft leader's hostname): each change

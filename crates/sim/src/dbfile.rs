@@ -146,6 +146,29 @@ pub(crate) fn snapshot(source: &Path, dest: &Path) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// The primary's whole database as bytes, for a stream frame: a [`snapshot`] into a
+/// scratch file, read back. `None` when there is no database yet.
+pub(crate) fn snapshot_bytes(source: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+    let scratch = tempfile::Builder::new()
+        .prefix("litefs-sim-snapshot-")
+        .tempdir()?;
+    let dest = scratch.path().join("db");
+    if !snapshot(source, &dest)? {
+        return Ok(None);
+    }
+    Ok(Some(fs::read(&dest)?))
+}
+
+/// [`deliver`] for a database received as bytes.
+pub(crate) fn deliver_bytes(bytes: &[u8], dest: &Path) -> anyhow::Result<u32> {
+    let scratch = tempfile::Builder::new()
+        .prefix("litefs-sim-delivery-")
+        .tempdir()?;
+    let file = scratch.path().join("db");
+    fs::write(&file, bytes)?;
+    deliver(&file, dest)
+}
+
 /// Replaces the content of the replica database at `dest` with the snapshot at `snapshot`
 /// in place (readers with open connections see the new content, as on LiteFS), leaving it
 /// read-only. Returns the change counter the file has afterwards.

@@ -1,17 +1,17 @@
-//! One node's whole sim, for a process that runs a single node (the demo, one process per
-//! node): the node, its replication link and optionally a commit watcher, following a
-//! leader chosen elsewhere (Raft, a static config). Peers are known by their mount
-//! directories on this machine, which is all replication needs.
+//! One node's sim following a leader chosen elsewhere (a role source outside LiteFS): the
+//! node, its replication link and optionally a commit watcher. Peers are known by their
+//! LiteFS API URLs, the only way replication reaches them. Moving to this node is LiteFS's
+//! `/promote`: the primary this node streams from is asked for a handoff, and without one
+//! (it is gone) the node takes over with what it had received.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::lag::LagControl;
 use crate::node::{Node, NodeConfig};
-use crate::replicate::{ReplicaLink, Upstream};
+use crate::replicate::{LinkEvent, ReplicaLink, Upstream};
 use crate::watch::CommitWatcher;
 
 /// A node plus the machinery that makes it follow a leader.
@@ -19,10 +19,10 @@ pub struct Member {
     node: Node,
     link: ReplicaLink,
     watcher: Option<CommitWatcher>,
-    /// hostname → mount directory of every node (this one included).
-    peers: HashMap<String, PathBuf>,
-    /// Serializes leader changes; holds the last primary this node replicated from, so a
-    /// promotion after a leaderless spell can still catch up from it.
+    /// hostname → LiteFS API URL of every node (this one included).
+    peers: HashMap<String, String>,
+    /// Serializes leader changes; holds the last primary this node streamed from, whom a
+    /// promotion asks for the handoff.
     changing: tokio::sync::Mutex<Option<Upstream>>,
 }
 
@@ -32,7 +32,7 @@ impl Member {
     /// [`crate::ClusterConfig::watch_commits`]. Must run inside a tokio runtime.
     pub fn start(
         config: NodeConfig,
-        peers: HashMap<String, PathBuf>,
+        peers: HashMap<String, String>,
         control: LagControl,
         watch_commits: Option<Duration>,
     ) -> Member {
@@ -45,7 +45,8 @@ impl Member {
                 .and_then(|h| upstream_of(&peers, h))
         };
         let node = Node::new(config);
-        let link = ReplicaLink::spawn(node.clone(), upstream.clone(), control);
+        node.set_primary_url(upstream.as_ref().map(|u| u.url.clone()));
+        let link = ReplicaLink::spawn(node.clone(), upstream.clone(), control, true);
         let watcher = watch_commits.map(|i| CommitWatcher::spawn(node.clone(), i));
         Member {
             node,
@@ -68,9 +69,10 @@ impl Member {
         self.watcher.as_ref()
     }
 
-    /// Applies a leader change, as the LiteFS lease would:
-    /// - `Some(self)`: catch up with the previous primary's database if its mount is
-    ///   known (what it committed and this node has not received yet), then take writes;
+    /// Applies a leader change:
+    /// - `Some(self)`: ask the primary this node streamed from for a handoff (its last
+    ///   commits arrive ahead of it); if it cannot (it is gone), take over with what was
+    ///   received; then take writes;
     /// - `Some(other)`: become a replica of `other` (writes refused, `.primary` = other);
     /// - `None`: a replica connected to no primary (`.primary` absent).
     pub async fn set_leader(&self, leader: Option<&str>) -> anyhow::Result<()> {
@@ -82,12 +84,12 @@ impl Member {
                     return Ok(());
                 }
                 if let Some(prev) = last.clone() {
-                    self.link.set_upstream(Some(prev.clone()));
-                    if let Err(e) = self.link.catch_up().await {
-                        tracing::warn!(error = %format!("{e:#}"), from = %prev.hostname, "litefs-sim: promotion without catch-up");
+                    if let Err(e) = self.take_handoff(&prev).await {
+                        tracing::warn!(error = %format!("{e:#}"), from = %prev.hostname, "litefs-sim: promotion without handoff");
                     }
                 }
                 self.link.set_upstream(None);
+                self.node.set_primary_url(None);
                 self.node.set_role(true, None);
                 *last = None;
             }
@@ -97,6 +99,7 @@ impl Member {
                 if let Some(w) = &self.watcher {
                     w.sync();
                 }
+                self.node.set_primary_url(Some(up.url.clone()));
                 self.node.set_role(false, Some(h));
                 self.link.set_upstream(Some(up.clone()));
                 *last = Some(up);
@@ -106,17 +109,60 @@ impl Member {
                     w.sync();
                 }
                 // LiteFS has no stream without a primary; `last` is kept for a promotion.
+                self.node.set_primary_url(None);
                 self.node.set_role(false, None);
                 self.link.set_upstream(None);
             }
         }
         Ok(())
     }
+
+    /// `POST <prev>/handoff?nodeID=<me>` (what LiteFS's `/promote` sends), then the
+    /// handoff frame on this node's stream.
+    async fn take_handoff(&self, prev: &Upstream) -> anyhow::Result<()> {
+        self.link.set_upstream(Some(prev.clone()));
+        let url = format!(
+            "{}/handoff?nodeID={}",
+            prev.url.trim_end_matches('/'),
+            crate::wire::format_node_id(self.node.id())
+        );
+        let deadline = tokio::time::Instant::now() + HANDOFF_TIMEOUT;
+        // The stream may be reconnecting; the old primary refuses until it is connected.
+        loop {
+            let (status, body) = crate::client::request(
+                hyper::Method::POST,
+                &url,
+                bytes::Bytes::new(),
+                HANDOFF_TIMEOUT,
+            )
+            .await?;
+            if status.is_success() {
+                break;
+            }
+            let body = String::from_utf8_lossy(&body);
+            anyhow::ensure!(
+                body.contains("not currently connected") && tokio::time::Instant::now() < deadline,
+                "handoff refused: {status}: {}",
+                body.trim()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        loop {
+            match tokio::time::timeout_at(deadline, self.link.next_event()).await? {
+                Some(LinkEvent::Handoff(_)) => return Ok(()),
+                Some(_) => continue,
+                None => anyhow::bail!("replication stopped"),
+            }
+        }
+    }
 }
 
-fn upstream_of(peers: &HashMap<String, PathBuf>, hostname: &str) -> Option<Upstream> {
-    peers.get(hostname).map(|mount| Upstream {
+/// How long a promotion waits for the old primary's handoff.
+const HANDOFF_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn upstream_of(peers: &HashMap<String, String>, hostname: &str) -> Option<Upstream> {
+    peers.get(hostname).map(|url| Upstream {
         hostname: hostname.to_owned(),
-        mount: mount.clone(),
+        url: url.clone(),
     })
 }

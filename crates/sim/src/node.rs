@@ -1,12 +1,13 @@
 //! One simulated LiteFS node: its mount directory (`<db>-pos`, `.primary`, `.lag`), its
 //! position and role, and the event feed behind its `/events` API.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::dbfile;
 use crate::event::{now_ms, Event};
@@ -43,6 +44,15 @@ struct Inner {
     mount: PathBuf,
     db: String,
     hostname: String,
+    /// LiteFS's node ID (`Litefs-Id` on the stream, `nodeID` of `/handoff`).
+    id: u64,
+    /// Replicas connected to this node's stream, by node ID: where a handoff frame goes.
+    subscribers: Mutex<HashMap<u64, mpsc::UnboundedSender<String>>>,
+    /// Where `/handoff` requests go while a lease loop runs this node; without one the
+    /// node hands off at once with an empty lease ID (a static cluster's planned move).
+    handoff_handler: Mutex<Option<mpsc::UnboundedSender<HandoffRequest>>>,
+    /// The advertise URL of the primary this replica streams from, for `/promote`.
+    primary_url: Mutex<Option<String>>,
     /// Position, role and lag; also serializes file writes and event sends so the files
     /// and the event stream always agree on the order of changes.
     state: Mutex<State>,
@@ -65,6 +75,13 @@ struct State {
     checksum: u64,
     role: Role,
     lag_ms: i64,
+}
+
+/// A `POST /handoff` for the lease loop: hand the lease to replica `node_id`, answer on
+/// `done` once the handoff frame is on its stream (or why not).
+pub struct HandoffRequest {
+    pub node_id: u64,
+    pub done: oneshot::Sender<Result<(), String>>,
 }
 
 /// A node's role as LiteFS sees it.
@@ -107,7 +124,11 @@ impl Node {
             inner: Arc::new(Inner {
                 mount: config.mount,
                 db: config.db,
+                id: node_id_of(&config.hostname),
                 hostname: config.hostname,
+                subscribers: Mutex::new(HashMap::new()),
+                handoff_handler: Mutex::new(None),
+                primary_url: Mutex::new(None),
                 state: Mutex::new(State {
                     txid,
                     checksum,
@@ -157,6 +178,80 @@ impl Node {
 
     pub fn txid(&self) -> u64 {
         self.state().txid
+    }
+
+    /// LiteFS's node ID of this node (stable: derived from the hostname).
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// Registers replica `node_id` as connected to this node's stream; handoff frames for
+    /// it arrive on the receiver. It stays registered until [`Node::unsubscribe`].
+    pub(crate) fn subscribe_stream(&self, node_id: u64) -> mpsc::UnboundedReceiver<String> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.inner.subscribers).insert(node_id, tx);
+        rx
+    }
+
+    pub(crate) fn unsubscribe_stream(&self, node_id: u64) {
+        lock(&self.inner.subscribers).remove(&node_id);
+    }
+
+    /// Whether replica `node_id` is connected to this node's stream.
+    pub fn has_subscriber(&self, node_id: u64) -> bool {
+        lock(&self.inner.subscribers).contains_key(&node_id)
+    }
+
+    /// Puts a handoff frame carrying `lease_id` on replica `node_id`'s stream (which then
+    /// ends). The caller stops being primary.
+    pub(crate) fn send_handoff(&self, node_id: u64, lease_id: &str) -> Result<(), String> {
+        let subs = lock(&self.inner.subscribers);
+        let tx = subs
+            .get(&node_id)
+            .ok_or_else(|| "target node is not currently connected".to_owned())?;
+        tx.send(lease_id.to_owned())
+            .map_err(|_| "node is no longer connected".to_owned())
+    }
+
+    /// The API URL of the primary this replica streams from (what `/promote` asks).
+    pub fn primary_url(&self) -> Option<String> {
+        lock(&self.inner.primary_url).clone()
+    }
+
+    pub(crate) fn set_primary_url(&self, url: Option<String>) {
+        *lock(&self.inner.primary_url) = url;
+    }
+
+    /// Routes `/handoff` requests to a lease loop from now on.
+    pub(crate) fn set_handoff_handler(&self, tx: mpsc::UnboundedSender<HandoffRequest>) {
+        *lock(&self.inner.handoff_handler) = Some(tx);
+    }
+
+    /// LiteFS's `Store.Handoff`: this node must be primary and `node_id` connected. With a
+    /// lease loop, the loop renews, sends the lease and steps down; without one, the node
+    /// sends an empty lease ID and becomes a disconnected replica at once.
+    pub async fn handoff(&self, node_id: u64) -> Result<(), String> {
+        if !self.is_primary() {
+            return Err("node is not currently primary".into());
+        }
+        if !self.has_subscriber(node_id) {
+            return Err("target node is not currently connected".into());
+        }
+        let handler = lock(&self.inner.handoff_handler).clone();
+        match handler {
+            Some(h) => {
+                let (done, rx) = oneshot::channel();
+                h.send(HandoffRequest { node_id, done })
+                    .map_err(|_| "lease loop is gone".to_owned())?;
+                rx.await.map_err(|_| "lease loop is gone".to_owned())?
+            }
+            None => {
+                // LiteFS's order: the lease goes on the stream, then the primary steps down.
+                self.send_handoff(node_id, "")?;
+                self.set_role(false, None);
+                Ok(())
+            }
+        }
     }
 
     /// TXID and post-apply checksum, as in `<db>-pos`.
@@ -213,8 +308,18 @@ impl Node {
         Some(txid)
     }
 
+    /// A replicated position: TXID and the primary's checksum, as received.
+    pub(crate) fn set_pos(&self, txid: u64, checksum: u64) {
+        let mut state = self.state();
+        self.apply_pos(&mut state, txid, checksum);
+    }
+
     fn apply_txid(&self, state: &mut State, txid: u64) {
         let checksum = pos::fake_checksum(&self.inner.db, txid);
+        self.apply_pos(state, txid, checksum);
+    }
+
+    fn apply_pos(&self, state: &mut State, txid: u64, checksum: u64) {
         state.txid = txid;
         state.checksum = checksum;
         if let Err(e) = pos::write_pos(&self.inner.mount, &self.inner.db, txid, checksum) {
@@ -363,6 +468,18 @@ impl Node {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// LiteFS generates a random node ID once per data directory; the sim derives it from
+/// the hostname (FNV-1a), so it is stable across restarts as LiteFS's is.
+pub fn node_id_of(hostname: &str) -> u64 {
+    let mut h = crate::app::Fnv64::new();
+    h.update(hostname.as_bytes());
+    h.0.max(1)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl std::fmt::Debug for Node {

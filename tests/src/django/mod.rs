@@ -78,8 +78,20 @@ impl DjangoCluster {
             .map(|id| dir.path().join("litefs").join(id))
             .collect();
         let apps: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
-        let peers: HashMap<String, PathBuf> =
-            ids.iter().cloned().zip(mounts.iter().cloned()).collect();
+        let mut api_listeners = Vec::new();
+        let mut api_addrs = Vec::new();
+        for _ in 0..n {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind LiteFS API");
+            api_addrs.push(l.local_addr().expect("api addr"));
+            api_listeners.push(l);
+        }
+        let peers: HashMap<String, String> = ids
+            .iter()
+            .cloned()
+            .zip(api_addrs.iter().map(|a| format!("http://{a}")))
+            .collect();
         let members: Vec<Arc<Member>> = (0..n)
             .map(|i| {
                 Arc::new(Member::start(
@@ -97,12 +109,7 @@ impl DjangoCluster {
             })
             .collect();
         let mut apis = Vec::new();
-        let mut api_addrs = Vec::new();
-        for m in &members {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind LiteFS API");
-            api_addrs.push(l.local_addr().expect("api addr"));
+        for (m, l) in members.iter().zip(api_listeners) {
             apis.push(tokio::spawn(litefs_sim::serve_api(
                 m.node().clone(),
                 l,
