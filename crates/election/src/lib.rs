@@ -37,6 +37,7 @@
 
 mod auth;
 mod config;
+mod conn_timer;
 mod election;
 mod faults;
 mod handover;
