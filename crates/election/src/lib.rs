@@ -60,7 +60,7 @@ pub use faults::Faults;
 pub use leadership::Leadership;
 pub use primary_file::PrimaryFileError;
 pub use rpc_server::{
-    MAX_BODY, PATH_APPEND, PATH_LEASE, PATH_SNAPSHOT, PATH_TIMEOUT_NOW, PATH_VOTE,
+    MAX_BODY, PATH_APPEND, PATH_LEASE, PATH_READ_INDEX, PATH_SNAPSHOT, PATH_TIMEOUT_NOW, PATH_VOTE,
 };
 pub use status::Status;
 pub use store::OpenError;

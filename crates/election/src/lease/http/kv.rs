@@ -19,6 +19,9 @@ fn kv_json(e: &KvEntry) -> Value {
 }
 
 pub(super) async fn kv_get(ctx: &HttpCtx, key: &str, query: &HashMap<String, String>) -> Resp {
+    if let Err(r) = consistent(ctx, query).await {
+        return r;
+    }
     block(ctx, query, |st| st.kv_index).await;
     let leader = known_leader(ctx);
     let recurse = query.contains_key("recurse");
