@@ -1,5 +1,6 @@
-//! What the lease endpoint refuses to answer: reads wait until the node has applied the
-//! leader's read index, so a restarted node never answers from its persisted state.
+//! What the lease endpoint answers without a Raft write, and what it refuses to answer: reads
+//! wait until the node has applied the leader's read index (a restarted node never answers from
+//! its persisted state), and refused acquires and releases cost no log entry.
 
 mod common;
 
@@ -62,6 +63,12 @@ async fn get_until(addr: SocketAddr, path: &str, ok: impl Fn(u16) -> bool) {
     }
 }
 
+fn last_log_index(c: &Cluster, i: usize) -> Option<u64> {
+    let node = c.slots[i].node.as_ref().expect("running");
+    let idx = node.raft_metrics().borrow().last_log_index;
+    idx
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_answers_no_read_until_it_has_caught_up_with_the_leader() {
     common::init_tracing();
@@ -103,10 +110,72 @@ async fn a_restarted_node_answers_no_read_until_it_has_caught_up_with_the_leader
             "GET {path}"
         );
     }
+    // Neither does it refuse a release from that state.
+    let (st, _, _) = http_call(oa, "PUT", &format!("/v1/kv/{KEY}?release={sid}"), b"").await;
+    assert_eq!(st, 500);
+
     // Reconnected, it catches up and answers what the leader committed.
     c.heal();
     get_until(oa, &format!("/v1/kv/{KEY}"), |s| s == 404).await;
     let (st, _, b) = http_call(oa, "GET", &format!("/v1/session/info/{sid}"), b"").await;
     assert_eq!((st, json_of(&b)), (200, json!([])));
+    c.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_acquires_and_releases_append_nothing_to_the_log() {
+    common::init_tracing();
+    let mut c = lease_cluster();
+    c.start_all().await;
+    let l = c.wait_agreed(Duration::from_secs(5)).await;
+    let f = (0..3).find(|i| *i != l).expect("follower");
+    let (la, fa) = (lease_addr(&c, l), lease_addr(&c, f));
+    let holder = create(la).await;
+    assert_eq!(
+        put(la, &format!("/v1/kv/{KEY}?acquire={holder}"), b"a").await,
+        json!(true)
+    );
+    // Another LiteFS session on the leader's node, and one on a follower (LiteFS's retry loop:
+    // create, acquire, release, destroy).
+    let other = create(la).await;
+    let on_follower = create(fa).await;
+    let before = last_log_index(&c, l);
+
+    for _ in 0..10 {
+        // Held by another valid session.
+        assert_eq!(
+            put(la, &format!("/v1/kv/{KEY}?acquire={other}"), b"b").await,
+            json!(false)
+        );
+        assert_eq!(
+            put(la, &format!("/v1/kv/{KEY}?release={other}"), b"").await,
+            json!(false)
+        );
+        // This node does not lead.
+        assert_eq!(
+            put(fa, &format!("/v1/kv/{KEY}?acquire={on_follower}"), b"c").await,
+            json!(false)
+        );
+        assert_eq!(
+            put(fa, &format!("/v1/kv/{KEY}?release={on_follower}"), b"").await,
+            json!(false)
+        );
+        assert_eq!(
+            put(fa, &format!("/v1/kv/free?acquire={on_follower}"), b"c").await,
+            json!(false)
+        );
+    }
+    assert_eq!(last_log_index(&c, l), before, "50 refusals, no log entry");
+
+    // What can succeed still goes through the log.
+    assert_eq!(
+        put(la, &format!("/v1/kv/{KEY}?acquire={holder}"), b"a2").await,
+        json!(true)
+    );
+    assert!(last_log_index(&c, l) > before);
+    assert_eq!(
+        put(la, &format!("/v1/kv/{KEY}?release={holder}"), b"").await,
+        json!(true)
+    );
     c.stop_all().await;
 }

@@ -1,7 +1,8 @@
 //! The lease endpoint's HTTP server: Consul's URL scheme, status codes, JSON field names,
 //! base64 values and `X-Consul-*` headers, as hashicorp's Go client (used by LiteFS) and other
 //! Consul clients expect them. Reads come from the local applied state once it has caught up
-//! with the leader (`http/consistent.rs`); writes go to the leader. Session endpoints are in `http/session.rs`, KV endpoints in `http/kv.rs`.
+//! with the leader (`http/consistent.rs`); writes go to the leader, except refusals the applied
+//! state already decides. Session endpoints are in `http/session.rs`, KV endpoints in `http/kv.rs`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
