@@ -46,8 +46,6 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             let opts = litefs_config::Options {
                 data_dir: a.data_dir.clone(),
                 exec: a.exec.clone(),
-                ttl: a.lease_ttl,
-                lock_delay: a.lock_delay,
             };
             match litefs_config::render(&cfg, &opts) {
                 Ok(text) => {

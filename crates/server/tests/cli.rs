@@ -261,6 +261,41 @@ fn invalid_configs_exit_64_naming_the_key() {
     assert_invalid(&out, "proxy.txid_source");
     assert!(out.stderr.contains("--txid-source"), "{}", out.stderr);
 
+    // A lease TTL LiteFS cannot renew in time, or one that only slows failover, from the file,
+    // env or a flag: `check` and `run` refuse it naming election.lease_ttl.
+    let raft = "[role]\nsource = \"raft\"\n[election]\nnode_id = \"node-1\"\npeers = [\"node-1:4321\"]\nraft_addr = \"127.0.0.1:0\"\n";
+    for ttl in ["500ms", "2m"] {
+        let path = write(
+            dir.path(),
+            &format!("ttl-{ttl}.toml"),
+            &format!("{raft}lease_ttl = \"{ttl}\"\n"),
+        );
+        let path = path.to_str().unwrap();
+        let out = check(&["--config", path], &[]);
+        assert_invalid(&out, "election.lease_ttl");
+        assert!(out.stderr.contains(ttl), "{}", out.stderr);
+        let run = cmd().args(["run", "--config", path]).output().unwrap();
+        assert_eq!(run.status.code(), Some(64), "run {ttl}");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(stderr.contains("election.lease_ttl"), "run: {stderr}");
+    }
+    let path = write(dir.path(), "raft.toml", raft);
+    let path = path.to_str().unwrap();
+    assert_eq!(check(&["--config", path], &[]).code, 0);
+    let out = check(
+        &["--config", path],
+        &[("LITEFS_PROXY_ELECTION__LEASE_TTL", "900ms")],
+    );
+    assert_invalid(&out, "election.lease_ttl");
+    let out = check(&["--config", path, "--lease-ttl", "61s"], &[]);
+    assert_invalid(&out, "election.lease_ttl");
+    let yml = cmd()
+        .args(["litefs-config", "--config", path, "--lease-ttl", "0.5s"])
+        .output()
+        .unwrap();
+    assert_eq!(yml.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&yml.stderr).contains("election.lease_ttl"));
+
     // A short secret is refused without being echoed.
     let out = check(&[], &[("LITEFS_PROXY_PROXY__TOKEN_SECRET", "hunter2")]);
     assert_invalid(&out, "proxy.token_secret");
@@ -376,6 +411,8 @@ fn example_config_is_the_defaults_and_lists_every_key() {
         "on_promote",
         "on_demote",
         "lease_addr",
+        "lease_ttl",
+        "lease_lock_delay",
         "peers",
     ] {
         assert!(
