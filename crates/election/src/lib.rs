@@ -47,6 +47,7 @@ mod leadership;
 pub mod lease;
 mod network;
 mod primary_file;
+mod reachability;
 mod rpc_server;
 mod split_vote;
 mod status;
