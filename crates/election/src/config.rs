@@ -39,6 +39,13 @@ pub struct Config {
     /// Where to serve the Consul-compatible lease endpoint for LiteFS (`lease.type: consul`,
     /// `lease.consul.url: http://<this>`), e.g. "127.0.0.1:8500". None: not served.
     pub lease_addr: Option<SocketAddr>,
+    /// LiteFS's session TTL (`lease.consul.ttl`), printed by `litefs-proxy litefs-config`;
+    /// the endpoint itself takes each session's TTL from the create request.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// LiteFS's `lease.consul.lock-delay`: how long a lost lock stays unavailable.
+    #[serde(with = "humantime_serde")]
+    pub lease_lock_delay: Duration,
     pub peers: Vec<PeerSpec>,
 }
 
@@ -57,6 +64,8 @@ impl Default for Config {
             on_promote: None,
             on_demote: None,
             lease_addr: None,
+            lease_ttl: Duration::from_secs(1),
+            lease_lock_delay: Duration::ZERO,
             peers: Vec::new(),
         }
     }
@@ -106,6 +115,12 @@ fn err(key: impl Into<String>, value: impl Into<String>, reason: impl Into<Strin
 
 /// Minimum length of `cluster_secret`, so a typo'd one-letter secret is not accepted.
 const MIN_SECRET_LEN: usize = 16;
+/// `lease_ttl` bounds. LiteFS renews every TTL/2 and, after a failed renew, retries every 1 s
+/// (its reconnect delay) and gives up once (time since the last renew + 1 s) > TTL: under 1 s
+/// the first failed renew already ends the lease. Above a minute a crashed primary's lease
+/// only blocks writes for longer.
+pub const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(60);
 
 impl Config {
     /// The `.primary` path actually used.
@@ -156,6 +171,20 @@ impl Config {
                     "must exceed election_timeout_min by at least heartbeat_interval ({}), the margin that keeps an old leader from overlapping a new one",
                     fmt_dur(self.heartbeat_interval)
                 ),
+            ));
+        }
+        if self.lease_ttl < MIN_LEASE_TTL {
+            return Err(err(
+                "lease_ttl",
+                fmt_dur(self.lease_ttl),
+                "must be at least 1s: LiteFS retries a failed renew after 1 s and gives up when (time since the last renew + 1 s) > TTL, so a shorter TTL ends the lease on the first failed renew",
+            ));
+        }
+        if self.lease_ttl > MAX_LEASE_TTL {
+            return Err(err(
+                "lease_ttl",
+                fmt_dur(self.lease_ttl),
+                "must be at most 60s: a crashed primary's LiteFS lease holds writes up to TTL, and a longer one buys nothing (LiteFS renews every TTL/2)",
             ));
         }
         if let Some(secret) = &self.cluster_secret {
@@ -436,6 +465,18 @@ mod tests {
         let mut c = base();
         c.peers.clear();
         assert_eq!(c.validate().unwrap_err().key, "peers");
+
+        for (ttl, ok) in [(999, false), (1000, true), (60_000, true), (60_001, false)] {
+            let mut c = base();
+            c.lease_ttl = Duration::from_millis(ttl);
+            match c.validate() {
+                Ok(()) => assert!(ok, "{ttl} ms accepted"),
+                Err(e) => {
+                    assert!(!ok, "{ttl} ms refused: {e}");
+                    assert_eq!(e.key, "lease_ttl");
+                }
+            }
+        }
     }
 
     #[test]

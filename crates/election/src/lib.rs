@@ -37,6 +37,7 @@
 
 mod auth;
 mod config;
+mod conn_timer;
 mod election;
 mod faults;
 mod handover;
@@ -46,6 +47,7 @@ mod leadership;
 pub mod lease;
 mod network;
 mod primary_file;
+mod reachability;
 mod rpc_server;
 mod split_vote;
 mod status;
@@ -59,7 +61,7 @@ pub use faults::Faults;
 pub use leadership::Leadership;
 pub use primary_file::PrimaryFileError;
 pub use rpc_server::{
-    MAX_BODY, PATH_APPEND, PATH_LEASE, PATH_SNAPSHOT, PATH_TIMEOUT_NOW, PATH_VOTE,
+    MAX_BODY, PATH_APPEND, PATH_LEASE, PATH_READ_INDEX, PATH_SNAPSHOT, PATH_TIMEOUT_NOW, PATH_VOTE,
 };
 pub use status::Status;
 pub use store::OpenError;

@@ -1,6 +1,7 @@
 //! The outgoing half of the RPC transport: a small hyper client that POSTs JSON to a peer's
 //! Raft listener, signs it, and maps failures to openraft's error kinds (connect errors become
 //! `Unreachable` so the leader backs off instead of spinning on a dead peer, openraft #1051).
+//! Every outcome feeds [`Reachability`], which logs a peer going down and coming back once.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use serde::Serialize;
 use crate::auth::{Auth, FROM_HEADER, MAC_HEADER, TS_HEADER};
 use crate::config::Peer;
 use crate::faults::Faults;
+use crate::reachability::Reachability;
 use crate::rpc_server::{MAX_BODY, PATH_APPEND, PATH_SNAPSHOT, PATH_VOTE};
 use crate::types::{NodeId, TypeConfig};
 
@@ -78,6 +80,7 @@ pub struct RpcClient {
     me: String,
     /// name and address of every peer, by Raft id.
     peers: Arc<BTreeMap<NodeId, Peer>>,
+    reach: Reachability,
 }
 
 impl RpcClient {
@@ -100,6 +103,7 @@ impl RpcClient {
             faults,
             me,
             peers,
+            reach: Reachability::default(),
         }
     }
 
@@ -119,6 +123,23 @@ impl RpcClient {
             .peers
             .get(&target)
             .ok_or(TransportError::UnknownPeer(target))?;
+        let res = self.exchange(peer, path, req, timeout).await;
+        match &res {
+            Ok(_) => self.reach.answered(target, &peer.id),
+            // Our own bug, not the peer's state.
+            Err(TransportError::Encode(_)) => {}
+            Err(e) => self.reach.failed(target, &peer.id, e),
+        }
+        res
+    }
+
+    async fn exchange<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        peer: &Peer,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, TransportError> {
         if self.faults.is_blocked(&peer.id) {
             return Err(TransportError::Blocked(peer.id.clone()));
         }

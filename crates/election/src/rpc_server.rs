@@ -29,6 +29,9 @@ pub const PATH_SNAPSHOT: &str = "/raft/snapshot";
 pub const PATH_TIMEOUT_NOW: &str = "/raft/timeout-now";
 /// A follower forwards a lease write to the leader (answer: `lease::ProposeOutcome`).
 pub const PATH_LEASE: &str = "/raft/lease";
+/// A follower asks the leader for its read index before answering a lease read (answer:
+/// `lease::http::ReadIndex`).
+pub const PATH_READ_INDEX: &str = "/raft/read-index";
 
 /// Largest request or response body accepted.
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
@@ -92,6 +95,7 @@ async fn handle(state: &RpcState, req: Request<Incoming>) -> Response<Full<Bytes
         PATH_SNAPSHOT,
         PATH_TIMEOUT_NOW,
         PATH_LEASE,
+        PATH_READ_INDEX,
     ]
     .contains(&path.as_str())
     {
@@ -160,6 +164,7 @@ async fn handle(state: &RpcState, req: Request<Incoming>) -> Response<Full<Bytes
             Ok(req) => json(&lease::propose_local(&state.raft, state.handover.me, req).await),
             Err(e) => text(StatusCode::BAD_REQUEST, e),
         },
+        PATH_READ_INDEX => json(&lease::http::read_index_local(&state.raft).await),
         _ => match decode::<TimeoutNowRequest>(&body) {
             Ok(rpc) => json(&handover::on_timeout_now(&state.handover, rpc).await),
             Err(e) => text(StatusCode::BAD_REQUEST, e),

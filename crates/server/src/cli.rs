@@ -94,12 +94,6 @@ pub struct LitefsConfigArgs {
     /// exec: the app command LiteFS starts once primary or connected to the primary.
     #[arg(long, value_name = "CMD")]
     pub exec: Option<String>,
-    /// lease.consul.ttl (raft): how long the primary's session lives without renewal.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub lease_ttl: std::time::Duration,
-    /// lease.consul.lock-delay (raft): how long a lost lock stays unavailable.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub lock_delay: std::time::Duration,
 }
 
 /// Ports are the first node's; node i uses port + i - 1.
@@ -203,6 +197,13 @@ pub struct ConfigArgs {
     /// [role] primary_url_template (litefs): e.g. `http://{hostname}:8080`.
     #[arg(long, value_name = "TEMPLATE")]
     pub primary_url_template: Option<String>,
+
+    /// [election] lease_ttl: LiteFS's lease.consul.ttl (1s..60s).
+    #[arg(long, value_name = "DURATION")]
+    pub lease_ttl: Option<String>,
+    /// [election] lease_lock_delay: LiteFS's lease.consul.lock-delay.
+    #[arg(long, value_name = "DURATION", alias = "lock-delay")]
+    pub lease_lock_delay: Option<String>,
 }
 
 impl ConfigArgs {
@@ -242,6 +243,12 @@ impl ConfigArgs {
                 "role.primary_url_template",
                 "--primary-url-template",
                 &self.primary_url_template,
+            ),
+            text("election.lease_ttl", "--lease-ttl", &self.lease_ttl),
+            text(
+                "election.lease_lock_delay",
+                "--lease-lock-delay",
+                &self.lease_lock_delay,
             ),
         ]
         .into_iter()

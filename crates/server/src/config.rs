@@ -147,6 +147,8 @@ const OPTIONAL_TEXT_KEYS: &[&str] = &[
     "election.on_promote",
     "election.on_demote",
     "election.lease_addr",
+    "election.lease_ttl",
+    "election.lease_lock_delay",
 ];
 
 /// `LITEFS_PROXY_<TABLE>__<KEY>`. Names without `__` (such as `LITEFS_PROXY_ROLE`, which

@@ -47,8 +47,6 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             let opts = litefs_config::Options {
                 data_dir: a.data_dir.clone(),
                 exec: a.exec.clone(),
-                ttl: a.lease_ttl,
-                lock_delay: a.lock_delay,
             };
             match litefs_config::render(&cfg, &opts) {
                 Ok(text) => {
@@ -98,21 +96,49 @@ pub fn block_on(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
 
 /// The log filter when neither `--log` nor `RUST_LOG` is given. openraft logs every vote
 /// and state change (with whole state dumps) at `info`; its warnings still show, and the
-/// election's own role changes are logged by `litefs_election` at `info`.
+/// election's own role changes are logged by `litefs_election` at `info`. openraft's lines about
+/// single failed RPCs are dropped too (see [`per_rpc_openraft_line`]).
 pub const DEFAULT_LOG_FILTER: &str = "info,openraft=warn";
+
+/// openraft logs each failed RPC to a peer at WARN/ERROR: every replication attempt
+/// (`openraft::replication`: "error replication to target", "RPCError"; the engine's
+/// replication handler: "update progress error", "heartbeat error"; snapshot sends) and, in its
+/// core, each vote request and leadership check that a peer did not answer (the events with a
+/// `target` field). While one peer is down that is tens of lines a second. The election's
+/// transport logs the peer going down and coming back instead, once each (`peer unreachable`,
+/// `peer reachable again`), so with the default filter these are dropped; `--log` / `RUST_LOG`
+/// show them. openraft's other warnings and errors (storage, fatal) stay.
+pub fn per_rpc_openraft_line(meta: &tracing::Metadata<'_>) -> bool {
+    let target = meta.target();
+    let warn = *meta.level() == tracing::Level::WARN;
+    meta.is_event()
+        && (target.starts_with("openraft::replication")
+            || (warn && target.starts_with("openraft::engine::handler::replication_handler"))
+            || (warn && target.starts_with("openraft::network::snapshot_transport"))
+            || (target.starts_with("openraft::core") && meta.fields().field("target").is_some()))
+}
 
 /// Logs to stderr, filtered by `--log`, else `RUST_LOG`, else [`DEFAULT_LOG_FILTER`].
 pub fn init_tracing(filter: Option<&str>) -> Result<(), String> {
-    let filter = match filter {
-        Some(f) => EnvFilter::try_new(f).map_err(|e| e.to_string())?,
-        None => {
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER))
-        }
+    use tracing_subscriber::{
+        filter::filter_fn, layer::SubscriberExt as _, util::SubscriberInitExt as _, Layer as _,
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (filter, default) = match filter {
+        Some(f) => (EnvFilter::try_new(f).map_err(|e| e.to_string())?, false),
+        None => match EnvFilter::try_from_default_env() {
+            Ok(f) => (f, false),
+            Err(_) => (EnvFilter::new(DEFAULT_LOG_FILTER), true),
+        },
+    };
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(filter)
+        .with_filter(filter_fn(move |meta| {
+            !(default && per_rpc_openraft_line(meta))
+        }));
+    tracing_subscriber::registry()
+        .with(layer)
         .try_init()
         .map_err(|e| e.to_string())
 }

@@ -3,10 +3,14 @@
 //!
 //! - `role.source = "raft"`: `lease.type: consul` against this node's lease endpoint
 //!   (`[election] lease_addr`), `hostname` = the election `node_id` (the name the endpoint
-//!   compares with the Raft leader's), `candidate: true`, `promote: false` (a LiteFS handoff
-//!   would move the lock off the Raft leader; the endpoint refuses it anyway).
+//!   compares with the Raft leader's), `advertise-url` = this node's address in `peers` (as the
+//!   other nodes reach it) with the port of `proxy.litefs_api`, `candidate: true`,
+//!   `promote: false` (a LiteFS handoff would move the lock off the Raft leader; the endpoint
+//!   refuses it anyway), `ttl` / `lock-delay` from `election.lease_ttl` / `lease_lock_delay`.
 //! - `role.source = "static"`: `lease.type: static`, `candidate` = `role.is_primary`, and the
 //!   primary's hostname and API URL (LiteFS's static lease names the primary on every node).
+//! - `http.addr` listens on every interface at the port of `proxy.litefs_api` (litefs-proxy
+//!   reaches LiteFS there, the other nodes at `advertise-url`).
 //! - No `proxy:` section: litefs-proxy serves the app port instead of LiteFS's proxy.
 
 use std::fmt::Write as _;
@@ -17,8 +21,6 @@ use std::time::Duration;
 use crate::config::{Config, InvalidConfig};
 use crate::role::{raft_source, RoleSource};
 
-/// LiteFS's HTTP API port (replication, /events), as in its defaults.
-pub const LITEFS_API_PORT: u16 = 20202;
 /// The KV key LiteFS locks (its `lease.consul.key`).
 pub const LEASE_KEY: &str = "litefs/primary";
 
@@ -29,10 +31,6 @@ pub struct Options {
     pub data_dir: PathBuf,
     /// `exec`: the command LiteFS starts once it is primary or connected to the primary.
     pub exec: Option<String>,
-    /// `lease.consul.ttl`.
-    pub ttl: Duration,
-    /// `lease.consul.lock-delay`.
-    pub lock_delay: Duration,
 }
 
 impl Default for Options {
@@ -40,8 +38,6 @@ impl Default for Options {
         Options {
             data_dir: PathBuf::from("/var/lib/litefs"),
             exec: None,
-            ttl: Duration::from_secs(10),
-            lock_delay: Duration::from_secs(1),
         }
     }
 }
@@ -77,15 +73,54 @@ fn host_of_url(url: &str) -> Option<String> {
     uri.host().map(|h| h.trim_matches(['[', ']']).to_string())
 }
 
-/// Render the litefs.yml text.
-pub fn render(cfg: &Config, opts: &Options) -> Result<String, InvalidConfig> {
-    if opts.ttl < Duration::from_secs(1) {
+/// The port LiteFS's API listens on: the one litefs-proxy is configured to reach it at.
+fn litefs_api_port(cfg: &Config) -> Result<u16, InvalidConfig> {
+    let api = &cfg.proxy.litefs_api;
+    let bad = |why: &str| InvalidConfig::new("proxy.litefs_api", q(api), why);
+    let uri: http::Uri = api
+        .parse()
+        .map_err(|_| bad("not a URL; expected http://host:port"))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        return Err(bad("expected http://host:port (LiteFS serves plain HTTP)"));
+    }
+    Ok(uri.port_u16().unwrap_or(80))
+}
+
+/// `http://<host>:<port>` for a host as `http::Uri` or a peer address spells it.
+fn api_url(host: &str, port: u16) -> String {
+    let host = host.trim_matches(['[', ']']);
+    if host.contains(':') {
+        format!("http://[{host}]:{port}")
+    } else {
+        format!("http://{host}:{port}")
+    }
+}
+
+/// This node's host as the other nodes reach it: its entry in `peers` (or `advertise_raft`).
+fn advertised_host(e: &litefs_election::Config) -> Result<String, InvalidConfig> {
+    let me = e
+        .resolve_peers(0)
+        .into_iter()
+        .find(|p| p.id == e.node_id)
+        .map(|p| p.raft)
+        .unwrap_or_default();
+    let host = host_of_url(&format!("http://{me}")).unwrap_or_default();
+    let wildcard = host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified());
+    if host.is_empty() || wildcard {
         return Err(InvalidConfig::new(
-            "--lease-ttl",
-            go_duration(opts.ttl),
-            "must be at least 1s (the lease endpoint's minimum)",
+            "election.advertise_raft",
+            q(&me),
+            "LiteFS's lease.advertise-url needs this node's address as the other nodes reach it: list this node in election.peers or set advertise_raft",
         ));
     }
+    Ok(host)
+}
+
+/// Render the litefs.yml text.
+pub fn render(cfg: &Config, opts: &Options) -> Result<String, InvalidConfig> {
+    let api_port = litefs_api_port(cfg)?;
     let mut out = String::new();
     let mut lease = String::new();
     let node;
@@ -100,14 +135,11 @@ pub fn render(cfg: &Config, opts: &Options) -> Result<String, InvalidConfig> {
                 ));
             };
             node = e.node_id.clone();
+            let advertise = api_url(&advertised_host(&e)?, api_port);
             let _ = writeln!(lease, "lease:");
             let _ = writeln!(lease, "  type: \"consul\"");
             let _ = writeln!(lease, "  hostname: {}", q(&node));
-            let _ = writeln!(
-                lease,
-                "  advertise-url: {}",
-                q(&format!("http://{node}:{LITEFS_API_PORT}"))
-            );
+            let _ = writeln!(lease, "  advertise-url: {}", q(&advertise));
             let _ = writeln!(lease, "  candidate: true");
             let _ = writeln!(
                 lease,
@@ -117,33 +149,39 @@ pub fn render(cfg: &Config, opts: &Options) -> Result<String, InvalidConfig> {
             let _ = writeln!(lease, "  consul:");
             let _ = writeln!(lease, "    url: {}", q(&lease_url(addr)));
             let _ = writeln!(lease, "    key: {}", q(LEASE_KEY));
-            let _ = writeln!(lease, "    ttl: {}", q(&go_duration(opts.ttl)));
-            let _ = writeln!(lease, "    lock-delay: {}", q(&go_duration(opts.lock_delay)));
+            let _ = writeln!(lease, "    ttl: {}", q(&go_duration(e.lease_ttl)));
+            let _ = writeln!(
+                lease,
+                "    lock-delay: {}",
+                q(&go_duration(e.lease_lock_delay))
+            );
         }
         RoleSource::Static => {
             node = cfg.proxy.node_name.clone();
-            let primary = if cfg.role.is_primary {
-                node.clone()
+            // The primary's name, and its host as the other nodes reach it.
+            let (primary, host) = if cfg.role.is_primary {
+                (node.clone(), node.clone())
             } else {
+                let from_url = cfg
+                    .role
+                    .primary_url
+                    .as_deref()
+                    .and_then(host_of_url)
+                    .ok_or_else(|| {
+                        InvalidConfig::new(
+                            "role.primary_url",
+                            "(unset)",
+                            "a static replica needs the primary's address for LiteFS",
+                        )
+                    })?;
                 let named = cfg.role.primary_name.clone();
-                let from_url = cfg.role.primary_url.as_deref().and_then(host_of_url);
-                named.or(from_url).ok_or_else(|| {
-                    InvalidConfig::new(
-                        "role.primary_url",
-                        "(unset)",
-                        "a static replica needs the primary's name for LiteFS",
-                    )
-                })?
+                (named.unwrap_or_else(|| from_url.clone()), from_url)
             };
             let _ = writeln!(lease, "lease:");
             let _ = writeln!(lease, "  type: \"static\"");
             let _ = writeln!(lease, "  # The primary's hostname and API URL, on every node.");
             let _ = writeln!(lease, "  hostname: {}", q(&primary));
-            let _ = writeln!(
-                lease,
-                "  advertise-url: {}",
-                q(&format!("http://{primary}:{LITEFS_API_PORT}"))
-            );
+            let _ = writeln!(lease, "  advertise-url: {}", q(&api_url(&host, api_port)));
             let _ = writeln!(lease, "  candidate: {}", cfg.role.is_primary);
         }
         RoleSource::Litefs => {
@@ -173,7 +211,7 @@ pub fn render(cfg: &Config, opts: &Options) -> Result<String, InvalidConfig> {
     let _ = writeln!(out, "data:");
     let _ = writeln!(out, "  dir: {}", q(&opts.data_dir.display().to_string()));
     let _ = writeln!(out, "http:");
-    let _ = writeln!(out, "  addr: {}", q(&format!(":{LITEFS_API_PORT}")));
+    let _ = writeln!(out, "  addr: {}", q(&format!(":{api_port}")));
     out.push_str(&lease);
     if let Some(cmd) = &opts.exec {
         let _ = writeln!(out, "exec:");
@@ -349,8 +387,9 @@ primary_url = "http://node-1:8080"
         assert_eq!(at(&v, "lease.promote"), false);
         assert_eq!(at(&v, "lease.consul.url"), "http://127.0.0.1:8500");
         assert_eq!(at(&v, "lease.consul.key"), "litefs/primary");
-        assert_eq!(at(&v, "lease.consul.ttl"), "10s");
-        assert_eq!(at(&v, "lease.consul.lock-delay"), "1s");
+        assert_eq!(at(&v, "lease.consul.ttl"), "1s");
+        assert_eq!(at(&v, "lease.consul.lock-delay"), "0s");
+        assert_eq!(at(&v, "http.addr"), ":20202");
 
         let v = parse_yaml(&render(&cfg(STATIC_TOML), &Options::default()).expect("static"));
         assert_eq!(at(&v, "lease.type"), "static");
@@ -362,6 +401,71 @@ primary_url = "http://node-1:8080"
         let v = parse_yaml(&render(&primary, &Options::default()).expect("static primary"));
         assert_eq!(at(&v, "lease.hostname"), "node-2");
         assert_eq!(at(&v, "lease.candidate"), true);
+    }
+
+    /// Two nodes on one host (ports and dirs apart), the other nodes reaching node-1 at an
+    /// address of its own: nothing in litefs.yml is a default.
+    #[test]
+    fn api_port_advertise_url_data_dir_and_lease_timing_follow_the_config() {
+        let text = r#"
+[proxy]
+mount = "/srv/n1/litefs"
+node_name = "node-1"
+litefs_api = "http://127.0.0.1:20303"
+[role]
+source = "raft"
+[election]
+node_id = "node-1"
+data_dir = "/srv/n1/proxy"
+lease_addr = "127.0.0.1:8501"
+lease_ttl = "4s"
+lease_lock_delay = "500ms"
+peers = [
+  { id = "node-1", raft = "10.0.0.1:4321", proxy = "http://10.0.0.1:8081" },
+  { id = "node-2", raft = "[fd00::2]:4321" },
+  "node-3:4321",
+]
+"#;
+        let opts = Options {
+            data_dir: "/srv/n1/litefs-data".into(),
+            exec: None,
+        };
+        let v = parse_yaml(&render(&cfg(text), &opts).expect("render"));
+        assert_eq!(at(&v, "http.addr"), ":20303");
+        assert_eq!(at(&v, "lease.advertise-url"), "http://10.0.0.1:20303");
+        assert_eq!(at(&v, "data.dir"), "/srv/n1/litefs-data");
+        assert_eq!(at(&v, "fuse.dir"), "/srv/n1/litefs");
+        assert_eq!(at(&v, "lease.consul.url"), "http://127.0.0.1:8501");
+        assert_eq!(at(&v, "lease.consul.ttl"), "4s");
+        assert_eq!(at(&v, "lease.consul.lock-delay"), "500ms");
+
+        // node-2's address is IPv6.
+        let v = parse_yaml(
+            &render(
+                &cfg(&text.replace("node_id = \"node-1\"", "node_id = \"node-2\"")),
+                &opts,
+            )
+            .expect("node-2"),
+        );
+        assert_eq!(at(&v, "lease.advertise-url"), "http://[fd00::2]:20303");
+
+        // A node missing from peers, on a wildcard address: nothing the others can reach.
+        let lonely = text.replace("node_id = \"node-1\"", "node_id = \"node-9\"");
+        let e = render(&cfg(&lonely), &opts).unwrap_err();
+        assert_eq!(e.key, "election.advertise_raft");
+        let adv = lonely.replace("lease_ttl", "advertise_raft = \"10.0.0.9:4321\"\nlease_ttl");
+        let v = parse_yaml(&render(&cfg(&adv), &opts).expect("advertise_raft"));
+        assert_eq!(at(&v, "lease.advertise-url"), "http://10.0.0.9:20303");
+
+        // Static: the replica names the primary, whose API is at its proxy URL's host.
+        let mut st = cfg(STATIC_TOML);
+        st.proxy.litefs_api = "http://127.0.0.1:20303".into();
+        st.role.primary_url = Some("http://10.0.0.1:8080".into());
+        st.role.primary_name = Some("node-1".into());
+        let v = parse_yaml(&render(&st, &opts).expect("static"));
+        assert_eq!(at(&v, "lease.hostname"), "node-1");
+        assert_eq!(at(&v, "lease.advertise-url"), "http://10.0.0.1:20303");
+        assert_eq!(at(&v, "http.addr"), ":20303");
     }
 
     #[test]
@@ -381,6 +485,14 @@ primary_url = "http://node-1:8080"
         }
         let v = parse_yaml(&render(&wildcard, &opts()).expect("wildcard"));
         assert_eq!(at(&v, "lease.consul.url"), "http://127.0.0.1:8500");
+        let mut api = cfg(RAFT_TOML);
+        api.proxy.litefs_api = "https://127.0.0.1:20202".into();
+        assert_eq!(render(&api, &opts()).unwrap_err().key, "proxy.litefs_api");
+        let mut ttl = cfg(RAFT_TOML);
+        if let Some(e) = &mut ttl.election {
+            e.insert("lease_ttl".into(), "500ms".into());
+        }
+        assert_eq!(render(&ttl, &opts()).unwrap_err().key, "election.lease_ttl");
     }
 
     /// config/litefs.raft.yml and config/litefs.static.yml are this output; regenerate them

@@ -72,6 +72,12 @@ async fn serve(
                 .role
                 .confirm_litefs
                 .unwrap_or(election.lease_addr.is_some());
+            // LiteFS names the primary by node id (litefs-config's lease.hostname).
+            let peers: Vec<(String, String)> = election
+                .resolve_peers(addr.port())
+                .into_iter()
+                .map(|p| (p.id, p.proxy))
+                .collect();
             let role = RaftRole::start(election, addr.port(), tx.clone())
                 .await
                 .context("starting the election")?;
@@ -82,7 +88,8 @@ async fn serve(
                     &cfg.proxy.litefs_api,
                     &cfg.proxy.mount,
                     &cfg.role.primary_url_template,
-                );
+                )
+                .with_peers(peers);
                 let (ltx, lrx) = watch::channel(Primary::Unknown);
                 confirmed_by = Some(lrx);
                 Some(AbortOnDrop(tokio::spawn(source.run(ltx))))

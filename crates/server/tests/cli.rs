@@ -261,6 +261,41 @@ fn invalid_configs_exit_64_naming_the_key() {
     assert_invalid(&out, "proxy.txid_source");
     assert!(out.stderr.contains("--txid-source"), "{}", out.stderr);
 
+    // A lease TTL LiteFS cannot renew in time, or one that only slows failover, from the file,
+    // env or a flag: `check` and `run` refuse it naming election.lease_ttl.
+    let raft = "[role]\nsource = \"raft\"\n[election]\nnode_id = \"node-1\"\npeers = [\"node-1:4321\"]\nraft_addr = \"127.0.0.1:0\"\n";
+    for ttl in ["500ms", "2m"] {
+        let path = write(
+            dir.path(),
+            &format!("ttl-{ttl}.toml"),
+            &format!("{raft}lease_ttl = \"{ttl}\"\n"),
+        );
+        let path = path.to_str().unwrap();
+        let out = check(&["--config", path], &[]);
+        assert_invalid(&out, "election.lease_ttl");
+        assert!(out.stderr.contains(ttl), "{}", out.stderr);
+        let run = cmd().args(["run", "--config", path]).output().unwrap();
+        assert_eq!(run.status.code(), Some(64), "run {ttl}");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(stderr.contains("election.lease_ttl"), "run: {stderr}");
+    }
+    let path = write(dir.path(), "raft.toml", raft);
+    let path = path.to_str().unwrap();
+    assert_eq!(check(&["--config", path], &[]).code, 0);
+    let out = check(
+        &["--config", path],
+        &[("LITEFS_PROXY_ELECTION__LEASE_TTL", "900ms")],
+    );
+    assert_invalid(&out, "election.lease_ttl");
+    let out = check(&["--config", path, "--lease-ttl", "61s"], &[]);
+    assert_invalid(&out, "election.lease_ttl");
+    let yml = cmd()
+        .args(["litefs-config", "--config", path, "--lease-ttl", "0.5s"])
+        .output()
+        .unwrap();
+    assert_eq!(yml.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&yml.stderr).contains("election.lease_ttl"));
+
     // A short secret is refused without being echoed.
     let out = check(&[], &[("LITEFS_PROXY_PROXY__TOKEN_SECRET", "hunter2")]);
     assert_invalid(&out, "proxy.token_secret");
@@ -376,6 +411,8 @@ fn example_config_is_the_defaults_and_lists_every_key() {
         "on_promote",
         "on_demote",
         "lease_addr",
+        "lease_ttl",
+        "lease_lock_delay",
         "peers",
     ] {
         assert!(
@@ -595,4 +632,146 @@ fn an_unauthenticated_raft_port_off_loopback_is_warned_about() {
         r#"cluster_secret = "a-long-random-string-shared-by-the-nodes""#
     ));
     assert!(!warned("127.0.0.1", ""));
+}
+
+/// Config of node `me` of a three-node cluster whose Raft ports are `ports` (node-1..3).
+fn cluster_node(dir: &Path, me: usize, ports: &[u16; 3]) -> PathBuf {
+    let peers: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!(
+                r#"{{ id = "node-{n}", raft = "127.0.0.1:{p}", proxy = "http://127.0.0.1:9" }}"#,
+                n = i + 1
+            )
+        })
+        .collect();
+    let home = dir.join(format!("node-{me}"));
+    std::fs::create_dir_all(&home).unwrap();
+    write(
+        &home,
+        "node.toml",
+        &format!(
+            r#"[proxy]
+addr = "127.0.0.1:0"
+mount = "{mount}"
+node_name = "node-{me}"
+
+[role]
+source = "raft"
+
+[election]
+node_id = "node-{me}"
+raft_addr = "127.0.0.1:{port}"
+data_dir = "{data}"
+peers = [{peers}]
+"#,
+            mount = home.display(),
+            data = home.join("data").display(),
+            port = ports[me - 1],
+            peers = peers.join(", "),
+        ),
+    )
+}
+
+/// While a peer is down a live node's default log says so once, not once per failed RPC
+/// (openraft logs each failed replication attempt at WARN and ERROR; its per-RPC lines are out
+/// of the default filter), and once more when the peer is back.
+#[test]
+fn a_down_peer_is_logged_once_when_it_goes_and_once_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    // node-3's port: a listener that takes each connection and closes it, counting them, so
+    // the test knows how many RPCs to node-3 failed.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let free = |_| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let ports = [free(1), free(2), dead.local_addr().unwrap().port()];
+    let live: Vec<Running> = (1..=2)
+        .map(|i| {
+            let cfg = cluster_node(dir.path(), i, &ports);
+            Running::start(&["--config", cfg.to_str().unwrap()])
+        })
+        .collect();
+
+    const FAILED_RPCS: usize = 30;
+    dead.set_nonblocking(true).unwrap();
+    let end = Instant::now() + DEADLINE;
+    let mut accepted = 0;
+    while accepted < FAILED_RPCS {
+        match dead.accept() {
+            Ok((conn, _)) => {
+                drop(conn);
+                accepted += 1;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < end, "only {accepted} RPCs reached node-3");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+
+    // node-3 comes up on its port and follows the leader.
+    drop(dead);
+    let cfg3 = cluster_node(dir.path(), 3, &ports);
+    let mut node3 = Running::start(&["--config", cfg3.to_str().unwrap()]);
+    node3.wait_line("primary=node-");
+
+    // Both live nodes stop at once, then node-3 (so nobody sees it go down again).
+    for p in &live {
+        p.sigterm();
+    }
+    let logs: Vec<Vec<String>> = live
+        .into_iter()
+        .map(|mut p| {
+            let lines = p.lines_until("drained; bye");
+            assert_eq!(p.wait_exit(), 0);
+            lines
+        })
+        .collect();
+    node3.sigterm();
+    assert_eq!(node3.wait_exit(), 0);
+
+    let about = |lines: &[String], what: &str| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l.contains(what) && l.contains("node-3"))
+            .cloned()
+            .collect()
+    };
+    // Per node, at most one line each way about node-3; the leader's (whose heartbeats failed
+    // most) stands for dozens of failed RPCs.
+    let mut most_failed = 0;
+    for lines in &logs {
+        let down = about(lines, "peer unreachable");
+        let back = about(lines, "peer reachable again");
+        assert!(down.len() <= 1 && back.len() <= 1, "{lines:#?}");
+        assert!(down.iter().all(|l| l.contains("WARN")), "{down:#?}");
+        for l in &back {
+            let failed: usize = l
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("failed_rpcs="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no failed_rpcs= in {l}"));
+            most_failed = most_failed.max(failed);
+        }
+    }
+    assert!(
+        most_failed >= FAILED_RPCS * 2 / 3,
+        "the leader's failed RPCs behind its one line: {most_failed}; {logs:#?}"
+    );
+    // None of openraft's own lines about those RPCs (each names node-3's address).
+    let addr3 = format!("127.0.0.1:{}", ports[2]);
+    for lines in &logs {
+        let chatter: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.contains("openraft") && (l.contains(&addr3) || l.contains("RPCError")))
+            .collect();
+        assert!(chatter.is_empty(), "openraft per-RPC lines: {chatter:#?}");
+    }
 }

@@ -1,7 +1,8 @@
 //! The lease endpoint's HTTP server: Consul's URL scheme, status codes, JSON field names,
 //! base64 values and `X-Consul-*` headers, as hashicorp's Go client (used by LiteFS) and other
-//! Consul clients expect them. Reads come from the local applied state; writes go to the leader.
-//! Session endpoints are in `http/session.rs`, KV endpoints in `http/kv.rs`.
+//! Consul clients expect them. Reads come from the local applied state once it has caught up
+//! with the leader (`http/consistent.rs`); writes go to the leader, except refusals the applied
+//! state already decides. Session endpoints are in `http/session.rs`, KV endpoints in `http/kv.rs`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -29,9 +30,12 @@ const MAX_WAIT: Duration = Duration::from_secs(600);
 
 type Resp = Response<Full<Bytes>>;
 
+mod consistent;
 mod kv;
 mod session;
 
+use consistent::consistent;
+pub(crate) use consistent::read_index_local;
 use kv::{kv_delete, kv_get, kv_put};
 use session::{session_create, session_list, session_renew};
 

@@ -3,7 +3,8 @@
 //! can hold the primary lock.
 //!
 //! - State ([`state::LeaseState`]) lives in the Raft state machine: persisted with it in SQLite
-//!   and in its snapshot; every node answers GETs from its own applied copy.
+//!   and in its snapshot; every node answers GETs from its own applied copy, once that copy
+//!   includes the leader's read index (`http/consistent.rs`).
 //! - Writes go through the log: the leader stamps each request with its id and wall clock
 //!   ([`state::Command`]) and calls `client_write`; a follower forwards the unstamped request to
 //!   the leader over the signed RPC transport (`/raft/lease`).

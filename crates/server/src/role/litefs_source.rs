@@ -1,9 +1,11 @@
 //! The `litefs` role source: follow LiteFS itself. `GET /info`, then the `/events` stream
 //! (`init`, `primaryChange`) say whether this node is primary and name the primary's
-//! hostname, mapped to its litefs-proxy URL by `primary_url_template`. While the API is
-//! down, `<mount>/.primary` is the fallback.
+//! hostname, mapped to its litefs-proxy URL: a known peer's own URL (with `role.source =
+//! "raft"`, LiteFS's hostnames are the election's node ids), else `primary_url_template`.
+//! While the API is down, `<mount>/.primary` is the fallback.
 
 use std::{
+    collections::BTreeMap,
     convert::Infallible,
     io,
     path::{Path, PathBuf},
@@ -29,6 +31,9 @@ pub struct LitefsSource {
     /// `<mount>/.primary`, read while the API is down.
     primary_file: PathBuf,
     template: String,
+    /// Hostname -> litefs-proxy URL of the nodes whose URL is known (the election's peers);
+    /// the template is only a guess for the others.
+    known: BTreeMap<String, String>,
 }
 
 impl LitefsSource {
@@ -38,7 +43,14 @@ impl LitefsSource {
             api_url: api_url.to_owned(),
             primary_file: mount.join(".primary"),
             template: template.to_owned(),
+            known: BTreeMap::new(),
         }
+    }
+
+    /// Maps these hostnames to their own proxy URLs instead of the template.
+    pub fn with_peers(mut self, peers: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.known.extend(peers);
+        self
     }
 
     /// Publishes the primary into `tx` until the task is dropped. Starts by trying the API
@@ -154,7 +166,10 @@ impl LitefsSource {
         if hostname.is_empty() {
             return Primary::Unknown;
         }
-        let url = self.template.replace("{hostname}", hostname);
+        let url = match self.known.get(hostname) {
+            Some(url) => url.clone(),
+            None => self.template.replace("{hostname}", hostname),
+        };
         match super::proxy_url(&url) {
             Ok(url) => Primary::Remote {
                 node: hostname.to_owned(),
@@ -183,4 +198,31 @@ fn publish(tx: &watch::Sender<Primary>, new: Primary) {
         *cur = new;
         true
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With the raft source, LiteFS's hostnames are node ids: the primary is a peer at its own
+    /// proxy URL (the one in the "primary changed" line), not the template's guess.
+    #[test]
+    fn a_peer_primary_gets_its_own_proxy_url() {
+        let src = LitefsSource::new(
+            "http://127.0.0.1:20202",
+            Path::new("/nonexistent"),
+            "http://{hostname}:8080",
+        )
+        .with_peers([("node-2".to_string(), "http://10.0.0.2:8082".to_string())]);
+        assert_eq!(
+            src.role_from_litefs(false, "node-2"),
+            Primary::remote("node-2", "http://10.0.0.2:8082").unwrap()
+        );
+        assert_eq!(
+            src.role_from_litefs(false, "other"),
+            Primary::remote("other", "http://other:8080").unwrap(),
+            "not a peer: the template"
+        );
+        assert_eq!(src.role_from_litefs(true, "node-2"), Primary::Local);
+    }
 }

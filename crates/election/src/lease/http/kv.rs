@@ -19,6 +19,9 @@ fn kv_json(e: &KvEntry) -> Value {
 }
 
 pub(super) async fn kv_get(ctx: &HttpCtx, key: &str, query: &HashMap<String, String>) -> Resp {
+    if let Err(r) = consistent(ctx, query).await {
+        return r;
+    }
     block(ctx, query, |st| st.kv_index).await;
     let leader = known_leader(ctx);
     let recurse = query.contains_key("recurse");
@@ -129,7 +132,72 @@ pub(super) async fn kv_put(
             cas,
         },
     };
+    if let Some(refused) = refused_locally(ctx, query, &req).await {
+        return refused;
+    }
     write_bool(ctx, req).await
+}
+
+/// `false` for an acquire or release that the log would refuse anyway, answered without a
+/// Raft write: LiteFS retries a refused lock once a second on every node (create a session,
+/// acquire, release, destroy), and each of those refusals was a log entry on every node.
+/// Only refusals: anything that could succeed still goes through the log.
+async fn refused_locally(
+    ctx: &HttpCtx,
+    query: &HashMap<String, String>,
+    req: &LeaseRequest,
+) -> Option<Resp> {
+    let refused = json_resp(&json!(false));
+    match req {
+        LeaseRequest::KvAcquire { key, session, .. } => {
+            // An unknown session is Consul's 500 "invalid session", which the log answers.
+            if !ctx.shared.read(|st| st.sessions.contains_key(session)) {
+                return None;
+            }
+            // Another node leads: the leader stamps the entry and refuses an acquire that
+            // did not arrive at its own endpoint.
+            let leader = ctx.raft.metrics().borrow().current_leader;
+            if leader.is_some_and(|l| l != ctx.writer.me) {
+                tracing::debug!(
+                    key,
+                    session,
+                    "acquire refused locally: this node does not lead"
+                );
+                return Some(refused);
+            }
+            // Held by another session that is still valid. A lagging view can only be
+            // behind, so this may refuse what the log would grant a moment later (the client
+            // retries), never the reverse.
+            let now = crate::auth::now_ms();
+            let held_by_other = ctx.shared.read(|st| {
+                let holder = st.kv.get(key).and_then(|e| e.session.as_ref())?;
+                let s = st.sessions.get(holder)?;
+                let valid = s.expires_at_ms.map_or(true, |d| d > now.max(st.clock_ms));
+                (holder != session && valid).then(|| holder.clone())
+            });
+            if let Some(holder) = held_by_other {
+                tracing::debug!(
+                    key,
+                    session,
+                    holder,
+                    "acquire refused locally: held by another session"
+                );
+                return Some(refused);
+            }
+            None
+        }
+        LeaseRequest::KvRelease { key, session, .. } => {
+            // Not held by this session once caught up with the leader: nothing to release.
+            consistent(ctx, query).await.ok()?;
+            let held = ctx.shared.read(|st| {
+                st.kv
+                    .get(key)
+                    .is_some_and(|e| e.session.as_deref() == Some(session.as_str()))
+            });
+            (!held).then_some(refused)
+        }
+        _ => None,
+    }
 }
 
 pub(super) async fn kv_delete(ctx: &HttpCtx, key: String, query: &HashMap<String, String>) -> Resp {

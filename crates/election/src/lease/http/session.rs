@@ -61,6 +61,9 @@ pub(super) async fn session_list(
     query: &HashMap<String, String>,
     filter: impl Fn(&Session) -> bool,
 ) -> Resp {
+    if let Err(r) = consistent(ctx, query).await {
+        return r;
+    }
     block(ctx, query, |st| st.session_index).await;
     let (list, index) = ctx.shared.read(|st| {
         let list: Vec<Value> = st
