@@ -358,8 +358,12 @@ fn spawn_litefs(d: &DemoArgs, dir: &Path, i: u16) -> std::io::Result<Child> {
     let name = node_name(i);
     let log = std::fs::File::create(dir.join(format!("{name}-litefs.log")))?;
     let exe = std::env::current_exe()?;
+    let lease = litefs_election::Config::default();
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
     Command::new(exe)
         .arg("sim-litefs")
+        .args(["--ttl", &ms(lease.lease_ttl)])
+        .args(["--lock-delay", &ms(lease.lease_lock_delay)])
         .args(["--hostname", &name])
         .args(["--mount".as_ref(), mount_of(dir, &name).as_os_str()])
         .args(["--db", DB])
