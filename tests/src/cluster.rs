@@ -106,10 +106,21 @@ pub struct LiteFsProc {
     pub lease: SocketAddr,
     pub mount: PathBuf,
     pub log: PathBuf,
+    /// With [`Options::relays`]: where other nodes' LiteFS reach this one's API (its
+    /// advertise URL), cut by [`Cluster::isolate`] with the Raft relays.
+    pub api_relay: Option<Relay>,
     child: Option<Child>,
 }
 
 impl LiteFsProc {
+    /// The URL other nodes' LiteFS stream from (LiteFS's advertise URL).
+    pub fn advertise_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.api_relay.as_ref().map_or(self.api, |r| r.addr)
+        )
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
@@ -237,14 +248,26 @@ impl Cluster {
                     )
                 })
                 .collect();
-            let litefs = opts.litefs.as_ref().map(|_| LiteFsProc {
-                api: free_port(),
-                app: free_port(),
-                lease: free_port(),
-                mount: dir.path().join(format!("litefs-{}", i + 1)),
-                log: dir.path().join(format!("litefs-{}.log", i + 1)),
-                child: None,
-            });
+            let litefs = match &opts.litefs {
+                Some(_) => {
+                    let api = free_port();
+                    let api_relay = if opts.relays {
+                        Some(Relay::start(api).await)
+                    } else {
+                        None
+                    };
+                    Some(LiteFsProc {
+                        api,
+                        app: free_port(),
+                        lease: free_port(),
+                        mount: dir.path().join(format!("litefs-{}", i + 1)),
+                        log: dir.path().join(format!("litefs-{}.log", i + 1)),
+                        api_relay,
+                        child: None,
+                    })
+                }
+                None => None,
+            };
             let (target, mount, api) = match (opts.external.get(i), &litefs) {
                 (Some(e), _) => (e.target, e.mount.clone(), e.litefs_api),
                 (None, Some(l)) => (l.app, l.mount.clone(), Some(l.api)),
@@ -333,6 +356,7 @@ data_dir = "{data}"
             .arg("--mount")
             .arg(&l.mount)
             .args(["--api-addr", &l.api.to_string()])
+            .args(["--advertise-url", &l.advertise_url()])
             .args(["--consul-url", &format!("http://{}", l.lease)])
             .args(["--app-addr", &l.app.to_string()])
             .args(["--ttl", &format!("{}ms", opts.ttl.as_millis())])
@@ -380,6 +404,32 @@ data_dir = "{data}"
             }
         }
         out
+    }
+
+    /// Whether node `l`'s LiteFS is the only primary and every other running LiteFS streams
+    /// from it.
+    pub async fn litefs_settled_on(&self, l: usize) -> bool {
+        if self.litefs_primaries().await != [l] {
+            return false;
+        }
+        for i in 0..self.nodes.len() {
+            let running = self.nodes[i]
+                .litefs
+                .as_ref()
+                .is_some_and(LiteFsProc::is_running);
+            if i == l || !running {
+                continue;
+            }
+            let named = self.litefs_info(i).await.and_then(|v| {
+                v.pointer("/primary/hostname")
+                    .and_then(|h| h.as_str())
+                    .map(str::to_owned)
+            });
+            if named.as_deref() != Some(self.nodes[l].id.as_str()) {
+                return false;
+            }
+        }
+        true
     }
 
     /// The Raft leader as node `i`'s proxy reports it.
@@ -532,8 +582,20 @@ data_dir = "{data}"
         None
     }
 
-    /// Cuts (or heals) every relay into and out of node `i`.
+    /// Cuts (or heals) every relay into and out of node `i`: Raft traffic both ways and,
+    /// with [`Options::litefs`], the replication streams into its LiteFS.
     pub fn isolate(&self, i: usize, cut: bool) {
+        if let Some(r) = self.nodes[i]
+            .litefs
+            .as_ref()
+            .and_then(|l| l.api_relay.as_ref())
+        {
+            if cut {
+                r.cut()
+            } else {
+                r.heal()
+            }
+        }
         for (a, row) in self.relays.iter().enumerate() {
             for (b, r) in row.iter().enumerate() {
                 if let Some(r) = r {

@@ -77,6 +77,8 @@ pub struct Election {
     reaper_task: JoinHandle<()>,
     /// The lease HTTP endpoint, when `lease_addr` is set.
     lease_server: Option<(SocketAddr, oneshot::Sender<()>, JoinHandle<()>)>,
+    /// The lease state (also when no endpoint is served; then nobody asks for it).
+    lease_shared: LeaseShared,
 }
 
 impl Election {
@@ -250,6 +252,7 @@ impl Election {
             faults: faults.clone(),
             handover: handover.clone(),
             status: status.clone(),
+            lease: lease_shared.clone(),
         };
         let server_task = tokio::spawn(rpc_server::serve(listener, state, async move {
             let _ = stop_rx.await;
@@ -303,6 +306,7 @@ impl Election {
             split_vote_task,
             reaper_task,
             lease_server,
+            lease_shared,
         })
     }
 
@@ -323,6 +327,13 @@ impl Election {
     /// The bound Raft address (tests bind port 0).
     pub fn raft_local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The lease endpoint's state, when `lease_addr` is set (to open a handoff window).
+    pub fn lease(&self) -> Option<LeaseShared> {
+        self.lease_server
+            .as_ref()
+            .map(|_| self.lease_shared.clone())
     }
 
     /// The bound lease endpoint address, when `lease_addr` is set.

@@ -45,6 +45,8 @@ pub struct RpcState {
     pub handover: HandoverCtx,
     /// Successful AppendEntries count as contact with a live leader (failover timing).
     pub status: StatusCell,
+    /// The lease state: a forwarded renewal is stamped with this leader's handoff window.
+    pub lease: lease::LeaseShared,
 }
 
 /// Serve Raft RPCs on `listener` until `shutdown` completes; then every open connection is
@@ -161,7 +163,9 @@ async fn handle(state: &RpcState, req: Request<Incoming>) -> Response<Full<Bytes
             Err(e) => text(StatusCode::BAD_REQUEST, e),
         },
         PATH_LEASE => match decode::<LeaseRequest>(&body) {
-            Ok(req) => json(&lease::propose_local(&state.raft, state.handover.me, req).await),
+            Ok(req) => {
+                json(&lease::propose_local(&state.raft, state.handover.me, &state.lease, req).await)
+            }
             Err(e) => text(StatusCode::BAD_REQUEST, e),
         },
         PATH_READ_INDEX => json(&lease::http::read_index_local(&state.raft).await),

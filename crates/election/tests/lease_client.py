@@ -112,7 +112,9 @@ def primary(leader, follower, leader_name, follower_name):
 def failover(new_leader, other, old_sid, new_name, other_name, cid):
     nc, oc = client(new_leader), client(other)
 
-    # The old primary's next renew fails (404 -> ErrLeaseExpired), so its LiteFS demotes.
+    # The old primary's next renew fails (404 -> ErrLeaseExpired), so its LiteFS demotes; its
+    # lock stays until its LiteFS may no longer believe in it (its last renewal plus LiteFS's
+    # TTL + 1 s for a 10 s TTL, plus a margin), then it goes with the session.
     def renew_refused():
         try:
             nc.session.renew(old_sid)
@@ -127,7 +129,9 @@ def failover(new_leader, other, old_sid, new_name, other_name, cid):
     except consul.NotFound:
         pass
     # Its key (behavior delete) is gone everywhere: no primary.
-    eventually("old primary key deleted", lambda: primary_info(nc) is None)
+    check(primary_info(nc) is not None, "the old lock stays while it may be believed in")
+    check(acquire(nc, new_name) is None, "nobody locks before the old belief has run out")
+    eventually("old primary key deleted", lambda: primary_info(nc) is None, timeout=15.0)
     eventually("old primary key deleted on the other node", lambda: primary_info(oc) is None)
     check(cluster_id(nc) == cid, "cluster id survives the failover")
     # The new leader's LiteFS acquires on a later try (lock-delay 1 s; LiteFS retries every

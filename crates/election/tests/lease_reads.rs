@@ -14,6 +14,10 @@ const KEY: &str = "litefs/primary";
 /// hashicorp's Go client body for LiteFS's `Session().CreateNoChecks`.
 const GO_CREATE: &[u8] =
     br#"{"NodeChecks":[],"Name":"litefs","LockDelay":"1000ms","Behavior":"delete","TTL":"10s"}"#;
+/// LiteFS's create with the TTL litefs-config prints (1 s): its lock outlives a dead holder by
+/// LiteFS's own belief (1.5 s) plus the margin, not 11 s.
+const GO_CREATE_1S: &[u8] =
+    br#"{"NodeChecks":[],"Name":"litefs","LockDelay":"0s","Behavior":"delete","TTL":"1s"}"#;
 
 fn lease_cluster() -> Cluster {
     Cluster::new(3, None, |cfg| {
@@ -35,7 +39,11 @@ fn json_of(body: &[u8]) -> Value {
 }
 
 async fn create(addr: SocketAddr) -> String {
-    let (st, _, b) = http_call(addr, "PUT", "/v1/session/create", GO_CREATE).await;
+    create_with(addr, GO_CREATE).await
+}
+
+async fn create_with(addr: SocketAddr, body: &[u8]) -> String {
+    let (st, _, b) = http_call(addr, "PUT", "/v1/session/create", body).await;
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
     json_of(&b)["ID"].as_str().expect("ID").to_string()
 }
@@ -77,14 +85,15 @@ async fn a_restarted_node_answers_no_read_until_it_has_caught_up_with_the_leader
     let l = c.wait_agreed(Duration::from_secs(5)).await;
     let la = lease_addr(&c, l);
     // The leader's LiteFS holds the lock.
-    let sid = create(la).await;
+    let sid = create_with(la, GO_CREATE_1S).await;
     let value = br#"{"hostname":"old","advertiseURL":"http://old:20202"}"#;
     assert_eq!(
         put(la, &format!("/v1/kv/{KEY}?acquire={sid}"), value).await,
         json!(true)
     );
 
-    // The leader crashes; the new leader invalidates its session and the key is deleted.
+    // The leader crashes; once its LiteFS can no longer believe in the lease, its session
+    // expires and the key is deleted.
     c.kill(l).await;
     let l2 = c.wait_agreed(Duration::from_secs(3)).await;
     get_until(lease_addr(&c, l2), &format!("/v1/kv/{KEY}"), |s| s == 404).await;

@@ -26,6 +26,9 @@ pub enum ApiError {
     Stream(#[from] hyper::Error),
     #[error("LiteFS API sent a malformed message: {0}")]
     Malformed(String),
+    /// `POST /promote` refused, with LiteFS's reason.
+    #[error("LiteFS refused to promote: {0}")]
+    Refused(String),
 }
 
 /// One event of `GET /events`.
@@ -165,6 +168,28 @@ impl LitefsApi {
             is_primary: raw.is_primary,
             primary_hostname: raw.primary.map(|p| p.hostname).filter(|h| !h.is_empty()),
         })
+    }
+
+    /// `POST /promote`: ask LiteFS to take the lease over from the primary it streams from
+    /// (LiteFS's handoff). 200 also when it already is primary; a refusal carries LiteFS's
+    /// text ("no primary is currently available for handoff", "handoff failed: ...").
+    pub async fn promote(&self) -> Result<(), ApiError> {
+        let uri: http::Uri = format!("{}/promote", self.base)
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ApiError::Malformed(e.to_string()))?;
+        let req = http::Request::post(uri)
+            .body(Empty::new())
+            .map_err(|e| ApiError::Malformed(e.to_string()))?;
+        let resp = self.client.request(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(ApiError::Refused(
+                String::from_utf8_lossy(&body).trim().to_owned(),
+            ))
+        }
     }
 
     pub async fn events(&self) -> Result<EventStream, ApiError> {

@@ -11,6 +11,7 @@ use crate::{
     role::{
         confirm,
         litefs_source::LitefsSource,
+        promote,
         raft_source::{self, RaftRole},
         static_source, RoleSource,
     },
@@ -47,6 +48,10 @@ async fn serve(
     // held writes wait on.
     let mut raft = None;
     let mut confirmed_by = None;
+    // With a lease endpoint: the task moving LiteFS's primary to this node when it leads,
+    // and LiteFS's view, which shutdown waits on until the handoff is done.
+    let mut promoter = None;
+    let mut handing_off: Option<watch::Receiver<Primary>> = None;
     let _role_task = match cfg.role.source {
         RoleSource::Static => {
             tx.send_replace(static_source::initial(&cfg.role)?);
@@ -81,7 +86,7 @@ async fn serve(
             let role = RaftRole::start(election, addr.port(), tx.clone())
                 .await
                 .context("starting the election")?;
-            raft = Some(role);
+            raft = Some(role.clone());
             if confirm {
                 // Writes go local only once LiteFS holds the lease too (see role::confirm).
                 let source = LitefsSource::new(
@@ -91,6 +96,17 @@ async fn serve(
                 )
                 .with_peers(peers);
                 let (ltx, lrx) = watch::channel(Primary::Unknown);
+                if let Some(lease) = role.lease() {
+                    // LiteFS's primary follows Raft through LiteFS's own handoff.
+                    let api = litefs_proxy::litefs_api::LitefsApi::new(&cfg.proxy.litefs_api);
+                    promoter = Some(AbortOnDrop(tokio::spawn(promote::drive(
+                        rx.clone(),
+                        lrx.clone(),
+                        api,
+                        lease,
+                    ))));
+                    handing_off = Some(lrx.clone());
+                }
                 confirmed_by = Some(lrx);
                 Some(AbortOnDrop(tokio::spawn(source.run(ltx))))
             } else {
@@ -141,6 +157,15 @@ async fn serve(
     litefs_proxy::serve(listener, proxy, shutdown)
         .await
         .context("serving")?;
+    if let Some(litefs) = handing_off {
+        // The new leader's LiteFS asks ours for the lease; ours renews through our lease
+        // endpoint once more before it hands over, so the endpoint stays up until then.
+        if *litefs.borrow() == Primary::Local {
+            let done = promote::wait_handed_off(litefs, promote::WINDOW).await;
+            tracing::info!(done, "waited for LiteFS to hand its lease over");
+        }
+    }
+    drop(promoter);
     if let Some(role) = raft {
         role.shutdown().await;
     }

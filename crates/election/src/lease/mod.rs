@@ -45,6 +45,10 @@ pub struct LeaseShared {
     state: Arc<RwLock<LeaseState>>,
     /// Last applied log index that carried a lease command; wakes blocking queries.
     applied: watch::Sender<u64>,
+    /// This node's own (not replicated) handoff window: while it is open and this node
+    /// leads, renewals of another node's session are granted, so that node's LiteFS can
+    /// hand its session to this node's LiteFS (see [`LeaseShared::open_handoff`]).
+    handoff_until: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 impl Default for LeaseShared {
@@ -52,6 +56,7 @@ impl Default for LeaseShared {
         LeaseShared {
             state: Arc::default(),
             applied: watch::channel(0).0,
+            handoff_until: Arc::default(),
         }
     }
 }
@@ -71,6 +76,24 @@ impl LeaseShared {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.applied.subscribe()
     }
+
+    /// Grants renewals of other nodes' sessions for `window` (this node's LiteFS is asking
+    /// the old primary for a handoff); [`LeaseShared::close_handoff`] ends it early.
+    pub fn open_handoff(&self, window: Duration) {
+        *self.handoff_until.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::time::Instant::now() + window);
+    }
+
+    pub fn close_handoff(&self) {
+        *self.handoff_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn handoff_open(&self) -> bool {
+        self.handoff_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| std::time::Instant::now() < t)
+    }
 }
 
 /// Outcome of proposing on one node; also the answer of the `/raft/lease` RPC.
@@ -86,8 +109,17 @@ pub enum ProposeOutcome {
     Failed(String),
 }
 
-/// Stamp `req` as leader `me` and append it; waits until applied.
-pub async fn propose_local(raft: &Raft, me: NodeId, req: LeaseRequest) -> ProposeOutcome {
+/// Stamp `req` as leader `me` and append it; waits until applied. A renewal is stamped with
+/// whether this leader has a handoff open.
+pub async fn propose_local(
+    raft: &Raft,
+    me: NodeId,
+    shared: &LeaseShared,
+    mut req: LeaseRequest,
+) -> ProposeOutcome {
+    if let LeaseRequest::SessionRenew { foreign_ok, .. } = &mut req {
+        *foreign_ok = shared.handoff_open();
+    }
     let cmd = Command {
         leader: me,
         now_ms: now_ms(),
@@ -133,7 +165,9 @@ impl LeaseWriter {
         loop {
             let leader = metrics.borrow_and_update().current_leader;
             let outcome = match leader {
-                Some(l) if l == self.me => propose_local(&self.raft, self.me, req.clone()).await,
+                Some(l) if l == self.me => {
+                    propose_local(&self.raft, self.me, &self.shared, req.clone()).await
+                }
                 Some(l) => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     match self
@@ -178,13 +212,20 @@ impl LeaseWriter {
     }
 }
 
-/// Leader-only background task: propose a `Tick` when a session deadline passed on our clock,
-/// or when we are newly elected and other nodes' sessions must be invalidated.
+/// Leader-only background task: propose a `Tick` when a session deadline passed on our clock.
 pub(crate) async fn reaper(raft: Raft, me: NodeId, shared: LeaseShared, tick: Duration) {
-    let mut interval = tokio::time::interval(tick);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut applied = shared.subscribe();
     loop {
-        interval.tick().await;
+        // Wake at the next session deadline (a lock must change hands the moment it may),
+        // at the latest after `tick`, and whenever the state changes.
+        let next = shared
+            .read(LeaseState::next_deadline)
+            .map(|d| Duration::from_millis(d.saturating_sub(now_ms())))
+            .map_or(tick, |d| d.min(tick));
+        tokio::select! {
+            () = tokio::time::sleep(next) => {}
+            _ = applied.changed() => continue,
+        }
         let leading = {
             let m = raft.metrics();
             let m = m.borrow();
@@ -193,11 +234,8 @@ pub(crate) async fn reaper(raft: Raft, me: NodeId, shared: LeaseShared, tick: Du
         if !leading {
             continue;
         }
-        let needed = shared.read(|st| {
-            (st.leader != Some(me) && !st.sessions.is_empty()) || st.has_expired(now_ms())
-        });
-        if needed {
-            match propose_local(&raft, me, LeaseRequest::Tick).await {
+        if shared.read(|st| st.has_expired(now_ms())) {
+            match propose_local(&raft, me, &shared, LeaseRequest::Tick).await {
                 ProposeOutcome::Done { .. } => {}
                 other => tracing::debug!(outcome = ?other, "lease reaper tick not applied"),
             }

@@ -8,9 +8,17 @@
 //! when a command is applied at or after their deadline; the leader proposes an empty `Tick` when
 //! its own clock says a deadline passed (see `lease::reaper`).
 //!
-//! Leadership: the first command stamped by a new leader first invalidates every session of
-//! other nodes (their locks are released or deleted per the session's behavior, and lock-delay
-//! applies), and `acquire` only succeeds for a session whose node is the stamping leader.
+//! The lock never changes hands while its holder may still believe in it: a session lives until
+//! it is destroyed, handed off, or until [`believed_ms`] (how long LiteFS's lease loop keeps
+//! acting as primary after its last successful renewal) plus [`CLOCK_MARGIN_MS`] have passed
+//! since the last renewal the leader granted. A change of Raft leader invalidates nothing.
+//!
+//! Leadership: `acquire` only succeeds when the receiving node is the stamping leader, for a
+//! session of its own, or for the session that already holds the key (LiteFS's handoff: the
+//! old primary passed it on its stream and stepped down; the session moves to the new node).
+//! A renewal of another node's session is granted only while the leader has a handoff open
+//! (`foreign_ok`, stamped by the leader): otherwise the old holder is told it is gone and
+//! steps down.
 
 use std::collections::BTreeMap;
 
@@ -19,8 +27,22 @@ use serde::{Deserialize, Serialize};
 use crate::config::node_num;
 use crate::types::NodeId;
 
-/// Consul invalidates a session after TTL times this (its `sessionTTLMultiplier`).
-pub const TTL_MULTIPLIER: u64 = 2;
+/// Margin on top of [`believed_ms`] for the renewal's answer reaching LiteFS after the
+/// leader granted it, and for the nodes' clocks disagreeing.
+pub const CLOCK_MARGIN_MS: u64 = 250;
+
+/// LiteFS's `monitorLeaseAsPrimary` between its last successful renewal and the moment it
+/// stops acting as primary, when every later renewal fails at once: renew at TTL/2, then
+/// every second while (elapsed + 1 s) <= TTL; the first attempt past that waits one more
+/// second and gives up. TTL 1 s: 1.5 s; 10 s: 11 s.
+pub fn believed_ms(ttl_ms: u64) -> u64 {
+    const RETRY_MS: u64 = 1_000;
+    let mut t = ttl_ms / 2;
+    while t + RETRY_MS <= ttl_ms {
+        t += RETRY_MS;
+    }
+    t + RETRY_MS
+}
 
 /// What a session does to its locks when it is invalidated (destroyed, expired, or its node lost
 /// leadership).
@@ -88,6 +110,10 @@ pub enum LeaseRequest {
     },
     SessionRenew {
         id: String,
+        /// Stamped by the leader: it has a handoff open, so the old holder's renewal (the
+        /// last one LiteFS makes before handing its session on) is granted.
+        #[serde(default)]
+        foreign_ok: bool,
     },
     SessionDestroy {
         id: String,
@@ -175,24 +201,7 @@ impl LeaseState {
     /// Apply the command of log entry `index`.
     pub fn apply(&mut self, index: u64, cmd: &Command) -> LeaseResponse {
         self.clock_ms = self.clock_ms.max(cmd.now_ms);
-        if self.leader != Some(cmd.leader) {
-            self.leader = Some(cmd.leader);
-            let stale: Vec<String> = self
-                .sessions
-                .values()
-                .filter(|s| node_num(&s.node) != cmd.leader)
-                .map(|s| s.id.clone())
-                .collect();
-            if !stale.is_empty() {
-                tracing::info!(
-                    sessions = stale.len(),
-                    "lease: new leader, invalidating other nodes' sessions"
-                );
-            }
-            for id in stale {
-                self.invalidate(index, &id);
-            }
-        }
+        self.leader = Some(cmd.leader);
         self.expire(index);
         self.lock_delays.retain(|_, until| *until > self.clock_ms);
         match &cmd.req {
@@ -223,19 +232,22 @@ impl LeaseState {
                 self.session_index = index;
                 LeaseResponse::Created(id.clone())
             }
-            LeaseRequest::SessionRenew { id } => {
-                let deadline = self
-                    .sessions
-                    .get(id)
-                    .map(|s| s.ttl_ms)
-                    .map(|ttl| self.deadline(ttl));
-                match (self.sessions.get_mut(id), deadline) {
-                    (Some(s), Some(d)) => {
-                        s.expires_at_ms = d;
-                        LeaseResponse::Renewed(Some(s.clone()))
-                    }
-                    _ => LeaseResponse::Renewed(None),
+            LeaseRequest::SessionRenew { id, foreign_ok } => {
+                let Some(ttl) = self.sessions.get(id).map(|s| s.ttl_ms) else {
+                    return LeaseResponse::Renewed(None);
+                };
+                let deadline = self.deadline(ttl);
+                let Some(s) = self.sessions.get_mut(id) else {
+                    return LeaseResponse::Renewed(None);
+                };
+                if node_num(&s.node) != cmd.leader && !foreign_ok {
+                    // Raft has moved on: the holder must step down (it then releases and
+                    // destroys); until it does or its belief runs out, nobody else locks.
+                    tracing::info!(session = %id, node = %s.node, "lease: renewal of a session of a node that is not the leader refused");
+                    return LeaseResponse::Renewed(None);
                 }
+                s.expires_at_ms = deadline;
+                LeaseResponse::Renewed(Some(s.clone()))
             }
             LeaseRequest::SessionDestroy { id } => {
                 self.invalidate(index, id);
@@ -270,14 +282,25 @@ impl LeaseState {
                 let Some(s) = self.sessions.get(session) else {
                     return failed(500, format!("invalid session {session:?}"));
                 };
-                if node_num(&s.node) != cmd.leader || node_num(origin) != cmd.leader {
+                let holder = self.kv.get(key).and_then(|e| e.session.clone());
+                let handed_off = holder.as_deref() == Some(session.as_str());
+                if node_num(origin) != cmd.leader
+                    || (node_num(&s.node) != cmd.leader && !handed_off)
+                {
                     tracing::debug!(key, session, node = %s.node, origin, "lease: acquire refused, not the raft leader's node");
                     return LeaseResponse::Bool(false);
                 }
-                if self.lock_delays.contains_key(key) {
+                if node_num(&s.node) != cmd.leader {
+                    tracing::info!(key, session, from = %s.node, to = %origin, "lease: session handed off to the leader's node");
+                    if let Some(s) = self.sessions.get_mut(session) {
+                        s.node = origin.clone();
+                        s.modify_index = index;
+                    }
+                    self.session_index = index;
+                }
+                if self.lock_delays.contains_key(key) && !handed_off {
                     return LeaseResponse::Bool(false);
                 }
-                let holder = self.kv.get(key).and_then(|e| e.session.clone());
                 match holder {
                     Some(h) if h != *session => LeaseResponse::Bool(false),
                     Some(_) => {
@@ -336,8 +359,14 @@ impl LeaseState {
     fn deadline(&self, ttl_ms: u64) -> Option<u64> {
         (ttl_ms > 0).then(|| {
             self.clock_ms
-                .saturating_add(ttl_ms.saturating_mul(TTL_MULTIPLIER))
+                .saturating_add(believed_ms(ttl_ms))
+                .saturating_add(CLOCK_MARGIN_MS)
         })
+    }
+
+    /// The earliest session deadline (the reaper's alarm).
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.sessions.values().filter_map(|s| s.expires_at_ms).min()
     }
 
     fn put(
@@ -491,14 +520,21 @@ mod tests {
 
     const K: &str = "litefs/primary";
 
+    fn renew(id: &str, foreign_ok: bool) -> LeaseRequest {
+        LeaseRequest::SessionRenew {
+            id: id.into(),
+            foreign_ok,
+        }
+    }
+
     #[test]
-    fn only_the_leaders_node_acquires_and_leader_change_invalidates() {
+    fn only_the_leaders_node_acquires_and_a_new_leader_waits_for_the_old_belief() {
         let mut sm = Sm::new();
         assert_eq!(
-            sm.run("n1", 1000, create("s1", "n1", 10_000, 1000)),
+            sm.run("n1", 1000, create("s1", "n1", 1_000, 0)),
             LeaseResponse::Created("s1".into())
         );
-        sm.run("n1", 1000, create("s2", "n2", 10_000, 1000));
+        sm.run("n1", 1000, create("s2", "n2", 0, 0));
         // A follower's session cannot lock, the leader's can; it is re-entrant.
         assert_eq!(
             sm.run("n1", 1001, acquire(K, "s2", "b")),
@@ -516,30 +552,90 @@ mod tests {
         assert_eq!((e.lock_index, e.session.as_deref()), (1, Some("s1")));
         assert_eq!(e.value.as_deref(), Some(&b"a2"[..]));
         assert_eq!(
-            sm.run("n1", 1004, LeaseRequest::SessionRenew { id: "s1".into() }),
+            sm.run("n1", 1004, renew("s1", false)),
             LeaseResponse::Renewed(Some(sm.st.sessions["s1"].clone()))
         );
+        // LiteFS with TTL 1 s believes for 1.5 s after that renewal: the session lives
+        // until then plus the margin.
+        let until = 1004 + believed_ms(1_000) + CLOCK_MARGIN_MS;
+        assert_eq!(sm.st.sessions["s1"].expires_at_ms, Some(until));
 
-        // n2 becomes leader: its first command invalidates n1's sessions, the key is deleted
-        // (behavior delete) and lock-delay holds it for 1 s.
-        let r = sm.run("n2", 2000, LeaseRequest::SessionRenew { id: "s1".into() });
-        assert_eq!(r, LeaseResponse::Renewed(None));
-        assert!(!sm.st.kv.contains_key(K));
-        assert!(sm.st.sessions.contains_key("s2"));
+        // n2 becomes leader. Nothing is invalidated: n1's LiteFS may still act as primary.
+        sm.run("n2", 1100, LeaseRequest::Tick);
+        assert_eq!(sm.st.kv[K].session.as_deref(), Some("s1"));
         assert_eq!(
-            sm.run("n2", 2500, acquire(K, "s2", "b")),
+            sm.run("n2", 1200, acquire(K, "s2", "b")),
+            LeaseResponse::Bool(false)
+        );
+        // n1's next renewal is refused: it is told its session is gone and steps down...
+        assert_eq!(
+            sm.run("n2", 1500, renew("s1", false)),
+            LeaseResponse::Renewed(None)
+        );
+        // ...which does not shorten what it may still believe.
+        assert_eq!(sm.st.sessions["s1"].expires_at_ms, Some(until));
+        assert_eq!(
+            sm.run("n2", until - 1, acquire(K, "s2", "b")),
             LeaseResponse::Bool(false)
         );
         assert_eq!(
-            sm.run("n2", 3000, acquire(K, "s2", "b")),
+            sm.run("n2", until, acquire(K, "s2", "b")),
             LeaseResponse::Bool(true)
         );
         assert_eq!(sm.st.kv[K].lock_index, 1, "a deleted key starts over");
         // n1's session is gone for good.
         assert!(matches!(
-            sm.run("n2", 3001, acquire(K, "s1", "a")),
+            sm.run("n2", until + 1, acquire(K, "s1", "a")),
             LeaseResponse::Failed { status: 500, .. }
         ));
+    }
+
+    #[test]
+    fn a_handed_off_session_moves_to_the_new_leaders_node() {
+        let mut sm = Sm::new();
+        sm.run("n1", 1000, create("s1", "n1", 1_000, 0));
+        sm.run("n1", 1000, acquire(K, "s1", "a"));
+        // n2 leads and has a handoff open: n1's LiteFS renews once more before it hands
+        // its session over, and n2's LiteFS renews it and acquires with it.
+        assert!(matches!(
+            sm.run("n2", 1100, renew("s1", true)),
+            LeaseResponse::Renewed(Some(_))
+        ));
+        assert!(matches!(
+            sm.run("n2", 1110, renew("s1", true)),
+            LeaseResponse::Renewed(Some(_))
+        ));
+        assert_eq!(
+            sm.run("n2", 1120, acquire_via(K, "s1", "b", "n2")),
+            LeaseResponse::Bool(true)
+        );
+        assert_eq!(sm.st.sessions["s1"].node, "n2");
+        assert_eq!(sm.st.kv[K].value.as_deref(), Some(&b"b"[..]));
+        assert_eq!(sm.st.kv[K].lock_index, 1, "the same lock, not a new one");
+        // From now on its renewals need no handoff.
+        assert!(matches!(
+            sm.run("n2", 1600, renew("s1", false)),
+            LeaseResponse::Renewed(Some(_))
+        ));
+        // A session that does not hold the key cannot be taken over that way.
+        sm.run("n2", 1700, create("s3", "n3", 1_000, 0));
+        assert_eq!(
+            sm.run("n2", 1701, acquire_via(K, "s3", "c", "n2")),
+            LeaseResponse::Bool(false)
+        );
+        // Nor can the old node's endpoint acquire with it.
+        assert_eq!(
+            sm.run("n2", 1702, acquire_via(K, "s1", "x", "n1")),
+            LeaseResponse::Bool(false)
+        );
+    }
+
+    #[test]
+    fn belief_follows_litefs_lease_loop() {
+        assert_eq!(believed_ms(1_000), 1_500);
+        assert_eq!(believed_ms(2_000), 3_000);
+        assert_eq!(believed_ms(5_000), 5_500);
+        assert_eq!(believed_ms(10_000), 11_000);
     }
 
     #[test]
@@ -559,20 +655,21 @@ mod tests {
     #[test]
     fn ttl_expiry_uses_the_stamped_clock_and_never_runs_backwards() {
         let mut sm = Sm::new();
+        let life = believed_ms(1000) + CLOCK_MARGIN_MS;
         sm.run("n1", 10_000, create("s1", "n1", 1000, 0));
-        assert_eq!(sm.st.sessions["s1"].expires_at_ms, Some(12_000));
-        assert!(!sm.st.has_expired(11_999));
-        assert!(sm.st.has_expired(12_000));
-        sm.run("n1", 11_000, LeaseRequest::SessionRenew { id: "s1".into() });
-        assert_eq!(sm.st.sessions["s1"].expires_at_ms, Some(13_000));
+        assert_eq!(sm.st.sessions["s1"].expires_at_ms, Some(10_000 + life));
+        assert!(!sm.st.has_expired(10_000 + life - 1));
+        assert!(sm.st.has_expired(10_000 + life));
+        sm.run("n1", 11_000, renew("s1", false));
+        assert_eq!(sm.st.sessions["s1"].expires_at_ms, Some(11_000 + life));
         // A leader whose clock is behind does not move the clock back.
         sm.run("n1", 5_000, LeaseRequest::Tick);
         assert_eq!(sm.st.clock_ms, 11_000);
         assert!(sm.st.sessions.contains_key("s1"));
-        sm.run("n1", 13_000, LeaseRequest::Tick);
+        sm.run("n1", 11_000 + life, LeaseRequest::Tick);
         assert!(sm.st.sessions.is_empty());
         assert_eq!(
-            sm.run("n1", 13_001, LeaseRequest::SessionRenew { id: "s1".into() }),
+            sm.run("n1", 11_001 + life, renew("s1", false)),
             LeaseResponse::Renewed(None)
         );
     }

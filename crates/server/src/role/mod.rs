@@ -4,6 +4,7 @@
 
 pub mod confirm;
 pub mod litefs_source;
+pub mod promote;
 pub mod raft_source;
 pub mod static_source;
 

@@ -71,6 +71,11 @@ impl RaftRole {
         })
     }
 
+    /// The lease endpoint's state, when this node serves one.
+    pub fn lease(&self) -> Option<litefs_election::lease::LeaseShared> {
+        self.election.lock().ok()?.as_ref()?.lease()
+    }
+
     /// Hands leadership over (if leader); the election keeps following the new leader, so
     /// requests held while the proxy drains are sent on to it.
     pub async fn hand_over(&self) {

@@ -40,19 +40,39 @@ pub(super) async fn session_create(ctx: &HttpCtx, body: &[u8]) -> Resp {
     }
 }
 
+/// How long a renewal may take before it is answered "session gone". LiteFS blocks on a
+/// renewal without a timeout, acting as primary all the while, so an answer that does not
+/// come soon would stretch its belief past what the lock accounts for
+/// ([`crate::lease::state::CLOCK_MARGIN_MS`] covers this much). A node that is not a leader
+/// with a quorum cannot get a renewal committed in time, so its LiteFS steps down by itself.
+pub const RENEW_ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_millis(200);
+
 pub(super) async fn session_renew(ctx: &HttpCtx, id: String) -> Resp {
-    match ctx
-        .writer
-        .write(LeaseRequest::SessionRenew { id: id.clone() })
-        .await
-    {
-        Ok(LeaseResponse::Renewed(Some(s))) => json_resp(&json!([session_json(&s)])),
-        Ok(LeaseResponse::Renewed(None)) => text(
+    let req = LeaseRequest::SessionRenew {
+        id: id.clone(),
+        foreign_ok: false,
+    };
+    let gone = || {
+        text(
             StatusCode::NOT_FOUND,
             format!("Session id '{id}' not found"),
-        ),
-        Ok(other) => unexpected(other),
-        Err(e) => write_failed(e),
+        )
+    };
+    if ctx.raft.metrics().borrow().current_leader.is_none() {
+        return gone();
+    }
+    match tokio::time::timeout(RENEW_ANSWER_WITHIN, ctx.writer.write(req)).await {
+        Ok(Ok(LeaseResponse::Renewed(Some(s)))) => json_resp(&json!([session_json(&s)])),
+        Ok(Ok(LeaseResponse::Renewed(None))) => gone(),
+        Ok(Ok(other)) => unexpected(other),
+        Ok(Err(e)) => {
+            tracing::info!(session = %id, error = %e, "lease: renewal not committed; answering session gone");
+            gone()
+        }
+        Err(_) => {
+            tracing::info!(session = %id, within = ?RENEW_ANSWER_WITHIN, "lease: renewal not committed in time; answering session gone");
+            gone()
+        }
     }
 }
 

@@ -1,0 +1,323 @@
+//! LiteFS's primary follows the Raft leader, over real processes: per node a litefs-proxy
+//! (Raft, lease endpoint) and the sim's LiteFS (its consul lease loop against that endpoint,
+//! replication over its stream), with LiteFS's lease settings as `litefs-config` prints them
+//! (TTL 1 s, lock-delay 0 s). Writes flow through the survivors all along, and every 100 ms
+//! each LiteFS is asked whether it is primary: never two at once. How fast each case is, is
+//! the bench's business.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use litefs_proxy_tests::{
+    client::{get, post},
+    cluster::{Cluster, LiteFsOptions, Options},
+};
+
+async fn start() -> Cluster {
+    start_with(false).await
+}
+
+/// `relays`: Raft traffic and the replication streams go through relays a test can cut.
+async fn start_with(relays: bool) -> Cluster {
+    let lease = litefs_election::Config::default();
+    Cluster::start(Options {
+        relays,
+        proxy_extra: "primary_redirect_timeout = \"5s\"\nshutdown_grace = \"2s\"\n".into(),
+        litefs: Some(LiteFsOptions {
+            ttl: lease.lease_ttl,
+            lock_delay: lease.lease_lock_delay,
+            lag_ms: 0,
+        }),
+        ..Options::default()
+    })
+    .await
+}
+
+/// The Raft leader once its LiteFS holds the lease and every node agrees.
+async fn settled_leader(c: &Cluster) -> usize {
+    let l = c
+        .wait_leader(&[0, 1, 2], Duration::from_secs(30))
+        .await
+        .expect("a leader");
+    let end = Instant::now() + Duration::from_secs(30);
+    while !c.litefs_settled_on(l).await {
+        assert!(Instant::now() < end, "LiteFS never settled on node {l}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    l
+}
+
+/// Asks every LiteFS every 100 ms whether it is primary; keeps the most seen at once.
+struct Sampler {
+    most: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Sampler {
+    fn start(apis: Vec<SocketAddr>) -> Sampler {
+        let most = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, s) = (most.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !s.load(Ordering::Relaxed) {
+                let mut primaries = 0;
+                for api in &apis {
+                    let info =
+                        tokio::time::timeout(Duration::from_millis(300), get(*api, "/info", &[]))
+                            .await;
+                    if let Ok(Ok(a)) = info {
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&a.body).unwrap_or_default();
+                        primaries += usize::from(v["isPrimary"] == true);
+                    }
+                }
+                m.fetch_max(primaries, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Sampler { most, stop }
+    }
+
+    /// The most LiteFS primaries seen at one sample.
+    fn finish(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.most.load(Ordering::Relaxed)
+    }
+}
+
+/// When a write was sent, and its status or why it got none.
+type Sent = (Instant, Result<u16, String>);
+
+/// A POST every 50 ms through `targets` in turn, each on its own task; the statuses.
+struct Writer {
+    log: Arc<Mutex<Vec<Sent>>>,
+    stop: Arc<AtomicBool>,
+    tasks: tokio::task::JoinHandle<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Writer {
+    fn start(targets: Vec<SocketAddr>) -> Writer {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, s) = (log.clone(), stop.clone());
+        let tasks = tokio::spawn(async move {
+            let mut spawned = Vec::new();
+            let mut n = 0usize;
+            while !s.load(Ordering::Relaxed) {
+                let addr = targets[n % targets.len()];
+                n += 1;
+                let l = l.clone();
+                spawned.push(tokio::spawn(async move {
+                    let sent = Instant::now();
+                    let r = tokio::time::timeout(
+                        Duration::from_secs(15),
+                        post(addr, "/items", &[], "x"),
+                    )
+                    .await;
+                    let r = match r {
+                        Ok(Ok(a)) => Ok(a.status.as_u16()),
+                        Ok(Err(e)) => Err(format!("{e:#}")),
+                        Err(_) => Err("no answer".into()),
+                    };
+                    l.lock().unwrap().push((sent, r));
+                }));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            spawned
+        });
+        Writer { log, stop, tasks }
+    }
+
+    async fn finish(self) -> Vec<Sent> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks.await.unwrap() {
+            t.await.unwrap();
+        }
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+}
+
+fn apis(c: &Cluster) -> Vec<SocketAddr> {
+    c.nodes
+        .iter()
+        .map(|n| n.litefs.as_ref().expect("LiteFS").api)
+        .collect()
+}
+
+/// Waits until exactly `want`'s LiteFS is primary and its proxy takes writes.
+async fn primary_moves_to(c: &Cluster, want: usize, within: Duration) {
+    let end = Instant::now() + within;
+    loop {
+        if c.litefs_primaries().await == [want]
+            && c.status(want).await.is_some_and(|s| s["role"] == "primary")
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "LiteFS primary never moved to {}: {:?}\n{}",
+            c.nodes[want].id,
+            c.litefs_primaries().await,
+            c.litefs_log(want)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The survivor every survivor names as Raft leader.
+async fn new_raft_leader(c: &Cluster, survivors: &[usize]) -> usize {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut names = Vec::new();
+        for &i in survivors {
+            names.push(c.raft_leader(i).await);
+        }
+        if let Some(Some(n)) = names.first() {
+            if names.iter().all(|m| m.as_deref() == Some(n.as_str())) {
+                if let Some(&i) = survivors.iter().find(|&&i| c.nodes[i].id == *n) {
+                    return i;
+                }
+            }
+        }
+        assert!(Instant::now() < end, "no agreed new leader: {names:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_litefs_over_before_the_old_proxy_exits_and_no_write_fails() {
+    let mut c = start().await;
+    let old = settled_leader(&c).await;
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let sampler = Sampler::start(apis(&c));
+    let writer = Writer::start(survivors.iter().map(|&i| c.nodes[i].proxy).collect());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    c.signal(old, "TERM");
+    // Until the old proxy has exited, its LiteFS must have handed the lease to the new
+    // leader's: sampled while it shuts down, and checked once more when it is gone.
+    let end = Instant::now() + Duration::from_secs(15);
+    while c.exited(old).is_none() {
+        assert!(Instant::now() < end, "the old leader did not exit");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let primaries_at_exit = c.litefs_primaries().await;
+    let new = new_raft_leader(&c, &survivors).await;
+    assert_eq!(
+        primaries_at_exit,
+        [new],
+        "LiteFS's primary had moved to the new Raft leader before the old proxy exited"
+    );
+    let log = c.litefs_log(old);
+    assert!(
+        log.contains("exiting primary, preserving lease for handoff"),
+        "the old LiteFS handed its lease over:\n{log}"
+    );
+    primary_moves_to(&c, new, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let writes = writer.finish().await;
+    assert_eq!(sampler.finish(), 1, "never two LiteFS primaries");
+    let failed: Vec<_> = writes.iter().filter(|(_, r)| *r != Ok(201)).collect();
+    assert!(
+        failed.is_empty(),
+        "writes failed during the handover: {failed:?}"
+    );
+    assert!(writes.len() > 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_leaders_proxy_moves_litefs_to_the_new_leader() {
+    let mut c = start().await;
+    let old = settled_leader(&c).await;
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let sampler = Sampler::start(apis(&c));
+    let writer = Writer::start(survivors.iter().map(|&i| c.nodes[i].proxy).collect());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed = Instant::now();
+    c.kill(old);
+    let new = new_raft_leader(&c, &survivors).await;
+    primary_moves_to(&c, new, Duration::from_secs(10)).await;
+    let info = c.litefs_info(old).await.expect("the old LiteFS still runs");
+    assert_eq!(info["isPrimary"], false, "the old LiteFS stepped down");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let writes = writer.finish().await;
+    assert_eq!(sampler.finish(), 1, "never two LiteFS primaries");
+    let after: Vec<_> = writes.iter().filter(|(t, _)| *t > killed).collect();
+    assert!(
+        after.iter().any(|(_, r)| *r == Ok(201)),
+        "writes land again: {after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_whole_leader_node_moves_litefs_to_the_new_leader() {
+    let mut c = start().await;
+    let old = settled_leader(&c).await;
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let sampler = Sampler::start(apis(&c));
+    let writer = Writer::start(survivors.iter().map(|&i| c.nodes[i].proxy).collect());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.kill(old);
+    c.kill_litefs(old);
+    let new = new_raft_leader(&c, &survivors).await;
+    primary_moves_to(&c, new, Duration::from_secs(10)).await;
+    // The dead node's lock was not handed to anyone before it lapsed: the new primary's
+    // LiteFS acquired a new session rather than taking over the old one.
+    let log = c.litefs_log(new);
+    assert!(log.contains("primary lease acquired"), "{log}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let writes = writer.finish().await;
+    assert_eq!(sampler.finish(), 1, "never two LiteFS primaries");
+    assert!(writes.iter().any(|(_, r)| *r == Ok(201)));
+    // Writes held through the election and the lease's lapse are served, not failed.
+    let w = post(c.nodes[survivors[0]].proxy, "/items", &[], "after")
+        .await
+        .unwrap();
+    assert_eq!(w.status, 201, "{}", w.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_leader_node_steps_down_by_itself_and_litefs_moves_to_the_new_leader() {
+    let c = start_with(true).await;
+    let old = settled_leader(&c).await;
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let sampler = Sampler::start(apis(&c));
+    let writer = Writer::start(survivors.iter().map(|&i| c.nodes[i].proxy).collect());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Cut off: its Raft traffic both ways and the replicas' streams from its LiteFS.
+    c.isolate(old, true);
+    let new = new_raft_leader(&c, &survivors).await;
+    primary_moves_to(&c, new, Duration::from_secs(10)).await;
+    // Its endpoint, no longer a leader with a quorum, answered its LiteFS's renewal
+    // "session gone", and that LiteFS stepped down by itself.
+    let info = c
+        .litefs_info(old)
+        .await
+        .expect("the cut-off LiteFS still runs");
+    assert_eq!(info["isPrimary"], false);
+    let log = c.litefs_log(old);
+    assert!(log.contains("exiting primary, destroying lease"), "{log}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let writes = writer.finish().await;
+    assert_eq!(sampler.finish(), 1, "never two LiteFS primaries");
+    assert!(writes.iter().any(|(_, r)| *r == Ok(201)));
+
+    // Healed, it rejoins as a replica of the new primary.
+    c.isolate(old, false);
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let info = c.litefs_info(old).await.unwrap_or_default();
+        if info["primary"]["hostname"] == c.nodes[new].id.as_str() {
+            break;
+        }
+        assert!(Instant::now() < end, "the old node did not rejoin: {info}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(c.litefs_primaries().await, [new]);
+}
