@@ -382,6 +382,32 @@ data_dir = "{data}"
         out
     }
 
+    /// With [`Options::litefs`]: waits until one proxy is primary, its LiteFS alone holds
+    /// the lease, and every other running LiteFS streams from it; returns its index.
+    pub async fn wait_litefs_settled(&self, within: Duration) -> Option<usize> {
+        let end = Instant::now() + within;
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        let l = self.wait_leader(&all, within).await?;
+        while Instant::now() < end {
+            let primaries = self.litefs_primaries().await;
+            let mut replicas = 0;
+            for i in all.iter().copied().filter(|&i| i != l) {
+                if self
+                    .litefs_info(i)
+                    .await
+                    .is_some_and(|info| info["primary"]["hostname"] == self.nodes[l].id.as_str())
+                {
+                    replicas += 1;
+                }
+            }
+            if primaries == [l] && replicas == all.len() - 1 {
+                return Some(l);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
     /// The Raft leader as node `i`'s proxy reports it.
     pub async fn raft_leader(&self, i: usize) -> Option<String> {
         self.status(i)

@@ -33,31 +33,16 @@ async fn start(ttl_s: u64) -> Cluster {
 /// The index of the node whose proxy is primary, once its LiteFS holds the lease too,
 /// every other LiteFS streams from it, and every node agrees.
 async fn settled_leader(c: &Cluster) -> usize {
-    let l = c
-        .wait_leader(&[0, 1, 2], Duration::from_secs(30))
-        .await
-        .expect("a leader");
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
-        let primaries = c.litefs_primaries().await;
-        let mut replicas = 0;
-        for i in (0..3).filter(|&i| i != l) {
-            if c.litefs_info(i)
-                .await
-                .is_some_and(|info| info["primary"]["hostname"] == c.nodes[l].id.as_str())
-            {
-                replicas += 1;
-            }
-        }
-        if primaries == [l] && replicas == 2 {
-            return l;
-        }
-        assert!(
-            Instant::now() < end,
-            "LiteFS never settled on node {l}: primaries {primaries:?}, {replicas} replicas\n{}",
-            c.litefs_log(l)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    match c.wait_litefs_settled(Duration::from_secs(30)).await {
+        Some(l) => l,
+        None => panic!(
+            "LiteFS never settled: primaries {:?}\n{}",
+            c.litefs_primaries().await,
+            (0..3)
+                .map(|i| c.litefs_log(i))
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        ),
     }
 }
 
