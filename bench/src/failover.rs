@@ -1,7 +1,9 @@
 //! Scenario 4: failover of a 3-process Raft cluster (`litefs_proxy_tests::cluster`):
 //! under a write every 10 ms through the survivors, kill -9 the leader and time the first
 //! successful write sent after the kill; then SIGTERM (planned handover) the same way.
-//! The killed node is restarted and rejoins before the next trial.
+//! The killed node is restarted and rejoins before the next trial. Then, on a cluster with a
+//! LiteFS process per node (LiteFS's default lease timing as litefs-config prints it), kill -9
+//! of the leader's LiteFS only: leadership and the lease move to a live LiteFS.
 
 use std::{
     net::SocketAddr,
@@ -15,7 +17,7 @@ use std::{
 use anyhow::{bail, Result};
 use bytes::Bytes;
 use http::Method;
-use litefs_proxy_tests::cluster::{Cluster, Options};
+use litefs_proxy_tests::cluster::{Cluster, LiteFsOptions, Options};
 use serde_json::json;
 
 use crate::{
@@ -94,11 +96,12 @@ impl Writer {
         Writer { log, stop }
     }
 
-    /// The first write sent at or after `t` that a node other than `old` took.
-    fn first_ok_after(&self, t: Instant, old: &str) -> Option<Duration> {
+    /// The first write sent at or after `t` that a node other than `old` took (`None`: any
+    /// successful write, e.g. from the sim's demo app, which does not name its node).
+    fn first_ok_after(&self, t: Instant, old: Option<&str>) -> Option<Duration> {
         let v = self.log.lock().ok()?;
         v.iter()
-            .filter(|w| w.sent >= t && w.result.as_deref().is_ok_and(|n| n != old))
+            .filter(|w| w.sent >= t && w.result.as_deref().is_ok_and(|n| Some(n) != old))
             .map(|w| w.done - t)
             .min()
     }
@@ -153,7 +156,7 @@ async fn trial(c: &mut Cluster, sigterm: bool) -> Result<TrialResult> {
     let mut took = None;
     while Instant::now() < end {
         if took.is_none() {
-            took = writer.first_ok_after(t0, &old);
+            took = writer.first_ok_after(t0, Some(&old));
         }
         if sigterm && exit.is_none() && c.exited(l).is_some() {
             exit = Some(t0.elapsed());
@@ -165,7 +168,7 @@ async fn trial(c: &mut Cluster, sigterm: bool) -> Result<TrialResult> {
     }
     // Give late completions a moment, then re-read the minimum.
     tokio::time::sleep(Duration::from_millis(30)).await;
-    let took = writer.first_ok_after(t0, &old).or(took);
+    let took = writer.first_ok_after(t0, Some(&old)).or(took);
     let failed = writer.failures_after(t0);
     writer.stop().await;
     c.kill(l);
@@ -174,6 +177,64 @@ async fn trial(c: &mut Cluster, sigterm: bool) -> Result<TrialResult> {
         bail!("no successful write within 15 s of stopping the leader");
     };
     Ok(TrialResult { took, failed, exit })
+}
+
+/// kill -9 of the settled leader's LiteFS under writes through the survivors: the time to the
+/// first successful write sent after it. The LiteFS is restarted and rejoins afterwards.
+async fn litefs_crash_trial(c: &mut Cluster) -> Result<TrialResult> {
+    let Some(l) = c.wait_litefs_settled(Duration::from_secs(30)).await else {
+        bail!("LiteFS never settled on the Raft leader");
+    };
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != l).collect();
+    let writer = Writer::start(survivors.iter().map(|&i| c.nodes[i].proxy).collect());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let t0 = Instant::now();
+    c.kill_litefs(l);
+    let end = t0 + Duration::from_secs(20);
+    while writer.first_ok_after(t0, None).is_none() && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let took = writer.first_ok_after(t0, None);
+    let failed = writer.failures_after(t0);
+    writer.stop().await;
+    c.spawn_litefs(l);
+    let Some(took) = took else {
+        bail!("no successful write within 20 s of killing the leader's LiteFS");
+    };
+    Ok(TrialResult {
+        took,
+        failed,
+        exit: None,
+    })
+}
+
+/// Scenario 4's LiteFS-crash rows: `trials` kills of the leader's LiteFS.
+async fn litefs_crash(trials: usize) -> Result<(Vec<f64>, Vec<String>)> {
+    let defaults = litefs_election::Config::default();
+    let mut c = Cluster::start(Options {
+        proxy_extra: "primary_redirect_timeout = \"5s\"\n".into(),
+        litefs: Some(LiteFsOptions {
+            ttl: defaults.lease_ttl,
+            lock_delay: defaults.lease_lock_delay,
+            lag_ms: 0,
+        }),
+        ..Options::default()
+    })
+    .await;
+    let mut took = Vec::new();
+    let mut failed = Vec::new();
+    for i in 0..trials {
+        let r = litefs_crash_trial(&mut c).await?;
+        eprintln!(
+            "  s4 LiteFS kill -9 trial {i}: first write after {:?}, failed writes {}",
+            r.took,
+            r.failed.len()
+        );
+        took.push(r.took.as_secs_f64());
+        failed.extend(r.failed);
+    }
+    Ok((took, failed))
 }
 
 pub async fn run(ctx: &Ctx) -> Result<Section> {
@@ -244,9 +305,32 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
     r.goal = "< 0.2 s".into();
     r.met = Some(tmax < 0.2);
     rows.push(r);
+    drop(c);
+    let (litefs_s, litefs_failed) = litefs_crash(if ctx.quick { 3 } else { 10 }).await?;
+    let defaults = litefs_election::Config::default();
+    let mut r = Row::new(
+        scen,
+        &format!(
+            "kill -9 of the leader's LiteFS → first write, p50 / max ({} trials, TTL {} s / lock-delay {} s)",
+            litefs_s.len(),
+            defaults.lease_ttl.as_secs_f64(),
+            defaults.lease_lock_delay.as_secs_f64(),
+        ),
+    );
+    r.proxy = format!(
+        "{} / {}",
+        secs(percentile(&litefs_s, 0.5)),
+        secs(percentile(&litefs_s, 1.0))
+    );
+    r.baseline = format!(
+        "before: never (every write 503); writes failed: {}",
+        litefs_failed.len()
+    );
+    rows.push(r);
     Ok(Section {
         rows,
         json: json!({"kill9_s": kill_s, "sigterm_s": term_s, "sigterm_exit_s": exit_s,
+            "litefs_kill9_s": litefs_s, "litefs_kill9_failed_writes": litefs_failed,
             "failed_writes": {"kill9": failed[0], "sigterm": failed[1], "why": reasons},
             "litefs_consul_documented_s": LITEFS_CONSUL_S}),
         panels: vec![Panel {

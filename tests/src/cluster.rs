@@ -406,30 +406,30 @@ data_dir = "{data}"
         out
     }
 
-    /// Whether node `l`'s LiteFS is the only primary and every other running LiteFS streams
-    /// from it.
-    pub async fn litefs_settled_on(&self, l: usize) -> bool {
-        if self.litefs_primaries().await != [l] {
-            return false;
-        }
-        for i in 0..self.nodes.len() {
-            let running = self.nodes[i]
-                .litefs
-                .as_ref()
-                .is_some_and(LiteFsProc::is_running);
-            if i == l || !running {
-                continue;
+    /// With [`Options::litefs`]: waits until one proxy is primary, its LiteFS alone holds
+    /// the lease, and every other running LiteFS streams from it; returns its index.
+    pub async fn wait_litefs_settled(&self, within: Duration) -> Option<usize> {
+        let end = Instant::now() + within;
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        let l = self.wait_leader(&all, within).await?;
+        while Instant::now() < end {
+            let primaries = self.litefs_primaries().await;
+            let mut replicas = 0;
+            for i in all.iter().copied().filter(|&i| i != l) {
+                if self
+                    .litefs_info(i)
+                    .await
+                    .is_some_and(|info| info["primary"]["hostname"] == self.nodes[l].id.as_str())
+                {
+                    replicas += 1;
+                }
             }
-            let named = self.litefs_info(i).await.and_then(|v| {
-                v.pointer("/primary/hostname")
-                    .and_then(|h| h.as_str())
-                    .map(str::to_owned)
-            });
-            if named.as_deref() != Some(self.nodes[l].id.as_str()) {
-                return false;
+            if primaries == [l] && replicas == all.len() - 1 {
+                return Some(l);
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        true
+        None
     }
 
     /// The Raft leader as node `i`'s proxy reports it.

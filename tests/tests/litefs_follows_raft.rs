@@ -39,18 +39,11 @@ async fn start_with(relays: bool) -> Cluster {
     .await
 }
 
-/// The Raft leader once its LiteFS holds the lease and every node agrees.
+/// The Raft leader once its LiteFS holds the lease and every other LiteFS streams from it.
 async fn settled_leader(c: &Cluster) -> usize {
-    let l = c
-        .wait_leader(&[0, 1, 2], Duration::from_secs(30))
+    c.wait_litefs_settled(Duration::from_secs(30))
         .await
-        .expect("a leader");
-    let end = Instant::now() + Duration::from_secs(30);
-    while !c.litefs_settled_on(l).await {
-        assert!(Instant::now() < end, "LiteFS never settled on node {l}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    l
+        .expect("LiteFS settled on the Raft leader")
 }
 
 /// Asks every LiteFS every 100 ms whether it is primary; keeps the most seen at once.

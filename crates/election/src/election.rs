@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::auth::Auth;
 use crate::config::{node_num, Config, ConfigError, Peer};
+use crate::eligibility::{self, Eligibility};
 use crate::faults::Faults;
 use crate::handover::{self, HandoverCtx};
 use crate::hooks::Hooks;
@@ -73,6 +74,10 @@ pub struct Election {
     tracker_task: JoinHandle<()>,
     /// Re-campaigns after a random delay while a vote stays split (see `split_vote`).
     split_vote_task: JoinHandle<()>,
+    /// Whether this node may lead, set by the server.
+    eligibility: Eligibility,
+    /// Hands over while ineligible (see `eligibility`).
+    eligibility_task: JoinHandle<()>,
     /// The lease reaper (runs on every node, acts only while leading).
     reaper_task: JoinHandle<()>,
     /// The lease HTTP endpoint, when `lease_addr` is set.
@@ -216,12 +221,14 @@ impl Election {
         let (tx, rx) = watch::channel(Leadership::Unknown);
         let stepping_down = Arc::new(AtomicBool::new(false));
         let wake = Arc::new(Notify::new());
+        let eligibility = Eligibility::new(wake.clone(), status.clone());
         let handover = HandoverCtx {
             raft: raft.clone(),
             me,
             peers: peers.clone(),
             heartbeat: cfg.heartbeat_interval,
             election_timeout_max: cfg.election_timeout_max,
+            eligible: eligibility.subscribe(),
         };
 
         let tracker = Tracker {
@@ -235,9 +242,21 @@ impl Election {
             lease: cfg.election_timeout_min,
             tick: (cfg.heartbeat_interval / 2).max(Duration::from_millis(5)),
             stepping_down: stepping_down.clone(),
+            eligible: eligibility.subscribe(),
             wake: wake.clone(),
         };
         let tracker_task = tokio::spawn(tracker.run());
+        let eligibility_task = tokio::spawn(
+            eligibility::Watcher {
+                handover: handover.clone(),
+                client: client.clone(),
+                eligible: eligibility.subscribe(),
+                leadership: rx.clone(),
+                wake: wake.clone(),
+                stepping_down: stepping_down.clone(),
+            }
+            .run(),
+        );
         let split_vote_task = tokio::spawn(crate::split_vote::run(
             raft.clone(),
             cfg.election_timeout_min,
@@ -304,10 +323,18 @@ impl Election {
             server_task,
             tracker_task,
             split_vote_task,
+            eligibility,
+            eligibility_task,
             reaper_task,
             lease_server,
             lease_shared,
         })
+    }
+
+    /// Sets whether this node may lead (e.g. not while its LiteFS is down): an ineligible
+    /// leader hands leadership over, an ineligible follower refuses to take it.
+    pub fn eligibility(&self) -> Eligibility {
+        self.eligibility.clone()
     }
 
     /// The role to act on; changes are pushed.
@@ -372,24 +399,8 @@ impl Election {
         if !was_leader || self.stepping_down.swap(true, Ordering::SeqCst) {
             return None;
         }
-        self.wake.notify_one();
-        // The watch must say "not leader" before anyone else can become leader.
         let mut rx = self.leadership.clone();
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            rx.wait_for(|l| *l != Leadership::Leader),
-        )
-        .await;
-        let took = handover::hand_over(&self.handover, &self.client).await;
-        // Let the tracker publish the new leader (and write .primary).
-        if took.is_some() {
-            let _ = tokio::time::timeout(
-                Duration::from_millis(500),
-                rx.wait_for(|l| matches!(l, Leadership::Follower { .. })),
-            )
-            .await;
-        }
-        took
+        handover::step_down(&self.handover, &self.client, &self.wake, &mut rx).await
     }
 
     /// Stop: a leader first hands over (see [`Election::hand_over`]).
@@ -409,6 +420,7 @@ impl Election {
         // abort() only requests cancellation; wait for it so the tracker cannot react to the
         // shutdown below (it would otherwise rewrite .primary as "no leader").
         self.split_vote_task.abort();
+        self.eligibility_task.abort();
         self.tracker_task.abort();
         let _ = (&mut self.tracker_task).await;
         self.reaper_task.abort();
@@ -430,6 +442,7 @@ impl Election {
 impl Drop for Election {
     fn drop(&mut self) {
         self.split_vote_task.abort();
+        self.eligibility_task.abort();
         self.tracker_task.abort();
         self.server_task.abort();
         self.reaper_task.abort();

@@ -7,6 +7,8 @@
 //! The old leader's own lease on itself has expired (it is never refreshed after election),
 //! so it grants the vote: in a 3-node cluster that is a quorum right away; larger clusters
 //! win once the other followers' leases (one `election_timeout_max`) run out.
+//! A follower that is not eligible to lead (its LiteFS is down, see `eligibility`) refuses,
+//! and the leader tries its next follower.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,8 +16,10 @@ use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify};
 
 use crate::config::Peer;
+use crate::leadership::Leadership;
 use crate::network::RpcClient;
 use crate::rpc_server::PATH_TIMEOUT_NOW;
 use crate::types::{NodeId, Raft};
@@ -43,7 +47,12 @@ pub struct HandoverCtx {
     pub peers: Arc<BTreeMap<NodeId, Peer>>,
     pub heartbeat: Duration,
     pub election_timeout_max: Duration,
+    /// Whether this node may lead (`eligibility`): an ineligible one refuses to campaign.
+    pub eligible: watch::Receiver<bool>,
 }
+
+/// Why a follower refuses a `timeout-now` while it may not lead.
+pub const REFUSED_INELIGIBLE: &str = "not eligible to lead (local LiteFS down)";
 
 /// Follower side: validate, then campaign in the background.
 pub async fn on_timeout_now(ctx: &HandoverCtx, req: TimeoutNowRequest) -> TimeoutNowResponse {
@@ -67,6 +76,9 @@ pub async fn on_timeout_now(ctx: &HandoverCtx, req: TimeoutNowRequest) -> Timeou
     if m.state == ServerState::Leader || m.state == ServerState::Learner {
         return reject(format!("state {:?}", m.state));
     }
+    if !*ctx.eligible.borrow() {
+        return reject(REFUSED_INELIGIBLE.into());
+    }
     let ctx = ctx.clone();
     let old_term = req.term;
     tokio::spawn(async move { campaign(ctx, leader_id, old_term).await });
@@ -84,6 +96,10 @@ async fn campaign(ctx: HandoverCtx, old_leader: NodeId, old_term: u64) {
     let retry = ctx.heartbeat * 2;
     let mut metrics = ctx.raft.metrics();
     while Instant::now() < deadline {
+        if !*ctx.eligible.borrow() {
+            tracing::info!("timeout-now: no longer eligible to lead; not campaigning");
+            return;
+        }
         if let Err(e) = ctx.raft.trigger().elect().await {
             tracing::warn!(error = %e, "timeout-now: cannot trigger election");
             return;
@@ -112,6 +128,32 @@ async fn campaign(ctx: HandoverCtx, old_leader: NodeId, old_term: u64) {
         }
     }
     tracing::warn!("timeout-now: no leader after campaigning");
+}
+
+/// Leader side, as a whole: the tracker is woken (it has already been told this node no
+/// longer acts as leader) and must publish "not leader" before anyone else can lead; then
+/// [`hand_over`], then the new leader is given a moment to reach the watch (and `.primary`).
+pub(crate) async fn step_down(
+    ctx: &HandoverCtx,
+    client: &RpcClient,
+    wake: &Notify,
+    leadership: &mut watch::Receiver<Leadership>,
+) -> Option<Duration> {
+    wake.notify_one();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        leadership.wait_for(|l| *l != Leadership::Leader),
+    )
+    .await;
+    let took = hand_over(ctx, client).await;
+    if took.is_some() {
+        let _ = tokio::time::timeout(
+            Duration::from_millis(500),
+            leadership.wait_for(|l| matches!(l, Leadership::Follower { .. })),
+        )
+        .await;
+    }
+    took
 }
 
 /// Leader side: returns how long until another node was seen leading, or None when this node

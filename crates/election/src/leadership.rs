@@ -54,6 +54,8 @@ pub(crate) struct View<'a> {
     pub lease: Duration,
     /// Set during a graceful shutdown: never act as leader again.
     pub stepping_down: bool,
+    /// Cleared while the node may not lead (its LiteFS is down, see `eligibility`).
+    pub eligible: bool,
 }
 
 /// The role to act on, from openraft's metrics.
@@ -67,7 +69,8 @@ pub(crate) fn decide(m: &RaftMetrics<NodeId, openraft::BasicNode>, v: &View<'_>)
             let fresh = v
                 .ack_at
                 .is_some_and(|t| v.now.saturating_duration_since(t) < v.lease);
-            if m.state == ServerState::Leader && !v.stepping_down && (single || fresh) {
+            if m.state == ServerState::Leader && !v.stepping_down && v.eligible && (single || fresh)
+            {
                 Leadership::Leader
             } else {
                 Leadership::Unknown
@@ -96,6 +99,8 @@ pub(crate) struct Tracker {
     pub lease: Duration,
     pub tick: Duration,
     pub stepping_down: Arc<AtomicBool>,
+    /// Read on each evaluation; a change pokes `wake`.
+    pub eligible: watch::Receiver<bool>,
     /// Poked to re-evaluate at once (e.g. when stepping down starts).
     pub wake: Arc<Notify>,
 }
@@ -137,6 +142,7 @@ impl Tracker {
                     now,
                     lease: self.lease,
                     stepping_down: self.stepping_down.load(Ordering::SeqCst),
+                    eligible: *self.eligible.borrow(),
                 },
             );
             if next == Leadership::Leader {
@@ -255,6 +261,7 @@ mod tests {
             now,
             lease,
             stepping_down,
+            eligible: true,
         };
         let m = metrics(ServerState::Leader, Some(1));
         assert_eq!(decide(&m, &view(Some(10), false)), Leadership::Leader);
@@ -276,5 +283,33 @@ mod tests {
         assert_eq!(decide(&c, &view(None, false)), Leadership::Unknown);
         let stranger = metrics(ServerState::Follower, Some(99));
         assert_eq!(decide(&stranger, &view(None, false)), Leadership::Unknown);
+    }
+
+    /// A node whose LiteFS is down does not act as leader, however fresh its quorum, and
+    /// still follows another leader normally.
+    #[test]
+    fn an_ineligible_leader_does_not_act_as_leader() {
+        let p = peers();
+        let now = Instant::now();
+        let view = |eligible| View {
+            me: 1,
+            peers: &p,
+            ack_at: Some(now),
+            now,
+            lease: Duration::from_millis(150),
+            stepping_down: false,
+            eligible,
+        };
+        let m = metrics(ServerState::Leader, Some(1));
+        assert_eq!(decide(&m, &view(true)), Leadership::Leader);
+        assert_eq!(decide(&m, &view(false)), Leadership::Unknown);
+        let f = metrics(ServerState::Follower, Some(2));
+        assert_eq!(
+            decide(&f, &view(false)),
+            Leadership::Follower {
+                leader: "n2".into(),
+                proxy_url: "http://h2:8080".into()
+            }
+        );
     }
 }

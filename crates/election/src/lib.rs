@@ -30,6 +30,9 @@
 //!   cluster the old leader's vote suffices (a few ms) once it has led for longer than
 //!   `election_timeout_max`; otherwise, and in 5-node clusters, the followers' leases bound it
 //!   to about `election_timeout_max`.
+//! - Eligibility (`Election::eligibility`): the server marks the node ineligible while its
+//!   LiteFS is down; it then does not act as leader, refuses `timeout-now`, does not campaign,
+//!   and hands over (as on shutdown) whenever it finds itself leading.
 //! - Lease endpoint (`lease_addr`): a Consul-compatible subset for LiteFS's consul leaser, its
 //!   sessions and KV in the Raft state machine; only the Raft leader's node can lock. See
 //!   [`lease`].
@@ -39,6 +42,7 @@ mod auth;
 mod config;
 mod conn_timer;
 mod election;
+mod eligibility;
 mod faults;
 mod handover;
 mod hooks;
@@ -57,6 +61,7 @@ mod types;
 pub use auth::AuthError;
 pub use config::{node_num, Config, ConfigError, Peer, PeerSpec};
 pub use election::{Election, Error};
+pub use eligibility::Eligibility;
 pub use faults::Faults;
 pub use leadership::Leadership;
 pub use primary_file::PrimaryFileError;

@@ -25,6 +25,8 @@ pub struct Status {
     pub last_failover_ms: Option<u64>,
     /// On the leader: age of the last quorum acknowledgement.
     pub quorum_ack_age_ms: Option<u64>,
+    /// Whether this node may lead (false while its LiteFS is down).
+    pub eligible: bool,
     /// Role hook runs started.
     pub hook_runs: u64,
     /// Role hook runs that failed.
@@ -65,6 +67,7 @@ impl StatusCell {
         cell.with(|i| {
             i.status.node_id = node_id.to_string();
             i.status.role = "unknown";
+            i.status.eligible = true;
         });
         cell
     }
@@ -84,6 +87,10 @@ impl StatusCell {
 
     pub fn counters(&self) -> Arc<Counters> {
         self.counters.clone()
+    }
+
+    pub fn set_eligible(&self, eligible: bool) {
+        self.with(|i| i.status.eligible = eligible);
     }
 
     /// Leader `name` was known alive at `at`.
@@ -143,6 +150,12 @@ impl StatusCell {
             "gauge",
             "1 while this node acts as primary.",
             u8::from(s.role == "leader").to_string(),
+        );
+        line(
+            "eligible",
+            "gauge",
+            "1 while this node may lead (0 while its LiteFS is down).",
+            u8::from(s.eligible).to_string(),
         );
         line(
             "leader_known",

@@ -60,6 +60,9 @@ pub(crate) struct Shared {
     to_primary: Forwarder,
     pub(crate) metrics: Metrics,
     pub(crate) extension: Option<Arc<dyn StatusExtension>>,
+    /// Whether the local LiteFS is up, when the server follows it: down, `/litefs/health`
+    /// answers 503 (a load balancer stops sending here).
+    pub(crate) litefs_up: Option<watch::Receiver<bool>>,
 }
 
 /// What a request is, decided once from method, path and config.
@@ -125,6 +128,7 @@ impl Proxy {
                 to_primary: Forwarder::new(Duration::from_secs(1)),
                 metrics: Metrics::default(),
                 extension: None,
+                litefs_up: None,
                 cfg,
             }),
         })
@@ -135,6 +139,15 @@ impl Proxy {
     pub fn with_extension(mut self, ext: Arc<dyn StatusExtension>) -> Proxy {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.extension = Some(ext);
+        }
+        self
+    }
+
+    /// Follows whether the local LiteFS is up: `/litefs/health` answers 503 while it is down,
+    /// and `/litefs/status` says `"litefs": "up"` or `"down"`. Call before the proxy is shared.
+    pub fn with_litefs_up(mut self, up: watch::Receiver<bool>) -> Proxy {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.litefs_up = Some(up);
         }
         self
     }

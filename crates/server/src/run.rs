@@ -48,6 +48,7 @@ async fn serve(
     // held writes wait on.
     let mut raft = None;
     let mut confirmed_by = None;
+    let mut litefs_up = None;
     // With a lease endpoint: the task moving LiteFS's primary to this node when it leads,
     // and LiteFS's view, which shutdown waits on until the handoff is done.
     let mut promoter = None;
@@ -83,18 +84,22 @@ async fn serve(
                 .into_iter()
                 .map(|p| (p.id, p.proxy))
                 .collect();
-            let role = RaftRole::start(election, addr.port(), tx.clone())
-                .await
-                .context("starting the election")?;
-            raft = Some(role.clone());
-            if confirm {
-                // Writes go local only once LiteFS holds the lease too (see role::confirm).
-                let source = LitefsSource::new(
+            // Writes go local only once LiteFS holds the lease too (see role::confirm), and
+            // the node may lead only while its LiteFS is up.
+            let source = confirm.then(|| {
+                LitefsSource::new(
                     &cfg.proxy.litefs_api,
                     &cfg.proxy.mount,
                     &cfg.role.primary_url_template,
                 )
-                .with_peers(peers);
+                .with_peers(peers)
+            });
+            litefs_up = source.as_ref().map(LitefsSource::up);
+            let role = RaftRole::start(election, addr.port(), tx.clone(), litefs_up.clone())
+                .await
+                .context("starting the election")?;
+            raft = Some(role.clone());
+            source.map(|source| {
                 let (ltx, lrx) = watch::channel(Primary::Unknown);
                 if let Some(lease) = role.lease() {
                     // LiteFS's primary follows Raft through LiteFS's own handoff.
@@ -108,10 +113,8 @@ async fn serve(
                     handing_off = Some(lrx.clone());
                 }
                 confirmed_by = Some(lrx);
-                Some(AbortOnDrop(tokio::spawn(source.run(ltx))))
-            } else {
-                None
-            }
+                AbortOnDrop(tokio::spawn(source.run(ltx)))
+            })
         }
     };
     let role_rx = match confirmed_by {
@@ -127,6 +130,9 @@ async fn serve(
     };
     if let Some(role) = &raft {
         proxy = proxy.with_extension(Arc::new(role.clone()));
+    }
+    if let Some(up) = litefs_up {
+        proxy = proxy.with_litefs_up(up);
     }
     let signal = signals::shutdown().context("installing signal handlers")?;
     // On a signal, a leader hands leadership over first, then the proxy stops accepting

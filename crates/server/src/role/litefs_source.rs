@@ -3,6 +3,11 @@
 //! hostname, mapped to its litefs-proxy URL: a known peer's own URL (with `role.source =
 //! "raft"`, LiteFS's hostnames are the election's node ids), else `primary_url_template`.
 //! While the API is down, `<mount>/.primary` is the fallback.
+//!
+//! It also says whether the local LiteFS is up ([`LitefsSource::up`]): up once `/info` and
+//! `/events` answer, down once an attempt to connect fails (after the stream ended, or from
+//! the start). A stream that ends while `/info` still answers is not down: LiteFS ends it when
+//! its replication stream breaks.
 
 use std::{
     collections::BTreeMap,
@@ -34,6 +39,8 @@ pub struct LitefsSource {
     /// Hostname -> litefs-proxy URL of the nodes whose URL is known (the election's peers);
     /// the template is only a guess for the others.
     known: BTreeMap<String, String>,
+    /// Whether the local LiteFS is up; false until the API first answers.
+    up: watch::Sender<bool>,
 }
 
 impl LitefsSource {
@@ -44,7 +51,28 @@ impl LitefsSource {
             primary_file: mount.join(".primary"),
             template: template.to_owned(),
             known: BTreeMap::new(),
+            up: watch::channel(false).0,
         }
+    }
+
+    /// Whether the local LiteFS is up, kept current by [`LitefsSource::run`].
+    pub fn up(&self) -> watch::Receiver<bool> {
+        self.up.subscribe()
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.send_if_modified(|cur| {
+            if *cur == up {
+                return false;
+            }
+            if up {
+                tracing::info!(api = %self.api_url, "local LiteFS is up");
+            } else {
+                tracing::warn!(api = %self.api_url, "local LiteFS is down");
+            }
+            *cur = up;
+            true
+        });
     }
 
     /// Maps these hostnames to their own proxy URLs instead of the template.
@@ -73,6 +101,7 @@ impl LitefsSource {
             match connected {
                 Ok((first, mut stream)) => {
                     publish(&tx, first);
+                    self.set_up(true);
                     tracing::info!(api = %self.api_url, "following LiteFS primary changes");
                     warned = false;
                     backoff = MIN_BACKOFF;
@@ -81,6 +110,7 @@ impl LitefsSource {
                     delay = MIN_BACKOFF;
                 }
                 Err(e) => {
+                    self.set_up(false);
                     if warned {
                         tracing::debug!(api = %self.api_url, error = %e, "LiteFS API still unreachable");
                     } else {
@@ -203,6 +233,63 @@ fn publish(tx: &watch::Sender<Primary>, new: Primary) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn until(rx: &mut watch::Receiver<bool>, want: bool) {
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| *v == want))
+            .await
+            .unwrap_or_else(|_| panic!("LiteFS never {}", if want { "up" } else { "down" }))
+            .expect("source running");
+    }
+
+    /// Up while the API answers; down once it is gone (its stream ends, `/info` is refused);
+    /// up again when it returns on the same address.
+    #[tokio::test]
+    async fn litefs_is_up_while_its_api_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = litefs_sim::Node::new(litefs_sim::NodeConfig {
+            mount: dir.path().join("mount"),
+            db: "db.sqlite3".into(),
+            hostname: "node-1".into(),
+            is_primary: true,
+            primary_hostname: None,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let api = tokio::spawn(litefs_sim::serve_api(node.clone(), listener, async {
+            let _ = stopped.await;
+        }));
+        let src = LitefsSource::new(
+            &format!("http://{addr}"),
+            &dir.path().join("mount"),
+            "http://{hostname}:8080",
+        );
+        let mut up = src.up();
+        assert!(!*up.borrow(), "not up before the API answered");
+        let (tx, _rx) = watch::channel(Primary::Unknown);
+        let _run = AbortOnDrop(tokio::spawn(src.run(tx)));
+        until(&mut up, true).await;
+
+        let _ = stop.send(());
+        api.await.unwrap();
+        until(&mut up, false).await;
+
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let _api = AbortOnDrop(tokio::spawn(litefs_sim::serve_api(
+            node,
+            listener,
+            std::future::pending(),
+        )));
+        until(&mut up, true).await;
+    }
+
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
 
     /// With the raft source, LiteFS's hostnames are node ids: the primary is a peer at its own
     /// proxy URL (the one in the "primary changed" line), not the template's guess.

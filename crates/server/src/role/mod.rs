@@ -38,7 +38,8 @@ pub struct RoleConfig {
     /// litefs: maps the primary's hostname (from LiteFS) to its litefs-proxy URL.
     pub primary_url_template: String,
     /// raft: act as primary only while LiteFS's API (`proxy.litefs_api`) also says this node
-    /// is primary, holding writes while its LiteFS acquires the lease. Default: on when
+    /// is primary, holding writes while its LiteFS acquires the lease; while that LiteFS is
+    /// down the node is not eligible to lead and `/litefs/health` answers 503. Default: on when
     /// `election.lease_addr` is set (LiteFS follows Raft through the lease endpoint).
     pub confirm_litefs: Option<bool>,
 }

@@ -48,13 +48,25 @@ pub struct RaftRole {
 }
 
 impl RaftRole {
-    /// Starts the election and a task copying its leadership into `tx`.
+    /// Starts the election and a task copying its leadership into `tx`. With `litefs_up`
+    /// (the local LiteFS is followed), the node is eligible to lead only while it says up.
     pub async fn start(
         cfg: litefs_election::Config,
         local_proxy_port: u16,
         tx: watch::Sender<Primary>,
+        litefs_up: Option<watch::Receiver<bool>>,
     ) -> anyhow::Result<RaftRole> {
         let election = Election::start(cfg, local_proxy_port).await?;
+        if let Some(mut up) = litefs_up {
+            let eligibility = election.eligibility();
+            eligibility.set(*up.borrow_and_update());
+            tokio::spawn(async move {
+                // Ends with the LiteFS source (the run).
+                while up.changed().await.is_ok() {
+                    eligibility.set(*up.borrow_and_update());
+                }
+            });
+        }
         let mut leadership = election.leadership();
         tx.send_replace(to_primary(&leadership.borrow_and_update()));
         tokio::spawn(async move {
