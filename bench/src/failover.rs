@@ -2,8 +2,10 @@
 //! under a write every 10 ms through the survivors, kill -9 the leader and time the first
 //! successful write sent after the kill; then SIGTERM (planned handover) the same way.
 //! The killed node is restarted and rejoins before the next trial. Then, on a cluster with a
-//! LiteFS process per node (LiteFS's default lease timing as litefs-config prints it), kill -9
-//! of the leader's LiteFS only: leadership and the lease move to a live LiteFS.
+//! LiteFS process per node (the sim's LiteFS: its lease loop against the node's lease
+//! endpoint, LiteFS's lease timing as litefs-config prints it), five faults of the leader's
+//! node, 10 trials each: SIGTERM of its proxy, kill -9 of its proxy, of its LiteFS, of both,
+//! and a partition; every LiteFS is asked every 100 ms whether it is primary.
 
 use std::{
     net::SocketAddr,
@@ -179,9 +181,72 @@ async fn trial(c: &mut Cluster, sigterm: bool) -> Result<TrialResult> {
     Ok(TrialResult { took, failed, exit })
 }
 
-/// kill -9 of the settled leader's LiteFS under writes through the survivors: the time to the
-/// first successful write sent after it. The LiteFS is restarted and rejoins afterwards.
-async fn litefs_crash_trial(c: &mut Cluster) -> Result<TrialResult> {
+/// What a LiteFS-cluster trial does to the settled leader's node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// SIGTERM of its proxy: the planned handover (LiteFS's handoff).
+    Sigterm,
+    /// kill -9 of its proxy; its LiteFS lives on.
+    ProxyKill,
+    /// kill -9 of its LiteFS; its proxy lives on.
+    LitefsKill,
+    /// kill -9 of both: the whole node.
+    NodeKill,
+    /// Its Raft traffic and the replication streams from its LiteFS cut.
+    Partition,
+}
+
+impl Fault {
+    const ALL: [Fault; 5] = [
+        Fault::Sigterm,
+        Fault::ProxyKill,
+        Fault::LitefsKill,
+        Fault::NodeKill,
+        Fault::Partition,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Fault::Sigterm => "SIGTERM of the leader's proxy",
+            Fault::ProxyKill => "kill -9 of the leader's proxy",
+            Fault::LitefsKill => "kill -9 of the leader's LiteFS",
+            Fault::NodeKill => "kill -9 of the whole leader node",
+            Fault::Partition => "leader node cut off",
+        }
+    }
+
+    /// The goal (seconds) from the failover issue.
+    fn goal_s(self) -> f64 {
+        match self {
+            Fault::Sigterm => 0.3,
+            Fault::ProxyKill => 1.0,
+            _ => 2.5,
+        }
+    }
+
+    /// What litefs-proxy aea0a44 did with an unmodified LiteFS v0.5.14 (litefs-facts.md).
+    fn before(self) -> &'static str {
+        match self {
+            Fault::Sigterm => "3.6–9.1 s",
+            Fault::ProxyKill => "8.7–10.9 s (TTL 10 s)",
+            Fault::LitefsKill => "never",
+            Fault::NodeKill => "2.1–2.2 s",
+            Fault::Partition => "two LiteFS primaries for 4.3 s",
+        }
+    }
+}
+
+struct LitefsTrial {
+    took: Duration,
+    failed: Vec<String>,
+    /// The most LiteFS primaries seen at one 100 ms sample.
+    most_primaries: usize,
+}
+
+/// One fault under writes through the survivors: the time to the first successful write
+/// sent after it, with every LiteFS asked every 100 ms whether it is primary. The node is
+/// restored afterwards and rejoins before the next trial.
+async fn litefs_trial(c: &mut Cluster, fault: Fault) -> Result<LitefsTrial> {
     let Some(l) = c.wait_litefs_settled(Duration::from_secs(30)).await else {
         bail!("LiteFS never settled on the Raft leader");
     };
@@ -189,31 +254,66 @@ async fn litefs_crash_trial(c: &mut Cluster) -> Result<TrialResult> {
     let writer = Writer::start(survivors.iter().map(|&i| c.nodes[i].proxy).collect());
     tokio::time::sleep(Duration::from_millis(150)).await;
     let t0 = Instant::now();
-    c.kill_litefs(l);
+    match fault {
+        Fault::Sigterm => c.signal(l, "TERM"),
+        Fault::ProxyKill => c.kill(l),
+        Fault::LitefsKill => c.kill_litefs(l),
+        Fault::NodeKill => {
+            c.kill(l);
+            c.kill_litefs(l);
+        }
+        Fault::Partition => c.isolate(l, true),
+    }
     let end = t0 + Duration::from_secs(20);
-    while writer.first_ok_after(t0, None).is_none() && Instant::now() < end {
+    let mut most_primaries = 0;
+    let mut next_sample = t0;
+    // Past the first write, keep sampling a little: a second primary would show late.
+    let mut settle_until = None;
+    while Instant::now() < end {
+        if Instant::now() >= next_sample {
+            most_primaries = most_primaries.max(c.litefs_primaries().await.len());
+            next_sample = Instant::now() + Duration::from_millis(100);
+        }
+        if settle_until.is_none() && writer.first_ok_after(t0, None).is_some() {
+            settle_until = Some(Instant::now() + Duration::from_millis(500));
+        }
+        if settle_until.is_some_and(|t| Instant::now() >= t) {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    tokio::time::sleep(Duration::from_millis(30)).await;
     let took = writer.first_ok_after(t0, None);
     let failed = writer.failures_after(t0);
     writer.stop().await;
-    c.spawn_litefs(l);
+    match fault {
+        Fault::Sigterm | Fault::ProxyKill => {
+            c.kill(l);
+            c.spawn(l);
+        }
+        Fault::LitefsKill => c.spawn_litefs(l),
+        Fault::NodeKill => {
+            c.spawn_litefs(l);
+            c.spawn(l);
+        }
+        Fault::Partition => c.isolate(l, false),
+    }
     let Some(took) = took else {
-        bail!("no successful write within 20 s of killing the leader's LiteFS");
+        bail!("no successful write within 20 s of: {}", fault.label());
     };
-    Ok(TrialResult {
+    Ok(LitefsTrial {
         took,
         failed,
-        exit: None,
+        most_primaries,
     })
 }
 
-/// Scenario 4's LiteFS-crash rows: `trials` kills of the leader's LiteFS.
-async fn litefs_crash(trials: usize) -> Result<(Vec<f64>, Vec<String>)> {
+/// Scenario 4's LiteFS rows: `trials` of each fault on a cluster with a LiteFS process per
+/// node and LiteFS's lease timing as litefs-config prints it.
+async fn litefs_rows(trials: usize) -> Result<(Vec<Row>, serde_json::Value)> {
     let defaults = litefs_election::Config::default();
     let mut c = Cluster::start(Options {
-        proxy_extra: "primary_redirect_timeout = \"5s\"\n".into(),
+        relays: true,
+        proxy_extra: "primary_redirect_timeout = \"5s\"\nshutdown_grace = \"2s\"\n".into(),
         litefs: Some(LiteFsOptions {
             ttl: defaults.lease_ttl,
             lock_delay: defaults.lease_lock_delay,
@@ -222,19 +322,49 @@ async fn litefs_crash(trials: usize) -> Result<(Vec<f64>, Vec<String>)> {
         ..Options::default()
     })
     .await;
-    let mut took = Vec::new();
-    let mut failed = Vec::new();
-    for i in 0..trials {
-        let r = litefs_crash_trial(&mut c).await?;
-        eprintln!(
-            "  s4 LiteFS kill -9 trial {i}: first write after {:?}, failed writes {}",
-            r.took,
-            r.failed.len()
+    let mut rows = Vec::new();
+    let mut raw = serde_json::Map::new();
+    for fault in Fault::ALL {
+        let mut took = Vec::new();
+        let mut failed = Vec::new();
+        let mut most = 0;
+        for i in 0..trials {
+            let r = litefs_trial(&mut c, fault).await?;
+            eprintln!(
+                "  s4 LiteFS {} trial {i}: first write after {:?}, failed writes {}, most primaries {}",
+                fault.label(),
+                r.took,
+                r.failed.len(),
+                r.most_primaries
+            );
+            took.push(r.took.as_secs_f64());
+            failed.extend(r.failed);
+            most = most.max(r.most_primaries);
+        }
+        let (p50, max) = (percentile(&took, 0.5), percentile(&took, 1.0));
+        let mut r = Row::new(
+            "4. failover, LiteFS sim",
+            &format!(
+                "{} → first write, p50 / max ({} trials)",
+                fault.label(),
+                took.len()
+            ),
         );
-        took.push(r.took.as_secs_f64());
-        failed.extend(r.failed);
+        r.proxy = format!("{} / {}", secs(p50), secs(max));
+        r.baseline = format!(
+            "before: {}; writes failed: {}; most LiteFS primaries at once: {most}",
+            fault.before(),
+            failed.len()
+        );
+        r.goal = format!("< {} s, one primary", fault.goal_s());
+        r.met = Some(max < fault.goal_s() && most <= 1);
+        rows.push(r);
+        raw.insert(
+            format!("{fault:?}"),
+            json!({"first_write_s": took, "failed_writes": failed, "most_primaries": most}),
+        );
     }
-    Ok((took, failed))
+    Ok((rows, serde_json::Value::Object(raw)))
 }
 
 pub async fn run(ctx: &Ctx) -> Result<Section> {
@@ -272,7 +402,7 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
     let (k50, k99) = (percentile(&kill_s, 0.5), percentile(&kill_s, 0.99));
     let (t50, tmax) = (percentile(&term_s, 0.5), percentile(&term_s, 1.0));
     let mut rows = Vec::new();
-    let scen = "4. failover, 3 nodes";
+    let scen = "4. Raft election alone (no LiteFS)";
     let mut r = Row::new(
         scen,
         &format!("kill -9 → first write, p50 ({} trials)", kill_s.len()),
@@ -306,31 +436,12 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
     r.met = Some(tmax < 0.2);
     rows.push(r);
     drop(c);
-    let (litefs_s, litefs_failed) = litefs_crash(if ctx.quick { 3 } else { 10 }).await?;
-    let defaults = litefs_election::Config::default();
-    let mut r = Row::new(
-        scen,
-        &format!(
-            "kill -9 of the leader's LiteFS → first write, p50 / max ({} trials, TTL {} s / lock-delay {} s)",
-            litefs_s.len(),
-            defaults.lease_ttl.as_secs_f64(),
-            defaults.lease_lock_delay.as_secs_f64(),
-        ),
-    );
-    r.proxy = format!(
-        "{} / {}",
-        secs(percentile(&litefs_s, 0.5)),
-        secs(percentile(&litefs_s, 1.0))
-    );
-    r.baseline = format!(
-        "before: never (every write 503); writes failed: {}",
-        litefs_failed.len()
-    );
-    rows.push(r);
+    let (litefs, litefs_raw) = litefs_rows(if ctx.quick { 2 } else { 10 }).await?;
+    rows.extend(litefs);
     Ok(Section {
         rows,
         json: json!({"kill9_s": kill_s, "sigterm_s": term_s, "sigterm_exit_s": exit_s,
-            "litefs_kill9_s": litefs_s, "litefs_kill9_failed_writes": litefs_failed,
+            "litefs": litefs_raw,
             "failed_writes": {"kill9": failed[0], "sigterm": failed[1], "why": reasons},
             "litefs_consul_documented_s": LITEFS_CONSUL_S}),
         panels: vec![Panel {

@@ -29,7 +29,7 @@ use crate::types::NodeId;
 
 /// Margin on top of [`believed_ms`] for the renewal's answer reaching LiteFS after the
 /// leader granted it, and for the nodes' clocks disagreeing.
-pub const CLOCK_MARGIN_MS: u64 = 250;
+pub const CLOCK_MARGIN_MS: u64 = 300;
 
 /// LiteFS's `monitorLeaseAsPrimary` between its last successful renewal and the moment it
 /// stops acting as primary, when every later renewal fails at once: renew at TTL/2, then
