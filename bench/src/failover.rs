@@ -48,6 +48,19 @@ struct Write {
     result: Result<String, String>,
 }
 
+/// The node whose app answered: the recording app names it first; the sim's demo app
+/// answers `{"id":…,"body":…,"node":"node-2"}`.
+fn node_of(body: &[u8]) -> String {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) if v["node"].is_string() => v["node"].as_str().unwrap_or_default().to_owned(),
+        _ => String::from_utf8_lossy(body)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+    }
+}
+
 /// Sends a POST every 10 ms, alternating between `targets`, each on its own connection
 /// and task (a held write does not delay the next one).
 struct Writer {
@@ -73,11 +86,7 @@ impl Writer {
                     let req =
                         client::request(Method::POST, "/items", &[], Bytes::from_static(b"x"));
                     let result = match client::once(addr, req, Duration::from_secs(10)).await {
-                        Ok((st, body)) if st.is_success() => Ok(String::from_utf8_lossy(&body)
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_owned()),
+                        Ok((st, body)) if st.is_success() => Ok(node_of(&body)),
                         Ok((st, body)) => Err(format!(
                             "{} {}",
                             st.as_u16(),
@@ -99,7 +108,7 @@ impl Writer {
     }
 
     /// The first write sent at or after `t` that a node other than `old` took (`None`: any
-    /// successful write, e.g. from the sim's demo app, which does not name its node).
+    /// successful write).
     fn first_ok_after(&self, t: Instant, old: Option<&str>) -> Option<Duration> {
         let v = self.log.lock().ok()?;
         v.iter()
@@ -253,6 +262,9 @@ async fn litefs_trial(c: &mut Cluster, fault: Fault) -> Result<LitefsTrial> {
     let survivors: Vec<usize> = (0..3).filter(|&i| i != l).collect();
     let writer = Writer::start(survivors.iter().map(|&i| c.nodes[i].proxy).collect());
     tokio::time::sleep(Duration::from_millis(150)).await;
+    // The old primary may still serve writes for a moment (a cut-off one until it steps
+    // down): the failover is over when another node's app takes one.
+    let old = c.nodes[l].id.clone();
     let t0 = Instant::now();
     match fault {
         Fault::Sigterm => c.signal(l, "TERM"),
@@ -274,7 +286,7 @@ async fn litefs_trial(c: &mut Cluster, fault: Fault) -> Result<LitefsTrial> {
             most_primaries = most_primaries.max(c.litefs_primaries().await.len());
             next_sample = Instant::now() + Duration::from_millis(100);
         }
-        if settle_until.is_none() && writer.first_ok_after(t0, None).is_some() {
+        if settle_until.is_none() && writer.first_ok_after(t0, Some(&old)).is_some() {
             settle_until = Some(Instant::now() + Duration::from_millis(500));
         }
         if settle_until.is_some_and(|t| Instant::now() >= t) {
@@ -282,7 +294,7 @@ async fn litefs_trial(c: &mut Cluster, fault: Fault) -> Result<LitefsTrial> {
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let took = writer.first_ok_after(t0, None);
+    let took = writer.first_ok_after(t0, Some(&old));
     let failed = writer.failures_after(t0);
     writer.stop().await;
     match fault {

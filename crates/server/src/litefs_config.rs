@@ -143,7 +143,7 @@ pub fn render(cfg: &Config, opts: &Options) -> Result<String, InvalidConfig> {
             let _ = writeln!(lease, "  candidate: true");
             let _ = writeln!(
                 lease,
-                "  # No LiteFS handoffs: the lock follows the Raft leader (the endpoint refuses others)."
+                "  # LiteFS never promotes itself; litefs-proxy asks for its handoff when Raft moves."
             );
             let _ = writeln!(lease, "  promote: false");
             let _ = writeln!(lease, "  consul:");

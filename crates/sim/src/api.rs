@@ -24,7 +24,9 @@ use crate::wire;
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct NodeInfo<'a> {
-    // `clusterID` is `omitempty` in LiteFS and the sim has none, so it is never written.
+    /// `omitempty` in LiteFS: absent until the node knows its cluster's ID.
+    #[serde(rename = "clusterID", skip_serializing_if = "Option::is_none")]
+    cluster_id: Option<String>,
     is_primary: bool,
     candidate: bool,
     path: String,
@@ -33,8 +35,8 @@ struct NodeInfo<'a> {
 
 #[derive(Serialize)]
 struct PrimaryInfo<'a> {
-    /// The node's own hostname on the primary, the primary's on a connected replica, and
-    /// `""` when no primary is known (LiteFS's struct is never null).
+    /// The primary's hostname on a replica that knows it; `""` on the primary itself (as
+    /// measured, litefs-facts.md) and when no primary is known (never null).
     hostname: &'a str,
 }
 
@@ -129,12 +131,9 @@ fn error(status: StatusCode, message: String) -> Response<Body> {
 
 fn info(node: &Node) -> Response<Body> {
     let role = node.role();
-    let hostname = if role.is_primary {
-        node.hostname().to_owned()
-    } else {
-        role.primary_hostname.unwrap_or_default()
-    };
+    let hostname = role.primary_hostname.unwrap_or_default();
     let info = NodeInfo {
+        cluster_id: node.cluster_id(),
         is_primary: role.is_primary,
         candidate: true,
         path: node.mount().display().to_string(),

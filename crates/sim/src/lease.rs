@@ -70,7 +70,12 @@ pub async fn run<L: Leaser>(
                 continue;
             }
         };
-        if !remote_id.is_empty() && !cluster_id.is_empty() && remote_id != cluster_id {
+        if !remote_id.is_empty() && cluster_id.is_empty() {
+            // LiteFS adopts the cluster's ID (from the primary's stream; the same value).
+            cluster_id = remote_id.clone();
+            node.set_cluster_id(&cluster_id);
+        }
+        if !remote_id.is_empty() && remote_id != cluster_id {
             tracing::info!(node = %node.hostname(), %remote_id, "litefs-sim: cannot connect, \"consul\" lease already initialized with different ID");
             wait(&state, &mut stop, RECONNECT_DELAY).await;
             continue;
@@ -158,6 +163,7 @@ async fn as_primary<L: Leaser>(
         if leaser.cluster_id().await?.is_empty() {
             if cluster_id.is_empty() {
                 *cluster_id = format!("LFSC{:016X}", rand::random::<u64>());
+                node.set_cluster_id(cluster_id);
             }
             leaser.set_cluster_id(cluster_id).await?;
         }

@@ -53,6 +53,8 @@ struct Inner {
     handoff_handler: Mutex<Option<mpsc::UnboundedSender<HandoffRequest>>>,
     /// The advertise URL of the primary this replica streams from, for `/promote`.
     primary_url: Mutex<Option<String>>,
+    /// The cluster ID once known (`/info`'s `clusterID`), set by the lease loop.
+    cluster_id: Mutex<Option<String>>,
     /// Position, role and lag; also serializes file writes and event sends so the files
     /// and the event stream always agree on the order of changes.
     state: Mutex<State>,
@@ -129,6 +131,7 @@ impl Node {
                 subscribers: Mutex::new(HashMap::new()),
                 handoff_handler: Mutex::new(None),
                 primary_url: Mutex::new(None),
+                cluster_id: Mutex::new(None),
                 state: Mutex::new(State {
                     txid,
                     checksum,
@@ -220,6 +223,14 @@ impl Node {
 
     pub(crate) fn set_primary_url(&self, url: Option<String>) {
         *lock(&self.inner.primary_url) = url;
+    }
+
+    pub fn cluster_id(&self) -> Option<String> {
+        lock(&self.inner.cluster_id).clone()
+    }
+
+    pub fn set_cluster_id(&self, id: &str) {
+        *lock(&self.inner.cluster_id) = Some(id.to_owned());
     }
 
     /// Routes `/handoff` requests to a lease loop from now on.

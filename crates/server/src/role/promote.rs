@@ -18,11 +18,15 @@ pub const WINDOW: Duration = Duration::from_secs(3);
 /// Between `/promote` attempts while LiteFS is not yet streaming from a primary.
 const RETRY: Duration = Duration::from_millis(100);
 
-/// LiteFS's refusal when it streams from no primary yet: worth asking again. Any other
-/// refusal came from the old primary (its last renewal failed: its lease endpoint is gone),
-/// and asking again would only restart its renew timer (LiteFS's primary loop re-arms it
-/// after every handoff attempt) and keep it primary longer; its lease lapses instead.
-const NOT_CONNECTED: &str = "no primary is currently available";
+/// LiteFS's refusals while this node's LiteFS is not (yet) streaming from the primary, from
+/// itself or from the primary: worth asking again. Any other refusal came from the old
+/// primary's lease loop (its last renewal failed: its lease endpoint is gone), and asking
+/// again would only restart its renew timer (LiteFS's primary loop re-arms it after every
+/// handoff attempt) and keep it primary longer; its lease lapses instead.
+const NOT_CONNECTED: [&str; 2] = [
+    "no primary is currently available",
+    "not currently connected",
+];
 
 /// Runs until either watch closes. `raft`: the election's view; `litefs`: LiteFS's own.
 pub async fn drive(
@@ -47,7 +51,7 @@ pub async fn drive(
                         // Handed over: LiteFS says so on its events stream shortly.
                         let _ = tokio::time::timeout(RETRY, litefs.changed()).await;
                     }
-                    Ok(Err(e)) if e.to_string().contains(NOT_CONNECTED) => {
+                    Ok(Err(e)) if NOT_CONNECTED.iter().any(|m| e.to_string().contains(m)) => {
                         tracing::debug!(error = %e, attempts, "LiteFS not streaming yet; asking again");
                         tokio::time::sleep(RETRY).await;
                     }
