@@ -7,33 +7,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{http_call, Cluster};
+use common::{http_call, json_of, lease_addr, lease_cluster, GO_CREATE};
 use serde_json::{json, Value};
 
 const KEY: &str = "litefs/primary";
-/// The body hashicorp's Go client sends for LiteFS's `Session().CreateNoChecks` (no key prefix
-/// in the consul URL, so no Node).
-const GO_CREATE: &[u8] =
-    br#"{"NodeChecks":[],"Name":"litefs","LockDelay":"1000ms","Behavior":"delete","TTL":"10s"}"#;
-
-fn lease_cluster() -> Cluster {
-    Cluster::new(3, None, |cfg| {
-        cfg.lease_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-    })
-}
-
-fn lease_addr(c: &Cluster, i: usize) -> SocketAddr {
-    c.slots[i]
-        .node
-        .as_ref()
-        .and_then(|n| n.lease_local_addr())
-        .expect("lease endpoint bound")
-}
-
-fn json_of(body: &[u8]) -> Value {
-    serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
-}
 
 async fn create(addr: SocketAddr, body: &[u8]) -> String {
     let (st, h, b) = http_call(addr, "PUT", "/v1/session/create", body).await;

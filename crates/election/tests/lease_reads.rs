@@ -7,36 +7,14 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{http_call, Cluster};
+use common::{http_call, json_of, lease_addr, lease_cluster, Cluster, GO_CREATE};
 use serde_json::{json, Value};
 
 const KEY: &str = "litefs/primary";
-/// hashicorp's Go client body for LiteFS's `Session().CreateNoChecks`.
-const GO_CREATE: &[u8] =
-    br#"{"NodeChecks":[],"Name":"litefs","LockDelay":"1000ms","Behavior":"delete","TTL":"10s"}"#;
 /// LiteFS's create with the TTL litefs-config prints (1 s): its lock outlives a dead holder by
 /// LiteFS's own belief (1.5 s) plus the margin, not 11 s.
 const GO_CREATE_1S: &[u8] =
     br#"{"NodeChecks":[],"Name":"litefs","LockDelay":"0s","Behavior":"delete","TTL":"1s"}"#;
-
-fn lease_cluster() -> Cluster {
-    Cluster::new(3, None, |cfg| {
-        cfg.lease_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-    })
-}
-
-fn lease_addr(c: &Cluster, i: usize) -> SocketAddr {
-    c.slots[i]
-        .node
-        .as_ref()
-        .and_then(|n| n.lease_local_addr())
-        .expect("lease endpoint bound")
-}
-
-fn json_of(body: &[u8]) -> Value {
-    serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
-}
 
 async fn create(addr: SocketAddr) -> String {
     create_with(addr, GO_CREATE).await

@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 use crate::client;
 use crate::event::Event;
 use crate::node::Node;
-use crate::serve::{serve, Body, Stop};
+use crate::serve::{serve, text, Body, Stop};
 use crate::stream;
 use crate::wire;
 
@@ -189,12 +189,4 @@ fn events(node: &Node, stop: Stop) -> Response<Body> {
 
 fn frame(ev: &Event) -> Result<Frame<Bytes>, Infallible> {
     Ok(Frame::data(Bytes::from(ev.to_json_line())))
-}
-
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from_static(body.as_bytes())).boxed())
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
 }

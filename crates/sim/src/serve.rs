@@ -20,6 +20,16 @@ pub(crate) type Body = BoxBody<Bytes, Infallible>;
 /// Turns `true` when the server shuts down; long responses select on it.
 pub(crate) type Stop = watch::Receiver<bool>;
 
+/// A plain-text answer (LiteFS's `http.Error` shape).
+pub(crate) fn text(status: hyper::StatusCode, body: &'static str) -> Response<Body> {
+    use http_body_util::BodyExt;
+    Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(http_body_util::Full::new(Bytes::from_static(body.as_bytes())).boxed())
+        .unwrap_or_else(|_| Response::new(http_body_util::Full::new(Bytes::new()).boxed()))
+}
+
 /// How long open connections get to finish after shutdown before they are cut.
 const DRAIN: Duration = Duration::from_secs(1);
 

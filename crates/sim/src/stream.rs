@@ -16,7 +16,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::dbfile;
 use crate::event::now_ms;
 use crate::node::{Node, Role};
-use crate::serve::{Body, Stop};
+use crate::serve::{text, Body, Stop};
 use crate::wire::{self, Header};
 
 /// Answers a replica's `POST /stream`.
@@ -169,12 +169,4 @@ impl Drop for Streaming {
         self.node.unsubscribe_stream(self.replica);
         tracing::info!(node = %self.node.hostname(), replica = %wire::format_node_id(self.replica), "litefs-sim: stream disconnected");
     }
-}
-
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::from_static(body.as_bytes())).boxed())
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
 }

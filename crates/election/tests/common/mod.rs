@@ -290,3 +290,28 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         b = &b[eol + 2 + size + 2..];
     }
 }
+
+/// The body hashicorp's Go client sends for LiteFS's `Session().CreateNoChecks` (no key prefix
+/// in the consul URL, so no Node).
+pub const GO_CREATE: &[u8] =
+    br#"{"NodeChecks":[],"Name":"litefs","LockDelay":"1000ms","Behavior":"delete","TTL":"10s"}"#;
+
+/// Three nodes serving the lease endpoint on a port of their own.
+pub fn lease_cluster() -> Cluster {
+    Cluster::new(3, None, |cfg| {
+        cfg.lease_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    })
+}
+
+pub fn lease_addr(c: &Cluster, i: usize) -> SocketAddr {
+    c.slots[i]
+        .node
+        .as_ref()
+        .and_then(|n| n.lease_local_addr())
+        .expect("lease endpoint bound")
+}
+
+pub fn json_of(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+}
