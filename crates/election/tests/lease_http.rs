@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{http_call, json_of, lease_addr, lease_cluster, GO_CREATE};
+use common::{get_until, http_call, json_of, lease_addr, lease_cluster, put, GO_CREATE};
 use serde_json::{json, Value};
 
 const KEY: &str = "litefs/primary";
@@ -21,34 +21,6 @@ async fn create(addr: SocketAddr, body: &[u8]) -> String {
     assert_eq!(v.as_object().map(|o| o.len()), Some(1), "{v}");
     assert_eq!(id.len(), 36, "{id}");
     id
-}
-
-async fn put(addr: SocketAddr, path: &str, body: &[u8]) -> Value {
-    let (st, _, b) = http_call(addr, "PUT", path, body).await;
-    assert_eq!(st, 200, "PUT {path}: {}", String::from_utf8_lossy(&b));
-    json_of(&b)
-}
-
-/// GET a key on `addr` until `ok` holds (followers apply shortly after the leader answers).
-async fn get_until(
-    addr: SocketAddr,
-    path: &str,
-    ok: impl Fn(u16, &[u8]) -> bool,
-) -> (u16, std::collections::HashMap<String, String>, Vec<u8>) {
-    let start = Instant::now();
-    loop {
-        let r = http_call(addr, "GET", path, b"").await;
-        if ok(r.0, &r.2) {
-            return r;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(3),
-            "GET {path}: still {} {}",
-            r.0,
-            String::from_utf8_lossy(&r.2)
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,10 +5,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{http_call, json_of, lease_addr, lease_cluster, Cluster, GO_CREATE};
-use serde_json::{json, Value};
+use common::{get_until, http_call, json_of, lease_addr, lease_cluster, put, Cluster, GO_CREATE};
+use serde_json::json;
 
 const KEY: &str = "litefs/primary";
 /// LiteFS's create with the TTL litefs-config prints (1 s): its lock outlives a dead holder by
@@ -24,29 +24,6 @@ async fn create_with(addr: SocketAddr, body: &[u8]) -> String {
     let (st, _, b) = http_call(addr, "PUT", "/v1/session/create", body).await;
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
     json_of(&b)["ID"].as_str().expect("ID").to_string()
-}
-
-async fn put(addr: SocketAddr, path: &str, body: &[u8]) -> Value {
-    let (st, _, b) = http_call(addr, "PUT", path, body).await;
-    assert_eq!(st, 200, "PUT {path}: {}", String::from_utf8_lossy(&b));
-    json_of(&b)
-}
-
-/// GET `path` until `ok(status)`, at most 5 s.
-async fn get_until(addr: SocketAddr, path: &str, ok: impl Fn(u16) -> bool) {
-    let start = Instant::now();
-    loop {
-        let (st, _, b) = http_call(addr, "GET", path, b"").await;
-        if ok(st) {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "GET {path}: still {st} {}",
-            String::from_utf8_lossy(&b)
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 fn last_log_index(c: &Cluster, i: usize) -> Option<u64> {
@@ -74,7 +51,10 @@ async fn a_restarted_node_answers_no_read_until_it_has_caught_up_with_the_leader
     // expires and the key is deleted.
     c.kill(l).await;
     let l2 = c.wait_agreed(Duration::from_secs(3)).await;
-    get_until(lease_addr(&c, l2), &format!("/v1/kv/{KEY}"), |s| s == 404).await;
+    get_until(lease_addr(&c, l2), &format!("/v1/kv/{KEY}"), |s, _| {
+        s == 404
+    })
+    .await;
 
     // The old leader restarts cut off from the others, so it cannot catch up: its persisted
     // state still shows its own session holding the key (what `?stale` reads, and what every
@@ -103,7 +83,7 @@ async fn a_restarted_node_answers_no_read_until_it_has_caught_up_with_the_leader
 
     // Reconnected, it catches up and answers what the leader committed.
     c.heal();
-    get_until(oa, &format!("/v1/kv/{KEY}"), |s| s == 404).await;
+    get_until(oa, &format!("/v1/kv/{KEY}"), |s, _| s == 404).await;
     let (st, _, b) = http_call(oa, "GET", &format!("/v1/session/info/{sid}"), b"").await;
     assert_eq!((st, json_of(&b)), (200, json!([])));
     c.stop_all().await;

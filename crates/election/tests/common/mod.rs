@@ -315,3 +315,33 @@ pub fn json_of(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
 }
+
+/// `PUT path` that must answer 200; its JSON.
+pub async fn put(addr: SocketAddr, path: &str, body: &[u8]) -> serde_json::Value {
+    let (st, _, b) = http_call(addr, "PUT", path, body).await;
+    assert_eq!(st, 200, "PUT {path}: {}", String::from_utf8_lossy(&b));
+    json_of(&b)
+}
+
+/// GET `path` on `addr` until `ok(status, body)` holds (followers apply shortly after the
+/// leader answers; a lapsing lock goes within seconds), at most 5 s.
+pub async fn get_until(
+    addr: SocketAddr,
+    path: &str,
+    ok: impl Fn(u16, &[u8]) -> bool,
+) -> (u16, std::collections::HashMap<String, String>, Vec<u8>) {
+    let start = Instant::now();
+    loop {
+        let r = http_call(addr, "GET", path, b"").await;
+        if ok(r.0, &r.2) {
+            return r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "GET {path}: still {} {}",
+            r.0,
+            String::from_utf8_lossy(&r.2)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
