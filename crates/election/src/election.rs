@@ -22,6 +22,7 @@ use crate::hooks::Hooks;
 use crate::leadership::{Leadership, Tracker};
 use crate::lease::{self, LeaseShared, LeaseWriter};
 use crate::network::{NetworkFactory, RpcClient};
+use crate::position::LocalPosition;
 use crate::rpc_server::{self, RpcState};
 use crate::status::{Status, StatusCell};
 use crate::store::{LogStore, OpenError, StateMachine, Store};
@@ -84,6 +85,8 @@ pub struct Election {
     lease_server: Option<(SocketAddr, oneshot::Sender<()>, JoinHandle<()>)>,
     /// The lease state (also when no endpoint is served; then nobody asks for it).
     lease_shared: LeaseShared,
+    /// This node's LiteFS position, set by the server.
+    position: LocalPosition,
 }
 
 impl Election {
@@ -264,6 +267,7 @@ impl Election {
             stepping_down.clone(),
         ));
 
+        let position = LocalPosition::default();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let state = RpcState {
             raft: raft.clone(),
@@ -272,6 +276,7 @@ impl Election {
             handover: handover.clone(),
             status: status.clone(),
             lease: lease_shared.clone(),
+            position: position.clone(),
         };
         let server_task = tokio::spawn(rpc_server::serve(listener, state, async move {
             let _ = stop_rx.await;
@@ -328,6 +333,7 @@ impl Election {
             reaper_task,
             lease_server,
             lease_shared,
+            position,
         })
     }
 
@@ -335,6 +341,11 @@ impl Election {
     /// leader hands leadership over, an ineligible follower refuses to take it.
     pub fn eligibility(&self) -> Eligibility {
         self.eligibility.clone()
+    }
+
+    /// This node's LiteFS position: the server sets it from the proxy's position watcher.
+    pub fn local_position(&self) -> LocalPosition {
+        self.position.clone()
     }
 
     /// The role to act on; changes are pushed.

@@ -50,6 +50,7 @@ mod http_server;
 mod leadership;
 pub mod lease;
 mod network;
+mod position;
 mod primary_file;
 mod reachability;
 mod rpc_server;
@@ -64,6 +65,7 @@ pub use election::{Election, Error};
 pub use eligibility::Eligibility;
 pub use faults::Faults;
 pub use leadership::Leadership;
+pub use position::{LocalPosition, Position};
 pub use primary_file::PrimaryFileError;
 pub use rpc_server::{
     MAX_BODY, PATH_APPEND, PATH_LEASE, PATH_READ_INDEX, PATH_SNAPSHOT, PATH_TIMEOUT_NOW, PATH_VOTE,

@@ -47,6 +47,8 @@ pub struct RpcState {
     pub status: StatusCell,
     /// The lease state: a forwarded renewal is stamped with this leader's handoff window.
     pub lease: lease::LeaseShared,
+    /// This node's LiteFS position (pre-votes and position reports).
+    pub position: crate::position::LocalPosition,
 }
 
 /// Serve Raft RPCs on `listener` until `shutdown` completes; then every open connection is
