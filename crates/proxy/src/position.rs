@@ -7,7 +7,7 @@
 use std::{
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
@@ -39,6 +39,8 @@ struct Inner {
     wake: Notify,
     /// Pos-file reads that found garbage (kept the last good value).
     bad_reads: AtomicU64,
+    /// Poll at the fast pace even with no read waiting (`keep_fast`).
+    fast: AtomicBool,
 }
 
 /// The pos file could not be used.
@@ -63,6 +65,7 @@ impl LocalTxid {
                 waiters: AtomicUsize::new(0),
                 wake: Notify::new(),
                 bad_reads: AtomicU64::new(0),
+                fast: AtomicBool::new(false),
             }),
         }
     }
@@ -79,6 +82,13 @@ impl LocalTxid {
         self.inner.waiters.load(Ordering::Relaxed)
     }
 
+    /// From now on, re-reads the pos file every `pos_poll_interval` even when no read waits
+    /// (a replica whose primary waits for its position, see `sync_replicas`).
+    pub fn keep_fast(&self) {
+        self.inner.fast.store(true, Ordering::Relaxed);
+        self.inner.wake.notify_one();
+    }
+
     pub fn bad_reads(&self) -> u64 {
         self.inner.bad_reads.load(Ordering::Relaxed)
     }
@@ -87,6 +97,16 @@ impl LocalTxid {
     /// `Ok(None)`: the database does not exist yet.
     pub fn read_file(&self) -> Result<Option<TxId>, ReadError> {
         read_pos(&self.inner.pos_path)
+    }
+
+    /// A fresh read of the whole position (TXID and checksum); `Ok(None)` when the database
+    /// does not exist yet.
+    pub fn read_position(&self) -> Result<Option<Position>, ReadError> {
+        match std::fs::read(&self.inner.pos_path) {
+            Ok(bytes) => Ok(Some(Position::parse(&bytes)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Waits until the local TXID reaches `target`, at most `timeout`. True if it did.
@@ -126,7 +146,8 @@ impl LocalTxid {
         tokio::pin!(until);
         loop {
             self.refresh();
-            let idle = self.inner.waiters.load(Ordering::Acquire) == 0;
+            let idle = self.inner.waiters.load(Ordering::Acquire) == 0
+                && !self.inner.fast.load(Ordering::Relaxed);
             let pause = if idle { IDLE_POLL } else { poll };
             tokio::select! {
                 _ = &mut until => return,
