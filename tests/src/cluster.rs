@@ -392,6 +392,15 @@ data_dir = "{data}"
         }
     }
 
+    /// Sends `signal` (e.g. `STOP`) to node `i`'s LiteFS process, without waiting.
+    pub fn signal_litefs(&self, i: usize, signal: &str) {
+        if let Some(c) = self.nodes[i].litefs.as_ref().and_then(|l| l.child.as_ref()) {
+            let _ = Command::new("kill")
+                .args([format!("-{signal}"), c.id().to_string()])
+                .status();
+        }
+    }
+
     /// `GET /info` of node `i`'s LiteFS, if it answers.
     pub async fn litefs_info(&self, i: usize) -> Option<serde_json::Value> {
         let api = self.nodes[i].litefs.as_ref()?.api;

@@ -389,8 +389,10 @@ fn example_config_is_the_defaults_and_lists_every_key() {
     // Every key, including the optional ones that are commented out.
     for table in ["proxy", "role"] {
         for key in defaults[table].as_table().unwrap().keys() {
+            // sync_replicas is left unset so its default follows the role source.
+            let commented = key == "sync_replicas" && text.contains("\n# sync_replicas = ");
             assert!(
-                text.contains(&format!("\n{key} = ")),
+                text.contains(&format!("\n{key} = ")) || commented,
                 "{table}.{key} missing"
             );
         }
@@ -774,4 +776,31 @@ fn a_down_peer_is_logged_once_when_it_goes_and_once_when_it_returns() {
             .collect();
         assert!(chatter.is_empty(), "openraft per-RPC lines: {chatter:#?}");
     }
+}
+
+/// `proxy.sync_replicas`: unset, 1 with the Raft role source and 3 voters, 0 otherwise;
+/// set where no replica can report (static role) or above the other peers: exit 64.
+#[test]
+fn sync_replicas_defaults_by_role_source_and_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let raft = "[role]\nsource = \"raft\"\n[election]\nnode_id = \"a\"\nraft_addr = \"127.0.0.1:4321\"\ndata_dir = \"/tmp/x\"\npeers = [\"a:4321\", \"b:4321\", \"c:4321\"]\n";
+    let f = write(dir.path(), "raft.toml", raft);
+    let cfg = ok_config(&["--config", f.to_str().unwrap()], &[]);
+    assert_eq!(get(&cfg, "proxy.sync_replicas").as_integer(), Some(1));
+    let cfg = ok_config(&[], &[]);
+    assert_eq!(get(&cfg, "proxy.sync_replicas").as_integer(), Some(0));
+    let f = write(dir.path(), "static.toml", "[proxy]\nsync_replicas = 1\n");
+    assert_invalid(
+        &check(&["--config", f.to_str().unwrap()], &[]),
+        "proxy.sync_replicas",
+    );
+    let f = write(
+        dir.path(),
+        "toomany.toml",
+        &format!("[proxy]\nsync_replicas = 3\n{raft}"),
+    );
+    assert_invalid(
+        &check(&["--config", f.to_str().unwrap()], &[]),
+        "proxy.sync_replicas",
+    );
 }
