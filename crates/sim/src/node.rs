@@ -482,6 +482,12 @@ impl Node {
         (init, rx)
     }
 
+    /// Event feeds open on this node (one per `/events` stream): lets a test wait until a
+    /// follower of `/events` will see every later event.
+    pub fn event_subscribers(&self) -> usize {
+        self.inner.events.receiver_count()
+    }
+
     /// Follows the TXID without reading files.
     pub fn watch_txid(&self) -> watch::Receiver<u64> {
         self.inner.txid.subscribe()
