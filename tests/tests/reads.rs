@@ -285,7 +285,9 @@ async fn observed(node: &ProxyNode, txid: u64, checksum: u64) {
         post_apply_checksum: checksum,
     };
     assert!(
-        eventually(Duration::from_secs(3), || proxy.local_txid().position() == want).await,
+        eventually(Duration::from_secs(3), || proxy.local_txid().position()
+            == want)
+        .await,
         "{} never observed {want:?}",
         node.name
     );
@@ -322,7 +324,11 @@ async fn a_replica_in_another_history_sends_the_read_to_the_primary() {
         .await
         .unwrap();
     assert_eq!(resp.status, 200);
-    assert_eq!(resp.header("x-app"), Some("node-a"), "not served from another history");
+    assert_eq!(
+        resp.header("x-app"),
+        Some("node-a"),
+        "not served from another history"
+    );
     assert_eq!((a.app.count(), b.app.count()), (before.0 + 1, before.1));
     assert_eq!(token_checks(&b, "diverged").await, 1);
 
@@ -331,7 +337,11 @@ async fn a_replica_in_another_history_sends_the_read_to_the_primary() {
     let resp = get(b.addr, "/items", &[("cookie", legacy.as_str())])
         .await
         .unwrap();
-    assert_eq!(resp.header("x-app"), Some("node-b"), "legacy: served locally");
+    assert_eq!(
+        resp.header("x-app"),
+        Some("node-b"),
+        "legacy: served locally"
+    );
 
     // A token ahead: the read waits, and the position it is released by is another history.
     let resp = post(b.addr, "/items", &[], "next").await.unwrap();
@@ -343,7 +353,11 @@ async fn a_replica_in_another_history_sends_the_read_to_the_primary() {
         .await;
     b.sim.set_pos(next, next_checksum ^ 0x5a5a);
     let resp = pending.await.unwrap().unwrap();
-    assert_eq!(resp.header("x-app"), Some("node-a"), "re-checked after the wait");
+    assert_eq!(
+        resp.header("x-app"),
+        Some("node-a"),
+        "re-checked after the wait"
+    );
     assert_eq!(token_checks(&b, "diverged").await, 2);
     assert_eq!(token_checks(&b, "unverified").await, 0);
 }
@@ -402,7 +416,11 @@ async fn a_position_never_observed_goes_to_the_primary_and_events_observe_every_
     let resp = get(b.addr, "/items", &[("cookie", skipped.as_str())])
         .await
         .unwrap();
-    assert_eq!(resp.header("x-app"), Some("node-a"), "unverifiable: the primary");
+    assert_eq!(
+        resp.header("x-app"),
+        Some("node-a"),
+        "unverifiable: the primary"
+    );
     assert_eq!(token_checks(&b, "unverified").await, 1);
 
     // With events: the same jump, one event per position.
@@ -430,7 +448,15 @@ async fn a_position_never_observed_goes_to_the_primary_and_events_observe_every_
     let resp = get(c.addr, "/items", &[("cookie", skipped.as_str())])
         .await
         .unwrap();
-    assert_eq!(resp.header("x-app"), Some("node-c"), "events saw position 2");
+    assert_eq!(
+        resp.header("x-app"),
+        Some("node-c"),
+        "events saw position 2"
+    );
     assert_eq!(token_checks(&c, "unverified").await, 0);
-    assert_eq!(a.app.count(), 1, "only b's unverifiable read reached the primary");
+    assert_eq!(
+        a.app.count(),
+        1,
+        "only b's unverifiable read reached the primary"
+    );
 }

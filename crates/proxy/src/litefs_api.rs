@@ -40,7 +40,10 @@ pub enum Event {
         hostname: String,
     },
     /// A committed transaction on `db`: its TXID and post-apply checksum.
-    Tx { db: String, position: Position },
+    Tx {
+        db: String,
+        position: Position,
+    },
     PrimaryChange {
         is_primary: bool,
         hostname: String,
@@ -122,9 +125,13 @@ impl Event {
                 let d: TxData = serde_json::from_value(raw.data).map_err(bad)?;
                 let txid = TxId::from_hex(d.txid.as_bytes())
                     .ok_or_else(|| ApiError::Malformed(format!("txID {:?}", d.txid)))?;
-                let checksum = TxId::from_hex(d.post_apply_checksum.as_bytes()).ok_or_else(|| {
-                    ApiError::Malformed(format!("postApplyChecksum {:?}", d.post_apply_checksum))
-                })?;
+                let checksum =
+                    TxId::from_hex(d.post_apply_checksum.as_bytes()).ok_or_else(|| {
+                        ApiError::Malformed(format!(
+                            "postApplyChecksum {:?}",
+                            d.post_apply_checksum
+                        ))
+                    })?;
                 Event::Tx {
                     db: raw.db,
                     position: Position {
@@ -289,8 +296,7 @@ mod tests {
         assert!(Event::parse(b"not json").is_err());
         assert!(Event::parse(br#"{"type":"tx","db":"x","data":{"txID":"12"}}"#).is_err());
         assert!(
-            Event::parse(br#"{"type":"tx","db":"x","data":{"txID":"000000000000000c"}}"#)
-                .is_err(),
+            Event::parse(br#"{"type":"tx","db":"x","data":{"txID":"000000000000000c"}}"#).is_err(),
             "a tx event without its checksum"
         );
         assert!(Event::parse(

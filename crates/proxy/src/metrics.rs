@@ -99,7 +99,9 @@ impl Default for Metrics {
              (diverged) or a position it cannot verify (unverified)",
             token_checks.clone(),
         );
-        let token_diverged = token_checks.get_or_create(&[("result", "diverged")]).clone();
+        let token_diverged = token_checks
+            .get_or_create(&[("result", "diverged")])
+            .clone();
         let token_unverified = token_checks
             .get_or_create(&[("result", "unverified")])
             .clone();

@@ -340,17 +340,37 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "0000000000000003/8000000000000003\n");
         let t = LocalTxid::new(dir.path(), "db.sqlite3");
-        assert_eq!(t.position(), pos(3, 0x8000_0000_0000_0003), "the start is observed");
+        assert_eq!(
+            t.position(),
+            pos(3, 0x8000_0000_0000_0003),
+            "the start is observed"
+        );
         assert_eq!(t.check(v2(3, 0x8000_0000_0000_0003)), TokenCheck::Satisfied);
         for p in [pos(4, 0x8004), pos(5, 0x8005), pos(9, 0x8009)] {
             t.publish(p);
         }
         assert_eq!(t.current(), TxId(9));
-        assert_eq!(t.check(v2(5, 0x8005)), TokenCheck::Satisfied, "in our history");
+        assert_eq!(
+            t.check(v2(5, 0x8005)),
+            TokenCheck::Satisfied,
+            "in our history"
+        );
         assert_eq!(t.check(v2(9, 0x8009)), TokenCheck::Satisfied);
-        assert_eq!(t.check(v2(5, 0xbad5)), TokenCheck::Diverged, "same TXID, other write");
-        assert_eq!(t.check(v2(7, 0x8007)), TokenCheck::Unverified, "skipped by the poller");
-        assert_eq!(t.check(v2(1, 0x8001)), TokenCheck::Unverified, "before the watcher");
+        assert_eq!(
+            t.check(v2(5, 0xbad5)),
+            TokenCheck::Diverged,
+            "same TXID, other write"
+        );
+        assert_eq!(
+            t.check(v2(7, 0x8007)),
+            TokenCheck::Unverified,
+            "skipped by the poller"
+        );
+        assert_eq!(
+            t.check(v2(1, 0x8001)),
+            TokenCheck::Unverified,
+            "before the watcher"
+        );
         assert_eq!(t.check(v2(10, 0x800a)), TokenCheck::Behind);
         // Legacy tokens: TXID only, whatever the history.
         assert_eq!(t.check(Token::legacy(TxId(7))), TokenCheck::Satisfied);
@@ -361,7 +381,11 @@ mod tests {
         t.publish(pos(8, 0xb008));
         assert_eq!(t.check(v2(9, 0x8009)), TokenCheck::Behind);
         assert_eq!(t.check(v2(8, 0xb008)), TokenCheck::Satisfied);
-        assert_eq!(t.check(v2(5, 0x8005)), TokenCheck::Satisfied, "the shared past");
+        assert_eq!(
+            t.check(v2(5, 0x8005)),
+            TokenCheck::Satisfied,
+            "the shared past"
+        );
         assert_eq!(*t.subscribe_position().borrow(), pos(8, 0xb008));
         assert_eq!(*t.subscribe().borrow(), TxId(8));
     }
@@ -383,7 +407,10 @@ mod tests {
             Some(pos(2, 0x95af_056c_a07d_8ad1))
         );
         t.refresh();
-        assert!(!rx.has_changed().unwrap(), "a re-read of the same file is no change");
+        assert!(
+            !rx.has_changed().unwrap(),
+            "a re-read of the same file is no change"
+        );
     }
 
     #[test]

@@ -201,8 +201,7 @@ pub fn should_mint(pos: Position, token: Option<Token>) -> bool {
     match token {
         None => true,
         Some(t) => {
-            pos.txid > t.txid
-                || (pos.txid == t.txid && t.checksum != Some(pos.post_apply_checksum))
+            pos.txid > t.txid || (pos.txid == t.txid && t.checksum != Some(pos.post_apply_checksum))
         }
     }
 }
@@ -411,7 +410,10 @@ mod tests {
         assert!(should_mint(p, legacy(4)));
         assert!(should_mint(p, v2(4, 1)));
         assert!(should_mint(p, legacy(5)), "upgrades a legacy token");
-        assert!(should_mint(p, v2(5, 0x8000_0000_0000_0bad)), "another history");
+        assert!(
+            should_mint(p, v2(5, 0x8000_0000_0000_0bad)),
+            "another history"
+        );
         assert!(!should_mint(p, v2(5, 0x8000_0000_0000_0005)), "the same");
         assert!(!should_mint(p, legacy(6)), "never below");
         assert!(!should_mint(p, v2(6, 1)), "never below");

@@ -228,7 +228,10 @@ async fn fail_over_loses_what_was_in_flight_like_litefs() {
     assert_eq!(t, lost, "the new primary continues from its own position");
     // The same TXID in two histories: the checksums, of the content, tell them apart.
     let new_pos = n2.pos();
-    assert_ne!(lost_pos.1, new_pos.1, "divergent writes, divergent checksums");
+    assert_ne!(
+        lost_pos.1, new_pos.1,
+        "divergent writes, divergent checksums"
+    );
     // The old primary rejoins as a replica and is reset to the new primary's state,
     // checksum included.
     let end = std::time::Instant::now() + DEADLINE;
