@@ -284,6 +284,16 @@ impl Cluster {
                 ),
                 None => (String::new(), ""),
             };
+            // The in-process recording apps and sims do not replicate to each other, so no
+            // write could ever reach a replica: durability waits are off for them.
+            let sync_line = if opts.litefs.is_none()
+                && opts.external.is_empty()
+                && !opts.proxy_extra.contains("sync_replicas")
+            {
+                "sync_replicas = 0\n"
+            } else {
+                ""
+            };
             let config = dir.path().join(format!("node-{}.toml", i + 1));
             let toml = format!(
                 r#"[proxy]
@@ -291,7 +301,7 @@ addr = "{proxy}"
 target = "{app}"
 mount = "{mount}"
 node_name = "{id}"
-{api_line}{extra}
+{api_line}{sync_line}{extra}
 
 [role]
 source = "raft"

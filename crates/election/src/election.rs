@@ -17,12 +17,14 @@ use crate::auth::Auth;
 use crate::config::{node_num, Config, ConfigError, Peer};
 use crate::eligibility::{self, Eligibility};
 use crate::faults::Faults;
+use crate::fence::{AckClock, Fence};
 use crate::handover::{self, HandoverCtx};
 use crate::hooks::Hooks;
 use crate::leadership::{Leadership, Tracker};
 use crate::lease::{self, LeaseShared, LeaseWriter};
 use crate::network::{NetworkFactory, RpcClient};
 use crate::position::LocalPosition;
+use crate::reports::{ReplicaPositions, ReportTable};
 use crate::rpc_server::{self, RpcState};
 use crate::status::{Status, StatusCell};
 use crate::store::{LogStore, OpenError, StateMachine, Store};
@@ -87,6 +89,12 @@ pub struct Election {
     lease_shared: LeaseShared,
     /// This node's LiteFS position, set by the server.
     position: LocalPosition,
+    /// Whether this node may take a write at this instant.
+    fence: Fence,
+    /// Replicas' position reports (kept while leading).
+    reports: ReportTable,
+    /// Sends this node's position to the leader while following.
+    reports_task: JoinHandle<()>,
 }
 
 impl Election {
@@ -163,10 +171,12 @@ impl Election {
             faults.clone(),
             cfg.election_timeout_min,
         );
+        let acks = AckClock::default();
         let network = NetworkFactory {
             client: client.clone(),
             me,
             backoff: cfg.election_timeout_min,
+            acks: acks.clone(),
         };
         let lease_shared = LeaseShared::default();
         let state_machine = StateMachine::new(store.clone(), lease_shared.clone())
@@ -247,6 +257,7 @@ impl Election {
             stepping_down: stepping_down.clone(),
             eligible: eligibility.subscribe(),
             wake: wake.clone(),
+            acks: acks.clone(),
         };
         let tracker_task = tokio::spawn(tracker.run());
         let eligibility_task = tokio::spawn(
@@ -268,6 +279,15 @@ impl Election {
         ));
 
         let position = LocalPosition::default();
+        let reports = ReportTable::default();
+        let reports_task = tokio::spawn(crate::reports::run(
+            raft.clone(),
+            me,
+            client.clone(),
+            position.clone(),
+            reports.clone(),
+            cfg.election_timeout_min,
+        ));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let state = RpcState {
             raft: raft.clone(),
@@ -277,6 +297,7 @@ impl Election {
             status: status.clone(),
             lease: lease_shared.clone(),
             position: position.clone(),
+            reports: reports.clone(),
         };
         let server_task = tokio::spawn(rpc_server::serve(listener, state, async move {
             let _ = stop_rx.await;
@@ -310,6 +331,17 @@ impl Election {
             }
             None => None,
         };
+        let fence = Fence {
+            raft: raft.clone(),
+            me,
+            clock: acks,
+            lease: cfg.election_timeout_min,
+            acting: {
+                let stepping_down = stepping_down.clone();
+                let eligible = eligibility.subscribe();
+                Arc::new(move || !stepping_down.load(Ordering::SeqCst) && *eligible.borrow())
+            },
+        };
         tracing::info!(node = %cfg.node_id, raft_addr = %local_addr, "election started");
 
         Ok(Election {
@@ -334,6 +366,9 @@ impl Election {
             lease_server,
             lease_shared,
             position,
+            fence,
+            reports,
+            reports_task,
         })
     }
 
@@ -346,6 +381,18 @@ impl Election {
     /// This node's LiteFS position: the server sets it from the proxy's position watcher.
     pub fn local_position(&self) -> LocalPosition {
         self.position.clone()
+    }
+
+    /// Asks, at the moment of a write, whether this node may take it: Raft leader, acting as
+    /// one, and acknowledged by a quorum within `election_timeout_min` as measured now.
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
+    }
+
+    /// While leading: the positions replicas reported to this node in its current term
+    /// (empty otherwise). Changes are pushed.
+    pub fn replica_positions(&self) -> watch::Receiver<ReplicaPositions> {
+        self.reports.subscribe()
     }
 
     /// The role to act on; changes are pushed.
@@ -432,6 +479,7 @@ impl Election {
         // shutdown below (it would otherwise rewrite .primary as "no leader").
         self.split_vote_task.abort();
         self.eligibility_task.abort();
+        self.reports_task.abort();
         self.tracker_task.abort();
         let _ = (&mut self.tracker_task).await;
         self.reaper_task.abort();
@@ -454,6 +502,7 @@ impl Drop for Election {
     fn drop(&mut self) {
         self.split_vote_task.abort();
         self.eligibility_task.abort();
+        self.reports_task.abort();
         self.tracker_task.abort();
         self.server_task.abort();
         self.reaper_task.abort();

@@ -7,7 +7,7 @@
 //! pause longer than max - min - tick). A partitioned leader keeps reporting `Leader` in the
 //! metrics, hence the re-check on a timer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use openraft::{RaftMetrics, ServerState};
 use tokio::sync::{watch, Notify};
 
 use crate::config::Peer;
+use crate::fence::AckClock;
 use crate::hooks::{HookKind, Hooks};
 use crate::primary_file;
 use crate::status::StatusCell;
@@ -103,6 +104,8 @@ pub(crate) struct Tracker {
     pub eligible: watch::Receiver<bool>,
     /// Poked to re-evaluate at once (e.g. when stepping down starts).
     pub wake: Arc<Notify>,
+    /// Our transport's record of accepted AppendEntries (see `fence`).
+    pub acks: AckClock,
 }
 
 impl Tracker {
@@ -111,7 +114,6 @@ impl Tracker {
         let mut metrics = self.raft.metrics();
         let mut interval = tokio::time::interval(self.tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut ack_at: Option<Instant> = None;
         let mut current = Leadership::Unknown;
         // Start from a clean slate: no leader known yet.
         self.write_primary(&current);
@@ -123,16 +125,14 @@ impl Tracker {
             }
             let now = Instant::now();
             let m = metrics.borrow_and_update().clone();
-            if m.state == ServerState::Leader {
-                if let Some(ms) = m.millis_since_quorum_ack {
-                    let t = now.checked_sub(Duration::from_millis(ms)).unwrap_or(now);
-                    if !matches!(ack_at, Some(a) if a >= t) {
-                        ack_at = Some(t);
-                    }
-                }
+            // Measured by our transport at send time, never from the snapshot's own age
+            // (which is counted from when it was published, possibly before a pause).
+            let ack_at = if m.state == ServerState::Leader {
+                let voters: BTreeSet<NodeId> = m.membership_config.voter_ids().collect();
+                self.acks.quorum_ack_at(&m.vote, self.me, &voters, now)
             } else {
-                ack_at = None;
-            }
+                None
+            };
             let next = decide(
                 &m,
                 &View {

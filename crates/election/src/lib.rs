@@ -44,6 +44,7 @@ mod conn_timer;
 mod election;
 mod eligibility;
 mod faults;
+mod fence;
 mod handover;
 mod hooks;
 mod http_server;
@@ -53,6 +54,7 @@ mod network;
 mod position;
 mod primary_file;
 mod reachability;
+mod reports;
 mod rpc_server;
 mod split_vote;
 mod status;
@@ -64,9 +66,11 @@ pub use config::{node_num, Config, ConfigError, Peer, PeerSpec};
 pub use election::{Election, Error};
 pub use eligibility::Eligibility;
 pub use faults::Faults;
+pub use fence::Fence;
 pub use leadership::Leadership;
 pub use position::{LocalPosition, Position};
 pub use primary_file::PrimaryFileError;
+pub use reports::{ReplicaPositions, REPORT_EVERY};
 pub use rpc_server::{
     MAX_BODY, PATH_APPEND, PATH_LEASE, PATH_READ_INDEX, PATH_SNAPSHOT, PATH_TIMEOUT_NOW, PATH_VOTE,
 };

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -27,6 +27,7 @@ use serde::Serialize;
 use crate::auth::{Auth, FROM_HEADER, MAC_HEADER, TS_HEADER};
 use crate::config::Peer;
 use crate::faults::Faults;
+use crate::fence::AckClock;
 use crate::reachability::Reachability;
 use crate::rpc_server::{MAX_BODY, PATH_APPEND, PATH_SNAPSHOT, PATH_VOTE};
 use crate::types::{NodeId, TypeConfig};
@@ -216,6 +217,8 @@ pub struct NetworkFactory {
     pub me: NodeId,
     /// Pause after `Unreachable` before openraft retries that peer.
     pub backoff: Duration,
+    /// Accepted AppendEntries, by send time: the leader's own measure of its quorum.
+    pub acks: AckClock,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -281,8 +284,15 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.rpc(RPCTypes::AppendEntries, PATH_APPEND, &rpc, &option)
-            .await
+        let (vote, sent_at) = (rpc.vote, Instant::now());
+        let res = self
+            .rpc(RPCTypes::AppendEntries, PATH_APPEND, &rpc, &option)
+            .await;
+        // Anything but HigherVote means the follower took us as its leader at `vote`.
+        if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            self.factory.acks.record(self.target, vote, sent_at);
+        }
+        res
     }
 
     async fn install_snapshot(

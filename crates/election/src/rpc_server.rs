@@ -20,6 +20,7 @@ use crate::auth::{now_ms, Auth, FROM_HEADER};
 use crate::faults::Faults;
 use crate::handover::{self, HandoverCtx, TimeoutNowRequest};
 use crate::lease::{self, state::LeaseRequest};
+use crate::reports::{PositionReport, ReportTable};
 use crate::status::StatusCell;
 use crate::types::{Raft, TypeConfig};
 
@@ -32,6 +33,9 @@ pub const PATH_LEASE: &str = "/raft/lease";
 /// A follower asks the leader for its read index before answering a lease read (answer:
 /// `lease::http::ReadIndex`).
 pub const PATH_READ_INDEX: &str = "/raft/read-index";
+
+/// A replica reports its LiteFS position to the leader (answer: `reports::ReportAck`).
+pub const PATH_POSITION: &str = "/raft/position";
 
 /// Largest request or response body accepted.
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
@@ -48,7 +52,10 @@ pub struct RpcState {
     /// The lease state: a forwarded renewal is stamped with this leader's handoff window.
     pub lease: lease::LeaseShared,
     /// This node's LiteFS position (pre-votes and position reports).
+    #[allow(dead_code)] // read by the pre-vote handler (in progress on its own branch)
     pub position: crate::position::LocalPosition,
+    /// The leader's table of replicas' position reports.
+    pub reports: ReportTable,
 }
 
 /// Serve Raft RPCs on `listener` until `shutdown` completes; then every open connection is
@@ -100,6 +107,7 @@ async fn handle(state: &RpcState, req: Request<Incoming>) -> Response<Full<Bytes
         PATH_TIMEOUT_NOW,
         PATH_LEASE,
         PATH_READ_INDEX,
+        PATH_POSITION,
     ]
     .contains(&path.as_str())
     {
@@ -171,6 +179,16 @@ async fn handle(state: &RpcState, req: Request<Incoming>) -> Response<Full<Bytes
             Err(e) => text(StatusCode::BAD_REQUEST, e),
         },
         PATH_READ_INDEX => json(&lease::http::read_index_local(&state.raft).await),
+        PATH_POSITION => match decode::<PositionReport>(&body) {
+            Ok(report) => json(&state.reports.on_report(
+                &state.raft,
+                state.handover.me,
+                &state.handover.peers,
+                &from,
+                report,
+            )),
+            Err(e) => text(StatusCode::BAD_REQUEST, e),
+        },
         _ => match decode::<TimeoutNowRequest>(&body) {
             Ok(rpc) => json(&handover::on_timeout_now(&state.handover, rpc).await),
             Err(e) => text(StatusCode::BAD_REQUEST, e),

@@ -16,6 +16,19 @@ pub enum OnReadTimeout {
     Error,
 }
 
+/// What a write on the primary does when fewer than `sync_replicas` replicas hold it after
+/// `sync_timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnSyncTimeout {
+    /// Answer 503 with `litefs-write: applied-not-replicated`: the client learns its write
+    /// may not survive a failover (and must not blindly retry it).
+    Fail,
+    /// Answer the app's response anyway, counted and logged: availability over durability,
+    /// chosen explicitly, never as a silent fall-back.
+    Degrade,
+}
+
 /// Where the local TXID comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -81,6 +94,14 @@ pub struct ProxyConfig {
     /// How often the pos file is re-read while reads are waiting on it.
     #[serde(with = "humantime_serde")]
     pub pos_poll_interval: Duration,
+    /// Replicas that must hold a write before the primary answers it. Unset: the server
+    /// decides (1 with the Raft role source and at least 3 voters, else 0); 0: answer as
+    /// soon as the app did (asynchronous replication).
+    pub sync_replicas: Option<usize>,
+    /// How long a write waits for `sync_replicas` replicas.
+    #[serde(with = "humantime_serde")]
+    pub sync_timeout: Duration,
+    pub on_sync_timeout: OnSyncTimeout,
 }
 
 impl Default for ProxyConfig {
@@ -110,6 +131,9 @@ impl Default for ProxyConfig {
             target_connect_retry: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(25),
             pos_poll_interval: Duration::from_millis(1),
+            sync_replicas: None,
+            sync_timeout: Duration::from_secs(2),
+            on_sync_timeout: OnSyncTimeout::Fail,
         }
     }
 }
@@ -193,6 +217,13 @@ impl ProxyConfig {
                 "proxy.endpoint_prefix",
                 &self.endpoint_prefix,
                 "expected a path like /litefs",
+            ));
+        }
+        if self.sync_replicas.unwrap_or(0) > 0 && self.sync_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "proxy.sync_timeout",
+                "0s",
+                "must be above zero while sync_replicas is above zero",
             ));
         }
         if let Some(secret) = &self.token_secret {

@@ -21,7 +21,9 @@ use crate::{
     patterns::Patterns,
     position::{LocalTxid, TokenCheck},
     primary::Primary,
+    sync::{ReplicaPos, ReplicaView, SyncOutcome, SyncWait},
     token::{self, Token, Tokens},
+    txid::Position,
     upstream::{SendError, Upstream},
     ProxyBody,
 };
@@ -63,7 +65,18 @@ pub(crate) struct Shared {
     /// Whether the local LiteFS is up, when the server follows it: down, `/litefs/health`
     /// answers 503 (a load balancer stops sending here).
     pub(crate) litefs_up: Option<watch::Receiver<bool>>,
+    /// Asked right before a request goes to the local app as the primary's: may this node
+    /// take writes at this instant? (The role watch can be late after a pause.)
+    fence: Option<Fence>,
+    /// `sync_replicas`: writes wait for replicas before they are answered.
+    sync: SyncWait,
 }
+
+/// See [`Proxy::with_fence`].
+pub type Fence = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// How often a write held by a failing fence checks it again.
+const FENCE_RECHECK: Duration = Duration::from_millis(10);
 
 /// What a request is, decided once from method, path and config.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -129,6 +142,13 @@ impl Proxy {
                 metrics: Metrics::default(),
                 extension: None,
                 litefs_up: None,
+                fence: None,
+                sync: SyncWait {
+                    k: cfg.sync_replicas.unwrap_or(0),
+                    timeout: cfg.sync_timeout,
+                    on_timeout: cfg.on_sync_timeout,
+                    replicas: None,
+                },
                 cfg,
             }),
         })
@@ -150,6 +170,32 @@ impl Proxy {
             inner.litefs_up = Some(up);
         }
         self
+    }
+
+    /// Checks `fence` right before a request goes to the local app as the primary's (writes,
+    /// and reads served because this node is primary): while it says no, this node acts as
+    /// a replica with no primary known. Call before the proxy is shared.
+    pub fn with_fence(mut self, fence: Fence) -> Proxy {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.fence = Some(fence);
+        }
+        self
+    }
+
+    /// The replicas' positions for `sync_replicas` (from the role source). Without them, a
+    /// write with `sync_replicas` above zero never collects its replicas. Call before the
+    /// proxy is shared.
+    pub fn with_replicas(mut self, replicas: watch::Receiver<ReplicaView>) -> Proxy {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.sync.replicas = Some(replicas);
+        }
+        self
+    }
+
+    /// Whether this node is the primary and may act as one right now.
+    fn local_primary(&self) -> bool {
+        let s = &*self.inner;
+        *s.primary.borrow() == Primary::Local && s.fence.as_ref().is_none_or(|f| f())
     }
 
     pub fn config(&self) -> &ProxyConfig {
@@ -267,7 +313,7 @@ impl Proxy {
         let Some(token) = p.token else {
             return self.to_app(p, false).await;
         };
-        if *s.primary.borrow() == Primary::Local {
+        if self.local_primary() {
             return self.to_app(p, false).await;
         }
         match s.txid.check(token) {
@@ -350,6 +396,14 @@ impl Proxy {
                 _ => Some(None),
             };
             let mut refused = false;
+            let mut fenced = false;
+            let target = match target {
+                None if !self.local_primary() => {
+                    fenced = true;
+                    Some(None)
+                }
+                t => t,
+            };
             match target {
                 None => return self.to_app(p, is_write).await,
                 Some(Some(url)) => {
@@ -391,7 +445,9 @@ impl Proxy {
                 return Err(ProxyError::NoPrimary(s.cfg.primary_redirect_timeout));
             }
             _held.get_or_insert_with(|| GaugeGuard::new(&s.metrics.held));
-            let wake = if refused {
+            let wake = if fenced {
+                deadline.min(now + FENCE_RECHECK)
+            } else if refused {
                 deadline.min(now + RETRY_EVERY)
             } else {
                 deadline
@@ -417,7 +473,10 @@ impl Proxy {
                 Ok(resp) => {
                     let mut resp = response(resp);
                     if mint {
-                        self.mint(p.token, resp.headers_mut());
+                        let pos = self.mint(p.token, resp.headers_mut());
+                        if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                            self.sync(pos).await?;
+                        }
                     }
                     return Ok((resp, "local"));
                 }
@@ -433,12 +492,55 @@ impl Proxy {
         }
     }
 
-    fn mint(&self, token: Option<Token>, headers: &mut http::HeaderMap) {
+    /// Mints the token after a write from a fresh read of the position, which it returns.
+    fn mint(&self, token: Option<Token>, headers: &mut http::HeaderMap) -> Option<Position> {
         let s = &*self.inner;
         match s.txid.read_position() {
-            Ok(Some(pos)) if token::should_mint(pos, token) => s.tokens.mint(pos, headers),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot mint token: position unreadable"),
+            Ok(Some(pos)) => {
+                if token::should_mint(pos, token) {
+                    s.tokens.mint(pos, headers);
+                }
+                Some(pos)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot mint token: position unreadable");
+                None
+            }
+        }
+    }
+
+    /// With `sync_replicas`, waits until enough replicas hold `pos` (the position after the
+    /// write); `Err` when the write must not be acknowledged. An unreadable position cannot
+    /// be waited for and fails the same way.
+    async fn sync(&self, pos: Option<Position>) -> Result<(), ProxyError> {
+        let s = &*self.inner;
+        if !s.sync.enabled() {
+            return Ok(());
+        }
+        let start = Instant::now();
+        let outcome = match pos {
+            Some(pos) => {
+                let target = ReplicaPos {
+                    txid: pos.txid.0,
+                    checksum: pos.post_apply_checksum,
+                };
+                s.sync.wait(target, &|_| None).await
+            }
+            None => SyncOutcome::Failed,
+        };
+        s.metrics.sync(outcome, start.elapsed().as_secs_f64());
+        match outcome {
+            SyncOutcome::Failed => Err(ProxyError::NotReplicated(s.sync.k, s.sync.timeout)),
+            SyncOutcome::Degraded => {
+                tracing::warn!(
+                    replicas = s.sync.k,
+                    timeout = ?s.sync.timeout,
+                    "write answered without its replicas (on_sync_timeout = degrade)"
+                );
+                Ok(())
+            }
+            SyncOutcome::Off | SyncOutcome::Replicated => Ok(()),
         }
     }
 }

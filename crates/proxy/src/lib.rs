@@ -18,14 +18,15 @@ pub mod patterns;
 pub mod position;
 pub mod primary;
 mod serve;
+pub mod sync;
 pub mod token;
 pub mod txid;
 pub mod upstream;
 
-pub use config::{ConfigError, OnReadTimeout, ProxyConfig, TxidSource};
+pub use config::{ConfigError, OnReadTimeout, OnSyncTimeout, ProxyConfig, TxidSource};
 pub use connection::PARK_AFTER;
 pub use error::ProxyError;
-pub use handler::{Proxy, StatusExtension};
+pub use handler::{Fence, Proxy, StatusExtension};
 pub use primary::Primary;
 pub use serve::serve;
 pub use token::Token;

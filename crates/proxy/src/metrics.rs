@@ -39,6 +39,9 @@ pub struct Metrics {
     pub conns_parked: Gauge<i64, AtomicI64>,
     /// Times a connection was parked.
     pub parks: Counter<u64, AtomicU64>,
+    /// Seconds writes on the primary waited for `sync_replicas` replicas.
+    pub sync_wait: Histogram,
+    pub syncs: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 /// How a stalled read ended.
@@ -131,7 +134,21 @@ impl Default for Metrics {
             "Times an idle keep-alive client connection was parked",
             parks.clone(),
         );
+        let sync_wait = Histogram::new(exponential_buckets(0.000_1, 2.0, 18));
+        registry.register(
+            "sync_wait_seconds",
+            "Time writes on the primary waited for sync_replicas replicas to hold them",
+            sync_wait.clone(),
+        );
+        let syncs = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        registry.register(
+            "syncs",
+            "Writes on the primary by replication outcome: replicated, failed (503), degraded (answered without enough replicas)",
+            syncs.clone(),
+        );
         Metrics {
+            sync_wait,
+            syncs,
             parks,
             conns_serving,
             conns_parked,
@@ -156,6 +173,13 @@ impl Metrics {
         self.requests
             .get_or_create(&[("class", class), ("outcome", outcome)])
             .inc();
+    }
+
+    pub fn sync(&self, outcome: crate::sync::SyncOutcome, seconds: f64) {
+        self.syncs
+            .get_or_create(&[("outcome", outcome.label())])
+            .inc();
+        self.sync_wait.observe(seconds);
     }
 
     pub fn read_wait(&self, outcome: WaitOutcome, seconds: f64) {

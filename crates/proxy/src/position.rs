@@ -8,7 +8,7 @@
 use std::{
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, PoisonError, RwLock,
     },
     time::Duration,
@@ -64,6 +64,8 @@ struct Inner {
     wake: Notify,
     /// Pos-file reads that found garbage (kept the last good value).
     bad_reads: AtomicU64,
+    /// Poll at the fast pace even with no read waiting (`keep_fast`).
+    fast: AtomicBool,
 }
 
 /// The pos file could not be used.
@@ -92,6 +94,7 @@ impl LocalTxid {
                 waiters: AtomicUsize::new(0),
                 wake: Notify::new(),
                 bad_reads: AtomicU64::new(0),
+                fast: AtomicBool::new(false),
             }),
         }
     }
@@ -141,6 +144,13 @@ impl LocalTxid {
 
     pub fn waiting(&self) -> usize {
         self.inner.waiters.load(Ordering::Relaxed)
+    }
+
+    /// From now on, re-reads the pos file every `pos_poll_interval` even when no read waits
+    /// (a replica whose primary waits for its position, see `sync_replicas`).
+    pub fn keep_fast(&self) {
+        self.inner.fast.store(true, Ordering::Relaxed);
+        self.inner.wake.notify_one();
     }
 
     pub fn bad_reads(&self) -> u64 {
@@ -208,7 +218,8 @@ impl LocalTxid {
         tokio::pin!(until);
         loop {
             self.refresh();
-            let idle = self.inner.waiters.load(Ordering::Acquire) == 0;
+            let idle = self.inner.waiters.load(Ordering::Acquire) == 0
+                && !self.inner.fast.load(Ordering::Relaxed);
             let pause = if idle { IDLE_POLL } else { poll };
             tokio::select! {
                 _ = &mut until => return,

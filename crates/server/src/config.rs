@@ -231,6 +231,9 @@ pub fn load(args: &ConfigArgs) -> Result<Config, InvalidConfig> {
     if cfg.proxy.node_name.is_empty() {
         cfg.proxy.node_name = hostname();
     }
+    if cfg.proxy.sync_replicas.is_none() {
+        cfg.proxy.sync_replicas = Some(default_sync_replicas(&cfg));
+    }
     validate(&cfg)?;
     Ok(cfg)
 }
@@ -247,6 +250,7 @@ pub fn validate(cfg: &Config) -> Result<(), InvalidConfig> {
         })?;
     }
     cfg.role.validate(cfg.election.as_ref())?;
+    validate_sync(cfg)?;
     if cfg.role.source == RoleSource::Litefs && cfg.proxy.litefs_api.is_empty() {
         return Err(InvalidConfig::new(
             "proxy.litefs_api",
@@ -255,6 +259,46 @@ pub fn validate(cfg: &Config) -> Result<(), InvalidConfig> {
         ));
     }
     Ok(())
+}
+
+/// Voters in the `[election]` table when the role source is Raft.
+fn raft_peers(cfg: &Config) -> Option<usize> {
+    (cfg.role.source == RoleSource::Raft)
+        .then(|| crate::role::raft_source::election_config(cfg.election.as_ref()).ok())
+        .flatten()
+        .map(|e| e.peers.len())
+}
+
+/// `proxy.sync_replicas` when unset: 1 with the Raft role source and at least 3 voters
+/// (every quorum then holds each acknowledged write), else 0.
+pub fn default_sync_replicas(cfg: &Config) -> usize {
+    match raft_peers(cfg) {
+        Some(n) if n >= 3 => 1,
+        _ => 0,
+    }
+}
+
+fn validate_sync(cfg: &Config) -> Result<(), InvalidConfig> {
+    let k = cfg.proxy.sync_replicas.unwrap_or(0);
+    if k == 0 {
+        return Ok(());
+    }
+    match raft_peers(cfg) {
+        None => Err(InvalidConfig::new(
+            "proxy.sync_replicas",
+            k.to_string(),
+            "needs role.source = \"raft\": replicas report their positions to the Raft leader",
+        )),
+        Some(n) if k >= n => Err(InvalidConfig::new(
+            "proxy.sync_replicas",
+            k.to_string(),
+            format!(
+                "the cluster has {} other peer(s); set at most that, or 0",
+                n.saturating_sub(1)
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 /// The first figment error, as key, value and why (with where the value came from).

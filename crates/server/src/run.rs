@@ -42,6 +42,11 @@ async fn serve(
     cfg: Config,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<ExitCode> {
+    let mut cfg = cfg;
+    if cfg.proxy.sync_replicas.is_none() {
+        // A config built in code (the demo) rather than loaded: the same default as `load`.
+        cfg.proxy.sync_replicas = Some(crate::config::default_sync_replicas(&cfg));
+    }
     let addr = cfg.proxy.listen_addr()?;
     let (tx, rx) = watch::channel(Primary::Unknown);
     // The sender lives as long as the proxy: a dropped sender would end the watch that
@@ -129,7 +134,11 @@ async fn serve(
         }
     };
     if let Some(role) = &raft {
-        proxy = proxy.with_extension(Arc::new(role.clone()));
+        proxy = proxy
+            .with_extension(Arc::new(role.clone()))
+            .with_fence(role.fence())
+            .with_replicas(role.replicas());
+        role.follow_position(proxy.local_txid(), cfg.proxy.sync_replicas.unwrap_or(0) > 0);
     }
     if let Some(up) = litefs_up {
         proxy = proxy.with_litefs_up(up);

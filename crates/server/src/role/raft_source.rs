@@ -5,7 +5,11 @@
 use std::sync::{Arc, Mutex};
 
 use litefs_election::{Election, Leadership};
-use litefs_proxy::{ConfigError, Primary, StatusExtension};
+use litefs_proxy::{
+    position::LocalTxid,
+    sync::{ReplicaPos, ReplicaView},
+    ConfigError, Primary, StatusExtension,
+};
 use tokio::sync::watch;
 
 /// The `[election]` table as the election crate's config, checked.
@@ -45,6 +49,12 @@ pub fn to_primary(l: &Leadership) -> Primary {
 #[derive(Clone)]
 pub struct RaftRole {
     election: Arc<Mutex<Option<Election>>>,
+    /// Asked by the proxy right before a write goes to the app.
+    fence: litefs_election::Fence,
+    /// The replicas' reported positions, as the proxy's `sync_replicas` wait reads them.
+    replicas: watch::Receiver<ReplicaView>,
+    /// This node's LiteFS position, as the election sees it.
+    position: litefs_election::LocalPosition,
 }
 
 impl RaftRole {
@@ -67,6 +77,9 @@ impl RaftRole {
                 }
             });
         }
+        let fence = election.fence();
+        let position = election.local_position();
+        let replicas = relay_positions(election.replica_positions());
         let mut leadership = election.leadership();
         tx.send_replace(to_primary(&leadership.borrow_and_update()));
         tokio::spawn(async move {
@@ -80,7 +93,48 @@ impl RaftRole {
         });
         Ok(RaftRole {
             election: Arc::new(Mutex::new(Some(election))),
+            fence,
+            replicas,
+            position,
         })
+    }
+
+    /// For [`litefs_proxy::Proxy::with_fence`].
+    pub fn fence(&self) -> litefs_proxy::Fence {
+        let fence = self.fence.clone();
+        Arc::new(move || fence.may_write())
+    }
+
+    /// For [`litefs_proxy::Proxy::with_replicas`].
+    pub fn replicas(&self) -> watch::Receiver<ReplicaView> {
+        self.replicas.clone()
+    }
+
+    /// Tells the election this node's LiteFS position as the proxy's watcher sees it
+    /// (pre-votes, handover targets, reports to the leader). With `fast`, the watcher
+    /// re-reads the position at its fast pace all the time, so replicas report a write
+    /// within about `pos_poll_interval` (writes on the primary wait for those reports).
+    pub fn follow_position(&self, local: &LocalTxid, fast: bool) {
+        if fast {
+            local.keep_fast();
+        }
+        let mut rx = local.subscribe();
+        let local = local.clone();
+        let position = self.position.clone();
+        tokio::spawn(async move {
+            loop {
+                rx.borrow_and_update();
+                if let Ok(Some(p)) = local.read_position() {
+                    position.set(litefs_election::Position {
+                        txid: p.txid.0,
+                        checksum: p.post_apply_checksum,
+                    });
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     /// The lease endpoint's state, when this node serves one.
@@ -117,6 +171,30 @@ impl RaftRole {
             }
         }
     }
+}
+
+/// Copies the election's reports into the proxy's view of them, as they change.
+fn relay_positions(
+    mut from: watch::Receiver<litefs_election::ReplicaPositions>,
+) -> watch::Receiver<ReplicaView> {
+    let convert = |p: &litefs_election::ReplicaPositions| ReplicaView {
+        term: p.term,
+        replicas: p
+            .positions
+            .values()
+            .map(|pos| ReplicaPos {
+                txid: pos.txid,
+                checksum: pos.checksum,
+            })
+            .collect(),
+    };
+    let (tx, rx) = watch::channel(convert(&from.borrow_and_update()));
+    tokio::spawn(async move {
+        while from.changed().await.is_ok() {
+            tx.send_replace(convert(&from.borrow_and_update()));
+        }
+    });
+    rx
 }
 
 impl StatusExtension for RaftRole {

@@ -1,0 +1,234 @@
+//! `sync_replicas`: the primary answers a write only once k replicas hold its position. The
+//! replicas' positions come from the role source (the election collects them over the Raft
+//! port); a replica counts only at a position of this primary's own history: the TXID the
+//! write reached with the same checksum, or a later TXID whose checksum the primary saw too.
+//! Without k in time, `on_sync_timeout` decides; there is no silent fall-back to async.
+
+use std::time::Duration;
+
+use tokio::{sync::watch, time::Instant};
+
+use crate::config::OnSyncTimeout;
+
+/// One replica's last reported position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaPos {
+    pub txid: u64,
+    pub checksum: u64,
+}
+
+/// The replicas' positions as reported to this node while it leads; `term` names the
+/// leadership the reports were addressed to (a change means they are no longer ours).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaView {
+    pub term: u64,
+    pub replicas: Vec<ReplicaPos>,
+}
+
+/// How a write's wait for its replicas ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// `sync_replicas = 0`, or nothing to wait for.
+    Off,
+    Replicated,
+    /// Not enough replicas in time (or the leadership moved); answered 503.
+    Failed,
+    /// Not enough replicas in time; answered anyway (`on_sync_timeout = "degrade"`).
+    Degraded,
+}
+
+impl SyncOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            SyncOutcome::Off => "off",
+            SyncOutcome::Replicated => "replicated",
+            SyncOutcome::Failed => "failed",
+            SyncOutcome::Degraded => "degraded",
+        }
+    }
+}
+
+/// The settings and the replicas' positions.
+pub(crate) struct SyncWait {
+    pub k: usize,
+    pub timeout: Duration,
+    pub on_timeout: OnSyncTimeout,
+    pub replicas: Option<watch::Receiver<ReplicaView>>,
+}
+
+impl SyncWait {
+    pub fn enabled(&self) -> bool {
+        self.k > 0
+    }
+
+    /// Waits until `k` replicas hold `target` (TXID, checksum). `seen(txid)` is the checksum
+    /// this primary saw at that TXID, if it did (its history).
+    pub async fn wait(
+        &self,
+        target: ReplicaPos,
+        seen: &(dyn Fn(u64) -> Option<u64> + Sync),
+    ) -> SyncOutcome {
+        if self.k == 0 {
+            return SyncOutcome::Off;
+        }
+        let deadline = Instant::now() + self.timeout;
+        let reached = match &self.replicas {
+            Some(rx) => {
+                let mut rx = rx.clone();
+                let term = rx.borrow_and_update().term;
+                loop {
+                    let held = {
+                        let v = rx.borrow_and_update();
+                        // Another leadership's reports are not ours (0: none seen yet).
+                        if term != 0 && v.term != term {
+                            break false;
+                        }
+                        holders(&v.replicas, target, seen)
+                    };
+                    if held >= self.k {
+                        break true;
+                    }
+                    match tokio::time::timeout_at(deadline, rx.changed()).await {
+                        Ok(Ok(())) => {}
+                        _ => break false,
+                    }
+                }
+            }
+            None => {
+                tokio::time::sleep_until(deadline).await;
+                false
+            }
+        };
+        match (reached, self.on_timeout) {
+            (true, _) => SyncOutcome::Replicated,
+            (false, OnSyncTimeout::Fail) => SyncOutcome::Failed,
+            (false, OnSyncTimeout::Degrade) => SyncOutcome::Degraded,
+        }
+    }
+}
+
+/// Replicas at `target` or later in this primary's history.
+fn holders(
+    replicas: &[ReplicaPos],
+    target: ReplicaPos,
+    seen: &dyn Fn(u64) -> Option<u64>,
+) -> usize {
+    replicas
+        .iter()
+        .filter(|r| {
+            r.txid >= target.txid
+                && ((r.txid == target.txid && r.checksum == target.checksum)
+                    || seen(r.txid) == Some(r.checksum))
+        })
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(txid: u64, checksum: u64) -> ReplicaPos {
+        ReplicaPos { txid, checksum }
+    }
+
+    fn wait(k: usize, on_timeout: OnSyncTimeout, rx: watch::Receiver<ReplicaView>) -> SyncWait {
+        SyncWait {
+            k,
+            timeout: Duration::from_secs(2),
+            on_timeout,
+            replicas: Some(rx),
+        }
+    }
+
+    #[test]
+    fn only_positions_of_this_history_count() {
+        let history = |t: u64| match t {
+            5 => Some(0xa5),
+            6 => Some(0xa6),
+            _ => None,
+        };
+        let target = pos(5, 0xa5);
+        assert_eq!(holders(&[pos(5, 0xa5)], target, &history), 1);
+        assert_eq!(
+            holders(&[pos(6, 0xa6)], target, &history),
+            1,
+            "later, same history"
+        );
+        assert_eq!(
+            holders(&[pos(5, 0xb5)], target, &history),
+            0,
+            "same TXID, another write"
+        );
+        assert_eq!(
+            holders(&[pos(6, 0xb6)], target, &history),
+            0,
+            "another history"
+        );
+        assert_eq!(
+            holders(&[pos(7, 0xa7)], target, &history),
+            0,
+            "unverifiable"
+        );
+        assert_eq!(holders(&[pos(4, 0xa4)], target, &history), 0, "behind");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_for_k_replicas_then_answers() {
+        let (tx, rx) = watch::channel(ReplicaView {
+            term: 3,
+            replicas: vec![pos(4, 0xa4), pos(3, 0xa3)],
+        });
+        let w = wait(2, OnSyncTimeout::Fail, rx);
+        let start = Instant::now();
+        let waiting = tokio::spawn(async move { w.wait(pos(5, 0xa5), &|_| None).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tx.send_modify(|v| v.replicas[0] = pos(5, 0xa5));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "one of two is not enough");
+        tx.send_modify(|v| v.replicas[1] = pos(5, 0xa5));
+        assert_eq!(waiting.await.unwrap(), SyncOutcome::Replicated);
+        assert_eq!(start.elapsed(), Duration::from_millis(200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeout_fails_or_degrades_as_configured_and_a_new_term_fails_at_once() {
+        let (tx, rx) = watch::channel(ReplicaView {
+            term: 3,
+            replicas: vec![pos(4, 0xa4)],
+        });
+        let start = Instant::now();
+        let failed = wait(1, OnSyncTimeout::Fail, rx.clone());
+        assert_eq!(
+            failed.wait(pos(5, 0xa5), &|_| None).await,
+            SyncOutcome::Failed
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        let degraded = wait(1, OnSyncTimeout::Degrade, rx.clone());
+        assert_eq!(
+            degraded.wait(pos(5, 0xa5), &|_| None).await,
+            SyncOutcome::Degraded
+        );
+        let moved = wait(1, OnSyncTimeout::Fail, rx);
+        let start = Instant::now();
+        let waiting = tokio::spawn(async move { moved.wait(pos(5, 0xa5), &|_| None).await });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Reports for another leadership: even one at the target does not count.
+        tx.send_replace(ReplicaView {
+            term: 4,
+            replicas: vec![pos(5, 0xa5)],
+        });
+        assert_eq!(waiting.await.unwrap(), SyncOutcome::Failed);
+        assert_eq!(start.elapsed(), Duration::from_millis(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_replicas_is_off() {
+        let w = SyncWait {
+            k: 0,
+            timeout: Duration::from_secs(2),
+            on_timeout: OnSyncTimeout::Fail,
+            replicas: None,
+        };
+        assert_eq!(w.wait(pos(1, 1), &|_| None).await, SyncOutcome::Off);
+    }
+}
