@@ -1,5 +1,6 @@
-//! Token extraction from arbitrary cookie and header bytes, unsigned and signed: never
-//! panics, and whatever it accepts round-trips through minting.
+//! Token extraction from arbitrary cookie and header bytes, unsigned and signed, v2
+//! (`<txid>-<checksum>`) and legacy (`<txid>`): never panics, and whatever it accepts
+//! round-trips through minting.
 #![no_main]
 
 use std::time::Duration;
@@ -20,13 +21,16 @@ fuzz_target!(|data: &[u8]| {
     for secret in [None, Some("a-fuzzing-secret-of-16+-chars")] {
         let tokens = Tokens::new("litefs-txid", Duration::from_secs(300), secret);
         let found = tokens.extract(&headers);
-        if let Some(txid) = found.txid {
+        if let Some(token) = found.token {
             // An accepted token is one this node could have minted.
-            assert_eq!(tokens.verify(&tokens.value(txid)), Some(txid));
+            assert_eq!(tokens.verify(&tokens.value(token)), Some(token));
         }
         if let Ok(s) = std::str::from_utf8(data) {
-            if let Some(txid) = tokens.verify(s) {
-                assert_eq!(tokens.verify(&tokens.value(txid)), Some(txid));
+            if let Some(token) = tokens.verify(s) {
+                assert_eq!(tokens.verify(&tokens.value(token)), Some(token));
+                // The unsigned part is a legacy TXID or a v2 TXID-checksum, nothing else.
+                let body = s.split('.').next().unwrap_or_default();
+                assert_eq!(body.len(), if token.checksum.is_some() { 33 } else { 16 });
             }
         }
     }

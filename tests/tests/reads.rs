@@ -1,10 +1,12 @@
 //! Rules 3, 11, 12: a read carrying a token ahead of the local TXID waits for it, is
 //! released when the position moves (pos file or LiteFS events), and falls back to the
-//! primary or 504 after `read_wait_timeout`. Signed tokens resist forgery.
+//! primary or 504 after `read_wait_timeout`. Signed tokens resist forgery. A token names a
+//! position in one history: a replica that was at its TXID with another checksum, or that
+//! never observed its position, sends the read to the primary; legacy tokens compare TXIDs.
 
 use std::time::Duration;
 
-use litefs_proxy::{OnReadTimeout, Primary, ProxyConfig, TxidSource};
+use litefs_proxy::{OnReadTimeout, Position, Primary, ProxyConfig, TxId, TxidSource};
 use litefs_proxy_tests::{
     client::{get, minted, post},
     eventually,
@@ -241,8 +243,13 @@ async fn signed_tokens_are_minted_and_forged_ones_ignored() {
     let (a, b) = pair(cfg).await;
     let resp = post(b.addr, "/items", &[], "x").await.unwrap();
     let token = minted(&resp).expect("signed token");
-    assert!(token.starts_with("0000000000000001."), "{token}");
-    assert_eq!(token.len(), 16 + 1 + 32);
+    let (txid, checksum) = a.sim.pos();
+    assert_eq!(txid, 1);
+    assert!(
+        token.starts_with(&format!("0000000000000001-{checksum:016x}.")),
+        "{token}"
+    );
+    assert_eq!(token.len(), 33 + 1 + 32);
 
     // A forged pin and an unsigned value are ignored: served locally at once, not stalled.
     for forged in [
@@ -267,5 +274,189 @@ async fn signed_tokens_are_minted_and_forged_ones_ignored() {
     assert_eq!(
         pending.await.unwrap().unwrap().header("x-app"),
         Some("node-b")
+    );
+}
+
+/// Waits until `node`'s proxy has observed the position `(txid, checksum)`.
+async fn observed(node: &ProxyNode, txid: u64, checksum: u64) {
+    let proxy = node.proxy.clone();
+    let want = Position {
+        txid: TxId(txid),
+        post_apply_checksum: checksum,
+    };
+    assert!(
+        eventually(Duration::from_secs(3), || proxy.local_txid().position()
+            == want)
+        .await,
+        "{} never observed {want:?}",
+        node.name
+    );
+}
+
+/// The value of one `litefs_proxy_token_checks_total` series.
+async fn token_checks(node: &ProxyNode, result: &str) -> u64 {
+    let m = get(node.addr, "/litefs/metrics", &[]).await.unwrap().text();
+    let prefix = format!("litefs_proxy_token_checks_total{{result=\"{result}\"}} ");
+    m.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in {m}"))
+}
+
+/// A replica at the token's TXID in another history (another checksum) does not serve the
+/// read: the primary does, whether the replica was there already or reached it while the
+/// read waited. A legacy token at that TXID is still compared by TXID alone.
+#[tokio::test]
+async fn a_replica_in_another_history_sends_the_read_to_the_primary() {
+    let (a, b) = pair(test_config()).await;
+    let resp = post(b.addr, "/items", &[], "mine").await.unwrap();
+    let token = minted(&resp).expect("token minted");
+    let (txid, checksum) = a.sim.pos();
+    assert_eq!(token, format!("{txid:016x}-{checksum:016x}"), "v2 token");
+    // b reaches the same TXID with another write (the top bit stays set, as in LiteFS).
+    let other = checksum ^ 0x5a5a;
+    b.sim.set_pos(txid, other);
+    observed(&b, txid, other).await;
+
+    let cookie = format!("litefs-txid={token}");
+    let before = (a.app.count(), b.app.count());
+    let resp = get(b.addr, "/items", &[("cookie", cookie.as_str())])
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.header("x-app"),
+        Some("node-a"),
+        "not served from another history"
+    );
+    assert_eq!((a.app.count(), b.app.count()), (before.0 + 1, before.1));
+    assert_eq!(token_checks(&b, "diverged").await, 1);
+
+    // The same TXID as a legacy token: TXID comparison only, as before.
+    let legacy = format!("litefs-txid={txid:016x}");
+    let resp = get(b.addr, "/items", &[("cookie", legacy.as_str())])
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.header("x-app"),
+        Some("node-b"),
+        "legacy: served locally"
+    );
+
+    // A token ahead: the read waits, and the position it is released by is another history.
+    let resp = post(b.addr, "/items", &[], "next").await.unwrap();
+    let token = minted(&resp).expect("token minted");
+    let (next, next_checksum) = a.sim.pos();
+    assert_eq!(next, txid + 1);
+    let pending = b
+        .waiting_read_with("cookie", format!("litefs-txid={token}"))
+        .await;
+    b.sim.set_pos(next, next_checksum ^ 0x5a5a);
+    let resp = pending.await.unwrap().unwrap();
+    assert_eq!(
+        resp.header("x-app"),
+        Some("node-a"),
+        "re-checked after the wait"
+    );
+    assert_eq!(token_checks(&b, "diverged").await, 2);
+    assert_eq!(token_checks(&b, "unverified").await, 0);
+}
+
+/// A v2 token whose position the replica has is served locally, at once or after waiting;
+/// a legacy 16-hex token keeps working as before.
+#[tokio::test]
+async fn a_replica_in_the_tokens_history_serves_the_read() {
+    let (a, b) = pair(test_config()).await;
+    let resp = post(b.addr, "/items", &[], "mine").await.unwrap();
+    let token = minted(&resp).expect("token minted");
+    let (txid, checksum) = a.sim.pos();
+    // Replicated: the primary's position, checksum included.
+    b.sim.set_txid(txid);
+    observed(&b, txid, checksum).await;
+    let cookie = format!("litefs-txid={token}");
+    let resp = get(b.addr, "/items", &[("cookie", cookie.as_str())])
+        .await
+        .unwrap();
+    assert_eq!(resp.header("x-app"), Some("node-b"));
+
+    let resp = post(b.addr, "/items", &[], "next").await.unwrap();
+    let token = minted(&resp).expect("token minted");
+    let pending = b
+        .waiting_read_with("cookie", format!("litefs-txid={token}"))
+        .await;
+    b.sim.set_txid(a.sim.txid());
+    assert_eq!(
+        pending.await.unwrap().unwrap().header("x-app"),
+        Some("node-b")
+    );
+
+    let legacy = format!("litefs-txid={:016x}", a.sim.txid());
+    let resp = get(b.addr, "/items", &[("cookie", legacy.as_str())])
+        .await
+        .unwrap();
+    assert_eq!(resp.header("x-app"), Some("node-b"));
+    assert_eq!(a.app.count(), 2, "only the writes reached the primary");
+    assert_eq!(token_checks(&b, "diverged").await, 0);
+    assert_eq!(token_checks(&b, "unverified").await, 0);
+}
+
+/// The pos-file poller sees only some positions: a token for one it skipped cannot be
+/// verified and goes to the primary. LiteFS's `/events` shows every position, so the same
+/// token is served locally there.
+#[tokio::test]
+async fn a_position_never_observed_goes_to_the_primary_and_events_observe_every_one() {
+    let cfg = test_config();
+    let skipped = format!(
+        "litefs-txid=0000000000000002-{:016x}",
+        litefs_sim::fake_checksum(&cfg.db, 2)
+    );
+    let (a, b) = pair(cfg.clone()).await;
+    b.sim.set_txid(3);
+    observed(&b, 3, litefs_sim::fake_checksum(&cfg.db, 3)).await;
+    let resp = get(b.addr, "/items", &[("cookie", skipped.as_str())])
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.header("x-app"),
+        Some("node-a"),
+        "unverifiable: the primary"
+    );
+    assert_eq!(token_checks(&b, "unverified").await, 1);
+
+    // With events: the same jump, one event per position.
+    let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let events = ProxyConfig {
+        txid_source: TxidSource::Events,
+        litefs_api: format!("http://{}", api_listener.local_addr().unwrap()),
+        pos_poll_interval: Duration::from_secs(20),
+        ..cfg
+    };
+    let c = ProxyNode::start("node-c", a.as_remote(), events).await;
+    let (_stop_api, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(litefs_sim::serve_api(c.sim.clone(), api_listener, async {
+        let _ = stopped.await;
+    }));
+    let sim = c.sim.clone();
+    assert!(
+        eventually(Duration::from_secs(3), || sim.event_subscribers() > 0).await,
+        "the proxy follows /events"
+    );
+    c.sim.set_txid(1);
+    c.sim.set_txid(2);
+    c.sim.set_txid(3);
+    observed(&c, 3, litefs_sim::fake_checksum(c.sim.db(), 3)).await;
+    let resp = get(c.addr, "/items", &[("cookie", skipped.as_str())])
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.header("x-app"),
+        Some("node-c"),
+        "events saw position 2"
+    );
+    assert_eq!(token_checks(&c, "unverified").await, 0);
+    assert_eq!(
+        a.app.count(),
+        1,
+        "only b's unverifiable read reached the primary"
     );
 }

@@ -58,15 +58,24 @@ async fn write_on_primary_mints_token_from_position() {
         .iter()
         .map(|v| v.to_str().unwrap().to_owned())
         .find(|c| c.starts_with("litefs-txid="));
+    // The position, TXID and checksum, as in `<db>-pos` with `-` for `/`.
+    let (_, checksum) = a.sim.pos();
+    let value = format!("000000000000002a-{checksum:016x}");
     assert_eq!(
-        cookie.as_deref(),
-        Some("litefs-txid=000000000000002a; Path=/; HttpOnly; SameSite=Lax; Max-Age=300")
+        cookie,
+        Some(format!(
+            "litefs-txid={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age=300"
+        ))
     );
-    assert_eq!(resp.header("litefs-txid"), Some("000000000000002a"));
+    assert_eq!(resp.header("litefs-txid"), Some(value.as_str()));
 
     // Through the replica the primary's proxy mints it, and it comes back intact.
     let resp = post(b.addr, "/items", &[], "y").await.unwrap();
-    assert_eq!(minted(&resp).as_deref(), Some("000000000000002b"));
+    let (_, checksum) = a.sim.pos();
+    assert_eq!(
+        minted(&resp),
+        Some(format!("000000000000002b-{checksum:016x}"))
+    );
 
     // A write carrying a token at or above the position gets no new one.
     let resp = post(
@@ -81,6 +90,15 @@ async fn write_on_primary_mints_token_from_position() {
     .await
     .unwrap();
     assert_eq!(minted(&resp), None);
+    // A token at the TXID the write reaches, but of another history, is replaced.
+    let next = a.sim.txid() + 1;
+    let elsewhere = format!("litefs-txid={next:016x}-8000000000000bad");
+    let resp = post(a.addr, "/items", &[("cookie", elsewhere.as_str())], "z")
+        .await
+        .unwrap();
+    let (txid, checksum) = a.sim.pos();
+    assert_eq!(txid, next);
+    assert_eq!(minted(&resp), Some(format!("{next:016x}-{checksum:016x}")));
     // Reads never mint.
     let resp = get(a.addr, "/items", &[]).await.unwrap();
     assert_eq!(minted(&resp), None);

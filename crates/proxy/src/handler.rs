@@ -1,6 +1,7 @@
 //! The request path: classify, stall reads until the local TXID reaches the client's
-//! token, send writes to the primary (holding them while none is reachable), mint the
-//! token after writes on the primary.
+//! token, send a read whose token names another history (or a position this node cannot
+//! verify) to the primary, send writes to the primary (holding them while none is
+//! reachable), mint the token after writes on the primary.
 
 use std::{sync::Arc, time::Duration};
 
@@ -18,11 +19,11 @@ use crate::{
     litefs_api::LitefsApi,
     metrics::{GaugeGuard, Metrics, WaitOutcome},
     patterns::Patterns,
-    position::LocalTxid,
+    position::{LocalTxid, TokenCheck},
     primary::Primary,
     sync::{ReplicaPos, ReplicaView, SyncOutcome, SyncWait},
-    token::Tokens,
-    txid::{Position, TxId},
+    token::{self, Token, Tokens},
+    txid::Position,
     upstream::{SendError, Upstream},
     ProxyBody,
 };
@@ -101,7 +102,7 @@ struct Pending {
     body: Incoming,
     upgrade: Option<OnUpgrade>,
     /// Token the client brought; a write mints only above it.
-    token: Option<TxId>,
+    token: Option<Token>,
 }
 
 impl Proxy {
@@ -279,7 +280,7 @@ impl Proxy {
             head,
             body,
             upgrade,
-            token: found.txid,
+            token: found.token,
         };
         let result = if hops > MAX_HOPS {
             Err(ProxyError::Loop(hops))
@@ -312,8 +313,13 @@ impl Proxy {
         let Some(token) = p.token else {
             return self.to_app(p, false).await;
         };
-        if self.local_primary() || s.txid.current() >= token {
+        if self.local_primary() {
             return self.to_app(p, false).await;
+        }
+        match s.txid.check(token) {
+            TokenCheck::Satisfied => return self.to_app(p, false).await,
+            TokenCheck::Behind => {}
+            off => return self.off_history(p, hops, off).await,
         }
         if hops > 0 {
             // A fallback read from a replica whose view of the primary is stale: send it
@@ -327,12 +333,15 @@ impl Proxy {
         }
         let caught_up = {
             let _w = GaugeGuard::new(&s.metrics.waiting);
-            s.txid.wait_for(token, s.cfg.read_wait_timeout).await
+            s.txid.wait_for(token.txid, s.cfg.read_wait_timeout).await
         };
         let waited = start.elapsed().as_secs_f64();
         if caught_up {
             s.metrics.read_wait(WaitOutcome::CaughtUp, waited);
-            return self.to_app(p, false).await;
+            return match s.txid.check(token) {
+                TokenCheck::Satisfied => self.to_app(p, false).await,
+                off => self.off_history(p, hops, off).await,
+            };
         }
         match s.cfg.on_read_timeout {
             OnReadTimeout::Error => {
@@ -344,6 +353,25 @@ impl Proxy {
                 self.to_primary(p, hops, false).await
             }
         }
+    }
+
+    /// A read whose token this node's database does not satisfy although its TXID is
+    /// reached: another history, or a position never observed here. Counted, and sent to
+    /// the primary, as a read-timeout fallback is. (`Behind` after a wait that reached the
+    /// TXID: the position went back meanwhile; counted as unverified.)
+    async fn off_history(
+        &self,
+        p: Pending,
+        hops: u8,
+        check: TokenCheck,
+    ) -> Result<(Response<ProxyBody>, &'static str), ProxyError> {
+        let m = &self.inner.metrics;
+        match check {
+            TokenCheck::Diverged => m.token_diverged.inc(),
+            _ => m.token_unverified.inc(),
+        };
+        tracing::debug!(?check, token = ?p.token, "read's token not satisfied here; to the primary");
+        self.to_primary(p, hops, false).await
     }
 
     /// Sends a request to the primary: the local app when this node is primary, else the
@@ -465,12 +493,12 @@ impl Proxy {
     }
 
     /// Mints the token after a write from a fresh read of the position, which it returns.
-    fn mint(&self, token: Option<TxId>, headers: &mut http::HeaderMap) -> Option<Position> {
+    fn mint(&self, token: Option<Token>, headers: &mut http::HeaderMap) -> Option<Position> {
         let s = &*self.inner;
         match s.txid.read_position() {
             Ok(Some(pos)) => {
-                if Some(pos.txid) > token {
-                    s.tokens.mint(pos.txid, headers);
+                if token::should_mint(pos, token) {
+                    s.tokens.mint(pos, headers);
                 }
                 Some(pos)
             }

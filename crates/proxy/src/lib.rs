@@ -11,6 +11,7 @@ pub mod error;
 pub mod forward;
 mod handler;
 pub mod headers;
+pub mod history;
 pub mod litefs_api;
 pub mod metrics;
 pub mod patterns;
@@ -28,7 +29,8 @@ pub use error::ProxyError;
 pub use handler::{Fence, Proxy, StatusExtension};
 pub use primary::Primary;
 pub use serve::serve;
-pub use txid::TxId;
+pub use token::Token;
+pub use txid::{Position, TxId};
 
 /// Response body: an upstream's streamed body, or a small one of the proxy's own.
 pub type ProxyBody =

@@ -11,7 +11,7 @@ use hyper_util::{
 };
 use serde::Deserialize;
 
-use crate::txid::TxId;
+use crate::txid::{Position, TxId};
 
 /// A stream line longer than this is garbage: the stream is dropped and reconnected.
 const MAX_LINE: usize = 1 << 20;
@@ -39,10 +39,10 @@ pub enum Event {
         is_primary: bool,
         hostname: String,
     },
-    /// A committed transaction on `db`.
+    /// A committed transaction on `db`: its TXID and post-apply checksum.
     Tx {
         db: String,
-        txid: TxId,
+        position: Position,
     },
     PrimaryChange {
         is_primary: bool,
@@ -84,6 +84,7 @@ struct RoleData {
 struct TxData {
     #[serde(rename = "txID")]
     txid: String,
+    post_apply_checksum: String,
 }
 
 #[derive(Deserialize)]
@@ -124,7 +125,20 @@ impl Event {
                 let d: TxData = serde_json::from_value(raw.data).map_err(bad)?;
                 let txid = TxId::from_hex(d.txid.as_bytes())
                     .ok_or_else(|| ApiError::Malformed(format!("txID {:?}", d.txid)))?;
-                Event::Tx { db: raw.db, txid }
+                let checksum =
+                    TxId::from_hex(d.post_apply_checksum.as_bytes()).ok_or_else(|| {
+                        ApiError::Malformed(format!(
+                            "postApplyChecksum {:?}",
+                            d.post_apply_checksum
+                        ))
+                    })?;
+                Event::Tx {
+                    db: raw.db,
+                    position: Position {
+                        txid,
+                        post_apply_checksum: checksum.0,
+                    },
+                }
             }
             _ => Event::Other,
         })
@@ -261,7 +275,10 @@ mod tests {
             e,
             Event::Tx {
                 db: "db.sqlite3".into(),
-                txid: TxId(12)
+                position: Position {
+                    txid: TxId(12),
+                    post_apply_checksum: 0x95af_056c_a07d_8ad1
+                }
             }
         );
         let e = Event::parse(br#"{"type":"primaryChange","data":{"isPrimary":true}}"#).unwrap();
@@ -278,5 +295,13 @@ mod tests {
         );
         assert!(Event::parse(b"not json").is_err());
         assert!(Event::parse(br#"{"type":"tx","db":"x","data":{"txID":"12"}}"#).is_err());
+        assert!(
+            Event::parse(br#"{"type":"tx","db":"x","data":{"txID":"000000000000000c"}}"#).is_err(),
+            "a tx event without its checksum"
+        );
+        assert!(Event::parse(
+            br#"{"type":"tx","db":"x","data":{"txID":"000000000000000c","postApplyChecksum":"95af"}}"#
+        )
+        .is_err());
     }
 }

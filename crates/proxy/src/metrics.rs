@@ -27,6 +27,10 @@ pub struct Metrics {
     pub held: Gauge<i64, AtomicI64>,
     pub waiting: Gauge<i64, AtomicI64>,
     pub invalid_tokens: Counter<u64, AtomicU64>,
+    /// Reads on a replica whose token named another history than this node's.
+    pub token_diverged: Counter<u64, AtomicU64>,
+    /// Reads on a replica whose token's checksum this node never observed at its TXID.
+    pub token_unverified: Counter<u64, AtomicU64>,
     pub local_txid: Gauge<i64, AtomicI64>,
     pub is_primary: Gauge<i64, AtomicI64>,
     /// Client connections being served by hyper.
@@ -91,6 +95,19 @@ impl Default for Metrics {
             "Malformed, unsigned or forged tokens ignored",
             invalid_tokens.clone(),
         );
+        let token_checks = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        registry.register(
+            "token_checks",
+            "Reads a replica sent to the primary because its token named another history \
+             (diverged) or a position it cannot verify (unverified)",
+            token_checks.clone(),
+        );
+        let token_diverged = token_checks
+            .get_or_create(&[("result", "diverged")])
+            .clone();
+        let token_unverified = token_checks
+            .get_or_create(&[("result", "unverified")])
+            .clone();
         let local_txid = Gauge::default();
         registry.register(
             "local_txid",
@@ -143,6 +160,8 @@ impl Default for Metrics {
             held,
             waiting,
             invalid_tokens,
+            token_diverged,
+            token_unverified,
             local_txid,
             is_primary,
         }

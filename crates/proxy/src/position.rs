@@ -1,5 +1,6 @@
-//! The local TXID of one database: a single watcher task per database feeds a
-//! `watch` channel that waiting reads subscribe to. The pos file lives on FUSE, where
+//! The local position of one database: a single watcher task per database feeds a
+//! `watch` channel that waiting reads subscribe to, and records every position it observes
+//! in a [`History`] against which a token's (TXID, checksum) is checked. The pos file lives on FUSE, where
 //! inotify does not work, so it is re-read: every `pos_poll_interval` while reads are
 //! waiting, every `IDLE_POLL` otherwise. The `events` source follows LiteFS's `/events`
 //! stream and falls back to the pos file while the API is down.
@@ -8,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-        Arc,
+        Arc, PoisonError, RwLock,
     },
     time::Duration,
 };
@@ -17,7 +18,9 @@ use tokio::sync::{watch, Notify};
 
 use crate::{
     config::TxidSource,
+    history::{History, Seen, HISTORY_LEN},
     litefs_api::{Event, LitefsApi},
+    token::Token,
     txid::{Position, TxId},
 };
 
@@ -25,15 +28,37 @@ use crate::{
 const IDLE_POLL: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// The local position of one database and the positions it has been at; cheap to clone.
 #[derive(Clone)]
 pub struct LocalTxid {
     inner: Arc<Inner>,
 }
 
+/// How a read's token compares with this node's database.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum TokenCheck {
+    /// The local TXID is below the token's: wait for replication.
+    Behind,
+    /// This node's database is at or past the token's position, in the token's history
+    /// (or the token is a legacy one and the TXID is reached).
+    Satisfied,
+    /// This node was at the token's TXID with another checksum: another history. The read
+    /// goes to the primary.
+    Diverged,
+    /// The TXID is reached but this node never observed its checksum (the poller skipped
+    /// it, or it is older than the history kept). The read goes to the primary.
+    Unverified,
+}
+
 struct Inner {
     pos_path: PathBuf,
     db: String,
+    /// The local TXID (what waiting reads follow); set after `pos` and `history`.
     tx: watch::Sender<TxId>,
+    /// The local position, TXID and checksum.
+    pos: watch::Sender<Position>,
+    /// Every position observed, for [`LocalTxid::check`]; written before the watches.
+    history: RwLock<History>,
     /// Reads currently waiting; the poller speeds up while this is above zero.
     waiters: AtomicUsize,
     wake: Notify,
@@ -57,11 +82,15 @@ impl LocalTxid {
     pub fn new(mount: &Path, db: &str) -> LocalTxid {
         let pos_path = mount.join(format!("{db}-pos"));
         let start = read_pos(&pos_path).ok().flatten().unwrap_or_default();
+        let mut history = History::new(HISTORY_LEN);
+        history.observe(start);
         LocalTxid {
             inner: Arc::new(Inner {
                 pos_path,
                 db: db.to_owned(),
-                tx: watch::Sender::new(start),
+                tx: watch::Sender::new(start.txid),
+                pos: watch::Sender::new(start),
+                history: RwLock::new(history),
                 waiters: AtomicUsize::new(0),
                 wake: Notify::new(),
                 bad_reads: AtomicU64::new(0),
@@ -70,12 +99,47 @@ impl LocalTxid {
         }
     }
 
+    /// The local TXID.
     pub fn current(&self) -> TxId {
         *self.inner.tx.borrow()
     }
 
+    /// Follows the local TXID.
     pub fn subscribe(&self) -> watch::Receiver<TxId> {
         self.inner.tx.subscribe()
+    }
+
+    /// The local position: TXID and post-apply checksum.
+    pub fn position(&self) -> Position {
+        *self.inner.pos.borrow()
+    }
+
+    /// Follows the local position (TXID and checksum); changes with every position the
+    /// watcher observes.
+    pub fn subscribe_position(&self) -> watch::Receiver<Position> {
+        self.inner.pos.subscribe()
+    }
+
+    /// Compares a read's token with this node's database. Takes a read lock and a binary
+    /// search; allocates nothing.
+    pub fn check(&self, token: Token) -> TokenCheck {
+        if self.current() < token.txid {
+            return TokenCheck::Behind;
+        }
+        let Some(checksum) = token.checksum else {
+            return TokenCheck::Satisfied;
+        };
+        let seen = self
+            .inner
+            .history
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .at(token.txid);
+        match seen {
+            Seen::Checksum(c) if c == checksum => TokenCheck::Satisfied,
+            Seen::Checksum(_) => TokenCheck::Diverged,
+            Seen::Unknown => TokenCheck::Unverified,
+        }
     }
 
     pub fn waiting(&self) -> usize {
@@ -93,20 +157,16 @@ impl LocalTxid {
         self.inner.bad_reads.load(Ordering::Relaxed)
     }
 
-    /// A fresh read of the pos file (after a write, the watch may not have caught up).
-    /// `Ok(None)`: the database does not exist yet.
+    /// A fresh read of the pos file's TXID (after a write, the watch may not have caught
+    /// up). `Ok(None)`: the database does not exist yet.
     pub fn read_file(&self) -> Result<Option<TxId>, ReadError> {
-        read_pos(&self.inner.pos_path)
+        Ok(self.read_position()?.map(|p| p.txid))
     }
 
-    /// A fresh read of the whole position (TXID and checksum); `Ok(None)` when the database
-    /// does not exist yet.
+    /// A fresh read of the pos file: TXID and checksum, what a token is minted from.
+    /// `Ok(None)`: the database does not exist yet.
     pub fn read_position(&self) -> Result<Option<Position>, ReadError> {
-        match std::fs::read(&self.inner.pos_path) {
-            Ok(bytes) => Ok(Some(Position::parse(&bytes)?)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        read_pos(&self.inner.pos_path)
     }
 
     /// Waits until the local TXID reaches `target`, at most `timeout`. True if it did.
@@ -120,17 +180,29 @@ impl LocalTxid {
         matches!(reached, Ok(Ok(_)))
     }
 
-    fn publish(&self, txid: TxId) {
+    /// Records an observed position: history first, so a read released by the TXID watch
+    /// finds the position's checksum already there.
+    fn publish(&self, pos: Position) {
+        self.inner
+            .history
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .observe(pos);
+        self.inner.pos.send_if_modified(|cur| {
+            let changed = *cur != pos;
+            *cur = pos;
+            changed
+        });
         self.inner.tx.send_if_modified(|cur| {
-            let changed = *cur != txid;
-            *cur = txid;
+            let changed = *cur != pos.txid;
+            *cur = pos.txid;
             changed
         });
     }
 
     /// Re-reads the pos file and publishes it; garbage keeps the last good value.
     fn refresh(&self) {
-        match self.read_file() {
+        match self.read_position() {
             Ok(t) => self.publish(t.unwrap_or_default()),
             Err(e) => {
                 let n = self.inner.bad_reads.fetch_add(1, Ordering::Relaxed);
@@ -186,7 +258,9 @@ impl LocalTxid {
                     self.refresh();
                     while let Some(ev) = stream.next().await {
                         match ev {
-                            Ok(Event::Tx { db, txid }) if db == self.inner.db => self.publish(txid),
+                            Ok(Event::Tx { db, position }) if db == self.inner.db => {
+                                self.publish(position)
+                            }
                             Ok(_) => {}
                             Err(e) => {
                                 tracing::warn!(error = %e, "LiteFS event stream failed");
@@ -224,9 +298,9 @@ impl Drop for WaiterGuard<'_> {
     }
 }
 
-fn read_pos(path: &Path) -> Result<Option<TxId>, ReadError> {
+fn read_pos(path: &Path) -> Result<Option<Position>, ReadError> {
     match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(Position::parse(&bytes)?.txid)),
+        Ok(bytes) => Ok(Some(Position::parse(&bytes)?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e.into()),
     }
@@ -259,6 +333,95 @@ mod tests {
         t.refresh();
         assert_eq!(t.current(), TxId(3));
         assert_eq!(t.bad_reads(), 1);
+    }
+
+    fn pos(txid: u64, checksum: u64) -> Position {
+        Position {
+            txid: TxId(txid),
+            post_apply_checksum: checksum,
+        }
+    }
+
+    fn v2(txid: u64, checksum: u64) -> Token {
+        Token::from(pos(txid, checksum))
+    }
+
+    #[test]
+    fn tokens_are_checked_against_the_positions_observed() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "0000000000000003/8000000000000003\n");
+        let t = LocalTxid::new(dir.path(), "db.sqlite3");
+        assert_eq!(
+            t.position(),
+            pos(3, 0x8000_0000_0000_0003),
+            "the start is observed"
+        );
+        assert_eq!(t.check(v2(3, 0x8000_0000_0000_0003)), TokenCheck::Satisfied);
+        for p in [pos(4, 0x8004), pos(5, 0x8005), pos(9, 0x8009)] {
+            t.publish(p);
+        }
+        assert_eq!(t.current(), TxId(9));
+        assert_eq!(
+            t.check(v2(5, 0x8005)),
+            TokenCheck::Satisfied,
+            "in our history"
+        );
+        assert_eq!(t.check(v2(9, 0x8009)), TokenCheck::Satisfied);
+        assert_eq!(
+            t.check(v2(5, 0xbad5)),
+            TokenCheck::Diverged,
+            "same TXID, other write"
+        );
+        assert_eq!(
+            t.check(v2(7, 0x8007)),
+            TokenCheck::Unverified,
+            "skipped by the poller"
+        );
+        assert_eq!(
+            t.check(v2(1, 0x8001)),
+            TokenCheck::Unverified,
+            "before the watcher"
+        );
+        assert_eq!(t.check(v2(10, 0x800a)), TokenCheck::Behind);
+        // Legacy tokens: TXID only, whatever the history.
+        assert_eq!(t.check(Token::legacy(TxId(7))), TokenCheck::Satisfied);
+        assert_eq!(t.check(Token::legacy(TxId(9))), TokenCheck::Satisfied);
+        assert_eq!(t.check(Token::legacy(TxId(10))), TokenCheck::Behind);
+
+        // A snapshot of another history at 8: what was observed above it is forgotten.
+        t.publish(pos(8, 0xb008));
+        assert_eq!(t.check(v2(9, 0x8009)), TokenCheck::Behind);
+        assert_eq!(t.check(v2(8, 0xb008)), TokenCheck::Satisfied);
+        assert_eq!(
+            t.check(v2(5, 0x8005)),
+            TokenCheck::Satisfied,
+            "the shared past"
+        );
+        assert_eq!(*t.subscribe_position().borrow(), pos(8, 0xb008));
+        assert_eq!(*t.subscribe().borrow(), TxId(8));
+    }
+
+    /// The pos-file poller records what it reads, checksum included.
+    #[test]
+    fn pos_file_reads_are_observed() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = LocalTxid::new(dir.path(), "db.sqlite3");
+        let mut rx = t.subscribe_position();
+        write(dir.path(), "0000000000000002/95af056ca07d8ad1\n");
+        t.refresh();
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), pos(2, 0x95af_056c_a07d_8ad1));
+        assert_eq!(t.check(v2(2, 0x95af_056c_a07d_8ad1)), TokenCheck::Satisfied);
+        assert_eq!(t.check(v2(2, 0x95af_056c_a07d_8ad2)), TokenCheck::Diverged);
+        assert_eq!(
+            t.read_position().unwrap(),
+            Some(pos(2, 0x95af_056c_a07d_8ad1))
+        );
+        t.refresh();
+        assert!(
+            !rx.has_changed().unwrap(),
+            "a re-read of the same file is no change"
+        );
     }
 
     #[test]

@@ -37,8 +37,11 @@ impl fmt::Display for TxId {
     }
 }
 
-/// The content of `<mount>/<db>-pos`.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+/// The content of `<mount>/<db>-pos`: a position in one history. The post-apply checksum
+/// is a function of the database content, so the same TXID with another checksum is
+/// another write (TXIDs repeat across histories after a failover). The default, TXID 0
+/// with checksum 0, is a database that does not exist yet.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Position {
     pub txid: TxId,
     pub post_apply_checksum: u64,

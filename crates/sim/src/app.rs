@@ -1,7 +1,8 @@
 //! A tiny demo app that stores items in the node's SQLite database and, like an app on
-//! LiteFS, can only write on the primary. After each commit it calls [`Node::commit`]
-//! before it responds, so the TXID has advanced before the response can reach a proxy
-//! (what LiteFS guarantees through FUSE).
+//! LiteFS, can only write on the primary. After each commit it calls
+//! [`Node::commit_content`] before it responds, so the TXID has advanced (with a checksum of
+//! the database's content, as LiteFS's) before the response can reach a proxy (what LiteFS
+//! guarantees through FUSE).
 //!
 //! Routes: `POST /items` (body = the item's text), `GET /items`, `GET /items/<id>`,
 //! `POST /upload` (streams the body, stores its size and hash), `GET /stream?n=&interval_ms=`
@@ -137,7 +138,7 @@ async fn write_item(node: &Node, body: String, upload: Option<(u64, String)>) ->
     let host = node.hostname().to_owned();
     let may_create = node.is_primary();
     let gate = node.clone();
-    let inserted = blocking(move || -> anyhow::Result<i64> {
+    let inserted = blocking(move || -> anyhow::Result<(i64, u64)> {
         let _writing = gate.app_write();
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if may_create {
@@ -153,13 +154,14 @@ async fn write_item(node: &Node, body: String, upload: Option<(u64, String)>) ->
         )?;
         let id = tx.last_insert_rowid();
         tx.commit()?;
-        Ok(id)
+        // The commit hook: position first (the checksum from the database as committed,
+        // before another write can land), response second.
+        let txid = gate.commit_content();
+        Ok((id, txid))
     })
     .await;
     match inserted {
-        Ok(id) => {
-            // The commit hook: position first, response second.
-            let txid = node.commit();
+        Ok((id, txid)) => {
             let (bytes, fnv64) = upload.map_or((None, None), |(b, h)| (Some(b), Some(h)));
             json(
                 StatusCode::CREATED,

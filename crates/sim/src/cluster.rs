@@ -31,7 +31,7 @@ pub struct ClusterConfig {
     pub lag: Lag,
     /// `Some(interval)`: a foreign app (e.g. Django) writes the primary's database and a
     /// [`CommitWatcher`] turns its commits into TXIDs. `None`: the app calls
-    /// [`Node::commit`] itself (the demo app does).
+    /// [`Node::commit_content`] itself (the demo app does).
     pub watch_commits: Option<Duration>,
 }
 

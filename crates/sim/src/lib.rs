@@ -5,10 +5,20 @@
 //! the primary's API (real SQLite, a lag a test controls, read-only replicas), and
 //! LiteFS's consul lease loop with its timers.
 //!
+//! Checksums: a commit an app makes through the model (the demo app's
+//! [`Node::commit_content`], a foreign app's commit seen by the [`CommitWatcher`]) gets a
+//! checksum computed from the database's content ([`content_checksum`]), so divergent
+//! histories get different checksums at the same TXID, as in LiteFS; replicas take the
+//! primary's checksum from the frames they apply. Test-driven moves ([`Node::set_txid`],
+//! and [`Node::commit`] for tests' in-process apps that then move other nodes with
+//! `set_txid`) use a checksum that is deterministic per TXID ([`fake_checksum`]), which
+//! models "the same history on every node"; [`Node::set_pos`] sets one explicitly.
+//!
 //! Not modelled (named in README too): LTX files and page-level diffs (a frame carries the
-//! whole database), checksums (deterministic per TXID, so two histories with the same TXID
-//! look alike), HTTP/2 on the stream, the halt lock and write forwarding, backups, and
-//! FUSE itself (see [`dbfile`] for how replicas refuse writes without it).
+//! whole database), LiteFS's exact checksum algorithm (CRC64 over pages; the sim's is another
+//! hash of the content, and the deterministic one above for test-driven moves), HTTP/2 on
+//! the stream, the halt lock and write forwarding, backups, and FUSE itself (see [`dbfile`]
+//! for how replicas refuse writes without it).
 //!
 //! # Layout
 //!
@@ -53,7 +63,8 @@ pub use lag::{Lag, LagControl};
 pub use member::Member;
 pub use node::{node_id_of, HandoffRequest, Node, NodeConfig, Role, EVENT_BUFFER, PAGE_SIZE};
 pub use pos::{
-    fake_checksum, format_lag, format_pos, parse_pos, pos_path, write_lag, write_pos, write_primary,
+    content_checksum, fake_checksum, format_lag, format_pos, parse_pos, pos_path, write_lag,
+    write_pos, write_primary,
 };
 pub use replicate::{LinkEvent, ReplicaLink, Upstream, RECONNECT_DELAY};
 pub use watch::{CommitWatcher, DEFAULT_INTERVAL};

@@ -288,19 +288,37 @@ impl Node {
         self.state().lag_ms
     }
 
-    /// Moves the position to `txid` (with the deterministic fake checksum): writes
-    /// `<db>-pos`, then publishes a `tx` event.
+    /// Moves the position to `txid` with the deterministic per-TXID checksum
+    /// ([`pos::fake_checksum`]): writes `<db>-pos`, then publishes a `tx` event. A test-driven
+    /// move that models "the same history on every node": a replica moved with `set_txid`
+    /// to a TXID a primary reached with [`Node::commit`] is at the primary's position,
+    /// checksum included. Not what LiteFS does for an app's commit (see
+    /// [`Node::commit_content`]).
     pub fn set_txid(&self, txid: u64) {
         let mut state = self.state();
         self.apply_txid(&mut state, txid);
     }
 
-    /// Records one committed transaction: TXID + 1, `<db>-pos` written, `tx` event sent.
-    /// Returns the new TXID.
+    /// Records one committed transaction with the deterministic per-TXID checksum: TXID + 1,
+    /// `<db>-pos` written, `tx` event sent. Returns the new TXID. For tests' in-process apps
+    /// that then move other nodes with [`Node::set_txid`], keeping them in one history; the
+    /// demo app and the commit watcher use [`Node::commit_content`].
     pub fn commit(&self) -> u64 {
         let mut state = self.state();
         let txid = state.txid + 1;
         self.apply_txid(&mut state, txid);
+        txid
+    }
+
+    /// Records one commit an app made to the database file, as LiteFS does: TXID + 1, with a
+    /// post-apply checksum computed from the database's content ([`pos::content_checksum`]
+    /// of the file and its `-wal`), so two histories that reach the same TXID with different
+    /// writes have different checksums. Replicas take this checksum from the frames they
+    /// apply. Returns the new TXID.
+    pub fn commit_content(&self) -> u64 {
+        let mut state = self.state();
+        let txid = state.txid + 1;
+        self.apply_content(&mut state, txid);
         txid
     }
 
@@ -315,18 +333,29 @@ impl Node {
             return None;
         }
         let txid = state.txid + 1;
-        self.apply_txid(&mut state, txid);
+        self.apply_content(&mut state, txid);
         Some(txid)
     }
 
-    /// A replicated position: TXID and the primary's checksum, as received.
-    pub(crate) fn set_pos(&self, txid: u64, checksum: u64) {
+    /// Moves the position to `txid` with `checksum` as given: what replication does with the
+    /// primary's checksum from a frame, and a test's way to put this node at a position of
+    /// another history than its peers' (e.g. a replica that kept a write the new primary
+    /// never saw). Writes `<db>-pos`, then publishes a `tx` event.
+    pub fn set_pos(&self, txid: u64, checksum: u64) {
         let mut state = self.state();
         self.apply_pos(&mut state, txid, checksum);
     }
 
     fn apply_txid(&self, state: &mut State, txid: u64) {
         let checksum = pos::fake_checksum(&self.inner.db, txid);
+        self.apply_pos(state, txid, checksum);
+    }
+
+    fn apply_content(&self, state: &mut State, txid: u64) {
+        let db = self.db_path();
+        let mut wal = db.clone().into_os_string();
+        wal.push("-wal");
+        let checksum = pos::content_checksum(&[&db, Path::new(&wal)]);
         self.apply_pos(state, txid, checksum);
     }
 
@@ -451,6 +480,12 @@ impl Node {
             hostname: state.role.primary_hostname.clone(),
         };
         (init, rx)
+    }
+
+    /// Event feeds open on this node (one per `/events` stream): lets a test wait until a
+    /// follower of `/events` will see every later event.
+    pub fn event_subscribers(&self) -> usize {
+        self.inner.events.receiver_count()
     }
 
     /// Follows the TXID without reading files.

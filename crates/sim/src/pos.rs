@@ -67,6 +67,9 @@ pub fn write_primary(mount: &Path, primary_hostname: Option<&str>) -> io::Result
 
 /// A deterministic stand-in for LiteFS's post-apply checksum of `db` at `txid`: the same
 /// inputs always give the same value on every node, and the top bit is set as in LiteFS.
+/// It models "the same history on every node": the checksum of the test-driven position
+/// moves ([`crate::Node::set_txid`], [`crate::Node::commit`]), not of a commit an app made
+/// to the database (see [`content_checksum`]).
 pub fn fake_checksum(db: &str, txid: u64) -> u64 {
     // FNV-1a over the name, then a splitmix64 finalizer with the TXID mixed in.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -78,6 +81,80 @@ pub fn fake_checksum(db: &str, txid: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     (z ^ (z >> 31)) | CHECKSUM_FLAG
+}
+
+/// A stand-in for LiteFS's post-apply checksum of a database whose content is these files
+/// (the database file, then its `-wal` when there is one; a missing file counts as empty):
+/// a 64-bit hash of their bytes with the top bit set as LiteFS's `ltx.ChecksumFlag`. Like
+/// LiteFS's, it is a function of the content only, so two histories that reach the same
+/// TXID with different writes get different checksums. Read in 64 KiB pieces.
+pub fn content_checksum(files: &[&Path]) -> u64 {
+    use std::io::Read;
+    let mut hash = WordHash::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    for path in files {
+        let mut len = 0u64;
+        if let Ok(mut f) = fs::File::open(path) {
+            loop {
+                // Fill the buffer so that only a file's last piece is short.
+                let mut n = 0;
+                while n < buf.len() {
+                    match f.read(&mut buf[n..]) {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+                hash.update(&buf[..n]);
+                len += n as u64;
+                if n < buf.len() {
+                    break;
+                }
+            }
+        }
+        hash.word(len);
+    }
+    hash.finish() | CHECKSUM_FLAG
+}
+
+/// A fast 64-bit hash over 8-byte words (not cryptographic; a stand-in for LiteFS's CRC64s).
+struct WordHash(u64);
+
+impl Default for WordHash {
+    fn default() -> Self {
+        WordHash(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl WordHash {
+    fn word(&mut self, w: u64) {
+        self.0 = (self.0 ^ w)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29);
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.word(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.word(u64::from_le_bytes(w));
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
 }
 
 /// Replaces `path` with `data` through a temp file in the same directory and a rename.
@@ -152,6 +229,28 @@ mod tests {
         assert_eq!(format_lag(-5), "-000000005\n");
         assert_eq!(format_lag(i64::from(i32::MAX)), "+2147483647\n");
         assert_eq!(format_lag(42).len(), 11);
+    }
+
+    #[test]
+    fn content_checksum_follows_the_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, wal) = (dir.path().join("db"), dir.path().join("db-wal"));
+        let sum = || content_checksum(&[&db, &wal]);
+        let empty = sum();
+        assert!(empty & CHECKSUM_FLAG != 0);
+        fs::write(&db, vec![7u8; 200_000]).unwrap();
+        let a = sum();
+        assert_eq!(a, sum(), "a function of the content");
+        let mut other = vec![7u8; 200_000];
+        other[150_001] = 8;
+        fs::write(&db, &other).unwrap();
+        assert_ne!(sum(), a, "one byte differs");
+        fs::write(&db, vec![7u8; 200_001]).unwrap();
+        assert_ne!(sum(), a, "one byte longer");
+        fs::write(&db, vec![7u8; 200_000]).unwrap();
+        fs::write(&wal, b"frame").unwrap();
+        assert_ne!(sum(), a, "the WAL is content too");
+        assert!(a & CHECKSUM_FLAG != 0);
     }
 
     #[test]

@@ -31,8 +31,9 @@ use crate::node::Node;
 /// Default poll interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(1);
 
-/// Polls a node's database and calls [`Node::commit`] after each change while the node is
-/// primary. Stops when dropped.
+/// Polls a node's database and records a commit after each change while the node is
+/// primary, as [`Node::commit_content`] does (TXID + 1, the checksum of the database's
+/// content). Stops when dropped.
 pub struct CommitWatcher {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
@@ -210,6 +211,31 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
             assert_eq!(node.txid(), settled, "wal={wal}");
         }
+    }
+
+    /// Two primaries whose apps write different rows reach the same TXID with different
+    /// checksums (of the content, as LiteFS's). (Equal content is not asserted to give equal
+    /// checksums here: the poll may hash a commit whose pages are still being written.)
+    #[test]
+    fn commits_are_checksummed_from_the_content() {
+        let pos_after = |rows: &[&str]| {
+            let dir = tempfile::tempdir().unwrap();
+            let node = primary(dir.path());
+            let watcher = CommitWatcher::spawn(node.clone(), DEFAULT_INTERVAL);
+            let conn = rusqlite::Connection::open(node.db_path()).unwrap();
+            conn.execute_batch("CREATE TABLE t(x)").unwrap();
+            for r in rows {
+                conn.execute("INSERT INTO t VALUES (?1)", [r]).unwrap();
+                watcher.sync();
+            }
+            assert_eq!(node.txid(), 1 + rows.len() as u64);
+            node.pos()
+        };
+        let a = pos_after(&["a", "b"]);
+        let b = pos_after(&["a", "c"]);
+        assert_eq!(a.0, b.0);
+        assert_ne!(a.1, b.1, "same TXID, other history");
+        assert!(a.1 >> 63 == 1 && b.1 >> 63 == 1, "ltx.ChecksumFlag");
     }
 
     #[test]

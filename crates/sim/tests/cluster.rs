@@ -21,7 +21,7 @@ fn app_write(node: &Node, value: &str) -> rusqlite::Result<u64> {
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.execute_batch("CREATE TABLE IF NOT EXISTS t (v TEXT)")?;
     conn.execute("INSERT INTO t (v) VALUES (?1)", [value])?;
-    Ok(node.commit())
+    Ok(node.commit_content())
 }
 
 fn rows(node: &Node) -> Vec<String> {
@@ -220,16 +220,22 @@ async fn fail_over_loses_what_was_in_flight_like_litefs() {
     assert!(c.wait_replicated(DEADLINE).await);
     c.pause_replication();
     let lost = app_write(&n1, "lost").unwrap();
+    let lost_pos = n1.pos();
     c.fail_over("node-2").await.unwrap();
     c.resume_replication();
     assert_eq!(rows(&n2), ["kept"]);
     let t = app_write(&n2, "new").unwrap();
-    assert!(t <= lost, "the new primary continues from its own position");
-    // The old primary rejoins as a replica and is reset to the new primary's state. Its
-    // divergent "lost" has the same TXID as "new" (the sim's checksums cannot tell them
-    // apart), so wait for the data itself rather than for equal positions.
+    assert_eq!(t, lost, "the new primary continues from its own position");
+    // The same TXID in two histories: the checksums, of the content, tell them apart.
+    let new_pos = n2.pos();
+    assert_ne!(
+        lost_pos.1, new_pos.1,
+        "divergent writes, divergent checksums"
+    );
+    // The old primary rejoins as a replica and is reset to the new primary's state,
+    // checksum included.
     let end = std::time::Instant::now() + DEADLINE;
-    while !(n1.txid() == t && rows(&n1) == ["kept", "new"]) {
+    while !(n1.pos() == new_pos && rows(&n1) == ["kept", "new"]) {
         assert!(
             std::time::Instant::now() < end,
             "old primary not reset: {:?} at {}",
