@@ -34,6 +34,8 @@ struct History {
     ryw_violations: Vec<String>,
     /// Reads that got an answer at all (so the check above had something to check).
     reads_answered: usize,
+    /// Writes not acknowledged, by status (or "timeout"/"error"), for the log.
+    unacked: HashMap<String, usize>,
 }
 
 #[derive(Debug)]
@@ -43,6 +45,7 @@ struct Outcome {
     duplicated: Vec<String>,
     ryw_violations: Vec<String>,
     reads_answered: usize,
+    unacked: HashMap<String, usize>,
 }
 
 /// One client: write `c<id>-<n>` through node `n % 3`, then read it back through the next
@@ -59,13 +62,18 @@ async fn client(
         let body = format!("c{id}-{n}");
         let w = c[(n + id) % c.len()];
         let r = c[(n + id + 1) % c.len()];
-        let Ok(Ok(a)) = tokio::time::timeout(REQUEST_TIMEOUT, post(w, "/items", &[], &body)).await
-        else {
-            continue;
+        let a = match tokio::time::timeout(REQUEST_TIMEOUT, post(w, "/items", &[], &body)).await {
+            Ok(Ok(a)) if a.status.is_success() => a,
+            other => {
+                let why = match other {
+                    Ok(Ok(a)) => format!("{} {}", a.status.as_u16(), a.text().trim()),
+                    Ok(Err(_)) => "error".into(),
+                    Err(_) => "timeout".into(),
+                };
+                *h.lock().unwrap().unacked.entry(why).or_default() += 1;
+                continue;
+            }
         };
-        if !a.status.is_success() {
-            continue;
-        }
         h.lock().unwrap().acked.push(body.clone());
         let item: serde_json::Value = serde_json::from_slice(&a.body).unwrap_or_default();
         let (Some(item_id), Some(token)) = (
@@ -182,6 +190,7 @@ async fn run(sync_replicas: usize) -> Outcome {
             .collect(),
         ryw_violations: h.ryw_violations.clone(),
         reads_answered: h.reads_answered,
+        unacked: h.unacked.clone(),
     }
 }
 

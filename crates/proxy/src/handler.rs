@@ -23,7 +23,7 @@ use crate::{
     primary::Primary,
     sync::{ReplicaPos, ReplicaView, SyncOutcome, SyncWait},
     token::{self, Token, Tokens},
-    txid::Position,
+    txid::{Position, TxId},
     upstream::{SendError, Upstream},
     ProxyBody,
 };
@@ -495,7 +495,14 @@ impl Proxy {
     /// Mints the token after a write from a fresh read of the position, which it returns.
     fn mint(&self, token: Option<Token>, headers: &mut http::HeaderMap) -> Option<Position> {
         let s = &*self.inner;
-        match s.txid.read_position() {
+        // With the pos-file source, the reading is also recorded, so this primary's history
+        // holds what it minted (its replicas' reports are checked against it). The events
+        // source records every position by itself.
+        let read = match s.cfg.txid_source {
+            TxidSource::PosFile => s.txid.refresh_now(),
+            TxidSource::Events => s.txid.read_position(),
+        };
+        match read {
             Ok(Some(pos)) => {
                 if token::should_mint(pos, token) {
                     s.tokens.mint(pos, headers);
@@ -525,7 +532,13 @@ impl Proxy {
                     txid: pos.txid.0,
                     checksum: pos.post_apply_checksum,
                 };
-                s.sync.wait(target, &|_| None).await
+                let in_history = |txid: u64, checksum: u64| {
+                    s.txid.check(Token {
+                        txid: TxId(txid),
+                        checksum: Some(checksum),
+                    }) == TokenCheck::Satisfied
+                };
+                s.sync.wait(target, &in_history).await
             }
             None => SyncOutcome::Failed,
         };

@@ -66,6 +66,8 @@ struct Inner {
     bad_reads: AtomicU64,
     /// Poll at the fast pace even with no read waiting (`keep_fast`).
     fast: AtomicBool,
+    /// Held across a pos-file read and its publication (`refresh_now`).
+    refreshing: std::sync::Mutex<()>,
 }
 
 /// The pos file could not be used.
@@ -95,6 +97,7 @@ impl LocalTxid {
                 wake: Notify::new(),
                 bad_reads: AtomicU64::new(0),
                 fast: AtomicBool::new(false),
+                refreshing: std::sync::Mutex::new(()),
             }),
         }
     }
@@ -202,15 +205,26 @@ impl LocalTxid {
 
     /// Re-reads the pos file and publishes it; garbage keeps the last good value.
     fn refresh(&self) {
-        match self.read_position() {
-            Ok(t) => self.publish(t.unwrap_or_default()),
-            Err(e) => {
-                let n = self.inner.bad_reads.fetch_add(1, Ordering::Relaxed);
-                if n.is_multiple_of(1000) {
-                    tracing::warn!(error = %e, path = %self.inner.pos_path.display(), "ignoring bad position file");
-                }
+        if let Err(e) = self.refresh_now() {
+            let n = self.inner.bad_reads.fetch_add(1, Ordering::Relaxed);
+            if n.is_multiple_of(1000) {
+                tracing::warn!(error = %e, path = %self.inner.pos_path.display(), "ignoring bad position file");
             }
         }
+    }
+
+    /// A fresh read of the pos file, also recorded as observed (the poller's step, also
+    /// taken by a write on the primary so its history holds the position it minted). Reads
+    /// and records are serialized, so an older reading never lands after a newer one.
+    pub fn refresh_now(&self) -> Result<Option<Position>, ReadError> {
+        let _order = self
+            .inner
+            .refreshing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let pos = self.read_position()?;
+        self.publish(pos.unwrap_or_default());
+        Ok(pos)
     }
 
     /// Polls the pos file until `until` fires.

@@ -61,12 +61,12 @@ impl SyncWait {
         self.k > 0
     }
 
-    /// Waits until `k` replicas hold `target` (TXID, checksum). `seen(txid)` is the checksum
-    /// this primary saw at that TXID, if it did (its history).
+    /// Waits until `k` replicas hold `target` (TXID, checksum). `seen(txid, checksum)`: this
+    /// primary observed that position (it is in its history).
     pub async fn wait(
         &self,
         target: ReplicaPos,
-        seen: &(dyn Fn(u64) -> Option<u64> + Sync),
+        seen: &(dyn Fn(u64, u64) -> bool + Sync),
     ) -> SyncOutcome {
         if self.k == 0 {
             return SyncOutcome::Off;
@@ -108,17 +108,13 @@ impl SyncWait {
 }
 
 /// Replicas at `target` or later in this primary's history.
-fn holders(
-    replicas: &[ReplicaPos],
-    target: ReplicaPos,
-    seen: &dyn Fn(u64) -> Option<u64>,
-) -> usize {
+fn holders(replicas: &[ReplicaPos], target: ReplicaPos, seen: &dyn Fn(u64, u64) -> bool) -> usize {
     replicas
         .iter()
         .filter(|r| {
             r.txid >= target.txid
                 && ((r.txid == target.txid && r.checksum == target.checksum)
-                    || seen(r.txid) == Some(r.checksum))
+                    || seen(r.txid, r.checksum))
         })
         .count()
 }
@@ -142,11 +138,7 @@ mod tests {
 
     #[test]
     fn only_positions_of_this_history_count() {
-        let history = |t: u64| match t {
-            5 => Some(0xa5),
-            6 => Some(0xa6),
-            _ => None,
-        };
+        let history = |t: u64, c: u64| matches!((t, c), (5, 0xa5) | (6, 0xa6));
         let target = pos(5, 0xa5);
         assert_eq!(holders(&[pos(5, 0xa5)], target, &history), 1);
         assert_eq!(
@@ -180,7 +172,7 @@ mod tests {
         });
         let w = wait(2, OnSyncTimeout::Fail, rx);
         let start = Instant::now();
-        let waiting = tokio::spawn(async move { w.wait(pos(5, 0xa5), &|_| None).await });
+        let waiting = tokio::spawn(async move { w.wait(pos(5, 0xa5), &|_, _| false).await });
         tokio::time::sleep(Duration::from_millis(100)).await;
         tx.send_modify(|v| v.replicas[0] = pos(5, 0xa5));
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -199,18 +191,18 @@ mod tests {
         let start = Instant::now();
         let failed = wait(1, OnSyncTimeout::Fail, rx.clone());
         assert_eq!(
-            failed.wait(pos(5, 0xa5), &|_| None).await,
+            failed.wait(pos(5, 0xa5), &|_, _| false).await,
             SyncOutcome::Failed
         );
         assert_eq!(start.elapsed(), Duration::from_secs(2));
         let degraded = wait(1, OnSyncTimeout::Degrade, rx.clone());
         assert_eq!(
-            degraded.wait(pos(5, 0xa5), &|_| None).await,
+            degraded.wait(pos(5, 0xa5), &|_, _| false).await,
             SyncOutcome::Degraded
         );
         let moved = wait(1, OnSyncTimeout::Fail, rx);
         let start = Instant::now();
-        let waiting = tokio::spawn(async move { moved.wait(pos(5, 0xa5), &|_| None).await });
+        let waiting = tokio::spawn(async move { moved.wait(pos(5, 0xa5), &|_, _| false).await });
         tokio::time::sleep(Duration::from_millis(10)).await;
         // Reports for another leadership: even one at the target does not count.
         tx.send_replace(ReplicaView {
@@ -229,6 +221,6 @@ mod tests {
             on_timeout: OnSyncTimeout::Fail,
             replicas: None,
         };
-        assert_eq!(w.wait(pos(1, 1), &|_| None).await, SyncOutcome::Off);
+        assert_eq!(w.wait(pos(1, 1), &|_, _| false).await, SyncOutcome::Off);
     }
 }

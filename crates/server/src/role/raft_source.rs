@@ -118,18 +118,15 @@ impl RaftRole {
         if fast {
             local.keep_fast();
         }
-        let mut rx = local.subscribe();
-        let local = local.clone();
+        let mut rx = local.subscribe_position();
         let position = self.position.clone();
         tokio::spawn(async move {
             loop {
-                rx.borrow_and_update();
-                if let Ok(Some(p)) = local.read_position() {
-                    position.set(litefs_election::Position {
-                        txid: p.txid.0,
-                        checksum: p.post_apply_checksum,
-                    });
-                }
+                let p = *rx.borrow_and_update();
+                position.set(litefs_election::Position {
+                    txid: p.txid.0,
+                    checksum: p.post_apply_checksum,
+                });
                 if rx.changed().await.is_err() {
                     return;
                 }
