@@ -42,6 +42,7 @@ mod auth;
 mod config;
 mod conn_timer;
 mod election;
+mod election_timer;
 mod eligibility;
 mod faults;
 mod handover;
@@ -51,10 +52,10 @@ mod leadership;
 pub mod lease;
 mod network;
 mod position;
+mod prevote;
 mod primary_file;
 mod reachability;
 mod rpc_server;
-mod split_vote;
 mod status;
 mod store;
 mod types;
@@ -66,9 +67,11 @@ pub use eligibility::Eligibility;
 pub use faults::Faults;
 pub use leadership::Leadership;
 pub use position::{LocalPosition, Position};
+pub use prevote::{PreVoteRequest, PreVoteResponse};
 pub use primary_file::PrimaryFileError;
 pub use rpc_server::{
-    MAX_BODY, PATH_APPEND, PATH_LEASE, PATH_READ_INDEX, PATH_SNAPSHOT, PATH_TIMEOUT_NOW, PATH_VOTE,
+    MAX_BODY, PATH_APPEND, PATH_LEASE, PATH_PRE_VOTE, PATH_READ_INDEX, PATH_SNAPSHOT,
+    PATH_TIMEOUT_NOW, PATH_VOTE,
 };
 pub use status::Status;
 pub use store::OpenError;

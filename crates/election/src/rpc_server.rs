@@ -33,6 +33,10 @@ pub const PATH_LEASE: &str = "/raft/lease";
 /// `lease::http::ReadIndex`).
 pub const PATH_READ_INDEX: &str = "/raft/read-index";
 
+/// A would-be candidate asks before campaigning, a handing-over leader probes positions
+/// (`prevote::PreVoteRequest`, answer: `prevote::PreVoteResponse`).
+pub const PATH_PRE_VOTE: &str = "/raft/pre-vote";
+
 /// Largest request or response body accepted.
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
 
@@ -48,6 +52,8 @@ pub struct RpcState {
     /// The lease state: a forwarded renewal is stamped with this leader's handoff window.
     pub lease: lease::LeaseShared,
     /// This node's LiteFS position (pre-votes and position reports).
+    #[allow(dead_code)]
+    // pre-votes read it through `handover.pre_vote`; position reports will here
     pub position: crate::position::LocalPosition,
 }
 
@@ -100,6 +106,7 @@ async fn handle(state: &RpcState, req: Request<Incoming>) -> Response<Full<Bytes
         PATH_TIMEOUT_NOW,
         PATH_LEASE,
         PATH_READ_INDEX,
+        PATH_PRE_VOTE,
     ]
     .contains(&path.as_str())
     {
@@ -171,6 +178,10 @@ async fn handle(state: &RpcState, req: Request<Incoming>) -> Response<Full<Bytes
             Err(e) => text(StatusCode::BAD_REQUEST, e),
         },
         PATH_READ_INDEX => json(&lease::http::read_index_local(&state.raft).await),
+        PATH_PRE_VOTE => match decode::<crate::prevote::PreVoteRequest>(&body) {
+            Ok(req) => json(&crate::prevote::on_pre_vote(&state.handover.pre_vote, req).await),
+            Err(e) => text(StatusCode::BAD_REQUEST, e),
+        },
         _ => match decode::<TimeoutNowRequest>(&body) {
             Ok(rpc) => json(&handover::on_timeout_now(&state.handover, rpc).await),
             Err(e) => text(StatusCode::BAD_REQUEST, e),
