@@ -33,7 +33,8 @@ pub(crate) async fn run(ctx: PreVoteCtx, client: RpcClient) {
             let single = voters.next() == Some(ctx.me) && voters.next().is_none();
             (m.vote.is_committed(), single)
         };
-        let timeout = if single {
+        let may_run = !ctx.stepping_down.load(Ordering::SeqCst) && *ctx.eligible.borrow();
+        let timeout = if single && may_run {
             // The only voter: nobody to ask, nobody to disturb.
             Duration::ZERO
         } else {

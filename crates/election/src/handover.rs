@@ -103,7 +103,7 @@ pub async fn on_timeout_now(ctx: &HandoverCtx, req: TimeoutNowRequest) -> Timeou
 }
 
 /// Trigger elections until a leader of a newer term exists, or give up after a while
-/// (openraft's own timers still elect someone then).
+/// (the election timer, with its pre-votes, still elects someone then).
 async fn campaign(ctx: HandoverCtx, old_leader: NodeId, old_term: u64) {
     let started = Instant::now();
     let deadline = started + ctx.election_timeout_max * 4;
