@@ -24,6 +24,7 @@ use crate::leadership::{Leadership, Tracker};
 use crate::lease::{self, LeaseShared, LeaseWriter};
 use crate::network::{NetworkFactory, RpcClient};
 use crate::position::LocalPosition;
+use crate::prevote::PreVoteCtx;
 use crate::reports::{ReplicaPositions, ReportTable};
 use crate::rpc_server::{self, RpcState};
 use crate::status::{Status, StatusCell};
@@ -75,8 +76,8 @@ pub struct Election {
     server_stop: Option<oneshot::Sender<()>>,
     server_task: JoinHandle<()>,
     tracker_task: JoinHandle<()>,
-    /// Re-campaigns after a random delay while a vote stays split (see `split_vote`).
-    split_vote_task: JoinHandle<()>,
+    /// The election timer: pre-vote, then campaign (see `election_timer`).
+    timer_task: JoinHandle<()>,
     /// Whether this node may lead, set by the server.
     eligibility: Eligibility,
     /// Hands over while ineligible (see `eligibility`).
@@ -152,6 +153,8 @@ impl Election {
             heartbeat_interval: cfg.heartbeat_interval.as_millis() as u64,
             election_timeout_min: cfg.election_timeout_min.as_millis() as u64,
             election_timeout_max: cfg.election_timeout_max.as_millis() as u64,
+            // Our election timer campaigns only after a pre-vote quorum (`election_timer`).
+            enable_elect: false,
             ..Default::default()
         }
         .validate()
@@ -235,7 +238,21 @@ impl Election {
         let stepping_down = Arc::new(AtomicBool::new(false));
         let wake = Arc::new(Notify::new());
         let eligibility = Eligibility::new(wake.clone(), status.clone());
+        let position = LocalPosition::default();
+        let pre_vote = PreVoteCtx {
+            raft: raft.clone(),
+            me,
+            peers: peers.clone(),
+            status: status.clone(),
+            position: position.clone(),
+            stepping_down: stepping_down.clone(),
+            eligible: eligibility.subscribe(),
+            election_timeout_min: cfg.election_timeout_min,
+            election_timeout_max: cfg.election_timeout_max,
+            started: std::time::Instant::now(),
+        };
         let handover = HandoverCtx {
+            pre_vote: pre_vote.clone(),
             raft: raft.clone(),
             me,
             peers: peers.clone(),
@@ -271,14 +288,8 @@ impl Election {
             }
             .run(),
         );
-        let split_vote_task = tokio::spawn(crate::split_vote::run(
-            raft.clone(),
-            cfg.election_timeout_min,
-            cfg.election_timeout_max,
-            stepping_down.clone(),
-        ));
+        let timer_task = tokio::spawn(crate::election_timer::run(pre_vote, client.clone()));
 
-        let position = LocalPosition::default();
         let reports = ReportTable::default();
         let reports_task = tokio::spawn(crate::reports::run(
             raft.clone(),
@@ -296,7 +307,6 @@ impl Election {
             handover: handover.clone(),
             status: status.clone(),
             lease: lease_shared.clone(),
-            position: position.clone(),
             reports: reports.clone(),
         };
         let server_task = tokio::spawn(rpc_server::serve(listener, state, async move {
@@ -359,7 +369,7 @@ impl Election {
             server_stop: Some(stop_tx),
             server_task,
             tracker_task,
-            split_vote_task,
+            timer_task,
             eligibility,
             eligibility_task,
             reaper_task,
@@ -477,7 +487,7 @@ impl Election {
     async fn stop(&mut self) {
         // abort() only requests cancellation; wait for it so the tracker cannot react to the
         // shutdown below (it would otherwise rewrite .primary as "no leader").
-        self.split_vote_task.abort();
+        self.timer_task.abort();
         self.eligibility_task.abort();
         self.reports_task.abort();
         self.tracker_task.abort();
@@ -500,7 +510,7 @@ impl Election {
 
 impl Drop for Election {
     fn drop(&mut self) {
-        self.split_vote_task.abort();
+        self.timer_task.abort();
         self.eligibility_task.abort();
         self.reports_task.abort();
         self.tracker_task.abort();

@@ -1,7 +1,7 @@
 //! Eligibility to lead, set by the server (ineligible while the node's LiteFS is down). An
 //! ineligible node does not act as leader (`leadership::decide`), refuses a `timeout-now`
-//! (`handover`), does not campaign on its own (openraft's election timer off), and, whenever
-//! it finds itself Raft leader, hands leadership over with the same handover as a shutdown.
+//! (`handover`), does not campaign on its own (`election_timer` skips it), and, whenever it
+//! finds itself Raft leader, hands leadership over with the same handover as a shutdown.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -63,17 +63,14 @@ pub(crate) struct Watcher {
 }
 
 impl Watcher {
-    /// Runs until aborted: while ineligible, keeps the election timer off and hands over
-    /// whenever this node is Raft leader; eligible again, turns the timers back on.
+    /// Runs until aborted: while ineligible, hands over whenever this node is Raft leader;
+    /// eligible again, turns heartbeats back on (a handover turned them off).
     pub async fn run(mut self) {
         let raft = self.handover.raft.clone();
         let mut metrics = raft.metrics();
         loop {
             if self.eligible.wait_for(|e| !*e).await.is_err() {
                 return;
-            }
-            if !self.stepping_down.load(Ordering::SeqCst) {
-                raft.runtime_config().elect(false);
             }
             loop {
                 if *self.eligible.borrow_and_update() {
@@ -105,7 +102,6 @@ impl Watcher {
             if !self.stepping_down.load(Ordering::SeqCst) {
                 tracing::info!("eligible to lead again");
                 raft.runtime_config().heartbeat(true);
-                raft.runtime_config().elect(true);
             }
         }
     }

@@ -1,14 +1,18 @@
 //! Planned leadership handover, since openraft 0.9 has no `transfer_leader`.
 //!
-//! The leader (already no longer acting as primary) stops heartbeats and elections, then sends
-//! a signed `timeout-now` to its most up-to-date follower. That follower, after checking the
+//! The leader (already no longer acting as primary) stops heartbeats and elections, asks its
+//! followers for their LiteFS positions (a pre-vote probe, `prevote`), and sends a signed
+//! `timeout-now` to the most caught-up one: the highest TXID, ties by Raft log. It waits (up
+//! to `election_timeout_min`) for one to reach its own position first; it no longer takes
+//! writes, so that is a matter of milliseconds; if none does, it picks the best anyway (the
+//! position rule of the pre-vote would pick the same node later). That follower, after checking the
 //! request comes from the leader it follows in that term, campaigns at once
 //! (`trigger().elect()`), repeating every few heartbeats until some leader exists.
 //! The old leader's own lease on itself has expired (it is never refreshed after election),
 //! so it grants the vote: in a 3-node cluster that is a quorum right away; larger clusters
 //! win once the other followers' leases (one `election_timeout_max`) run out.
-//! A follower that is not eligible to lead (its LiteFS is down, see `eligibility`) refuses,
-//! and the leader tries its next follower.
+//! A follower that is not eligible to lead (its LiteFS is down, see `eligibility`) or is itself
+//! shutting down refuses, and the leader tries its next follower.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +25,7 @@ use tokio::sync::{watch, Notify};
 use crate::config::Peer;
 use crate::leadership::Leadership;
 use crate::network::RpcClient;
+use crate::prevote::{self, position_ge, position_key, PreVoteCtx, PreVoteResponse};
 use crate::rpc_server::PATH_TIMEOUT_NOW;
 use crate::types::{NodeId, Raft};
 
@@ -49,6 +54,8 @@ pub struct HandoverCtx {
     pub election_timeout_max: Duration,
     /// Whether this node may lead (`eligibility`): an ineligible one refuses to campaign.
     pub eligible: watch::Receiver<bool>,
+    /// Positions of the followers (probe), our own, and whether we are shutting down.
+    pub pre_vote: PreVoteCtx,
 }
 
 /// Why a follower refuses a `timeout-now` while it may not lead.
@@ -79,6 +86,13 @@ pub async fn on_timeout_now(ctx: &HandoverCtx, req: TimeoutNowRequest) -> Timeou
     if !*ctx.eligible.borrow() {
         return reject(REFUSED_INELIGIBLE.into());
     }
+    if ctx
+        .pre_vote
+        .stepping_down
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        return reject("shutting down".into());
+    }
     let ctx = ctx.clone();
     let old_term = req.term;
     tokio::spawn(async move { campaign(ctx, leader_id, old_term).await });
@@ -89,7 +103,7 @@ pub async fn on_timeout_now(ctx: &HandoverCtx, req: TimeoutNowRequest) -> Timeou
 }
 
 /// Trigger elections until a leader of a newer term exists, or give up after a while
-/// (openraft's own timers still elect someone then).
+/// (the election timer, with its pre-votes, still elects someone then).
 async fn campaign(ctx: HandoverCtx, old_leader: NodeId, old_term: u64) {
     let started = Instant::now();
     let deadline = started + ctx.election_timeout_max * 4;
@@ -171,18 +185,7 @@ pub async fn hand_over(ctx: &HandoverCtx, client: &RpcClient) -> Option<Duration
     ctx.raft.runtime_config().heartbeat(false);
     ctx.raft.runtime_config().elect(false);
 
-    // Most up-to-date followers first; ties by id for determinism.
-    let mut targets: Vec<(Option<u64>, NodeId)> = m
-        .replication
-        .as_ref()
-        .map(|r| {
-            r.iter()
-                .filter(|(id, _)| **id != ctx.me)
-                .map(|(id, matched)| (matched.map(|l| l.index), *id))
-                .collect()
-        })
-        .unwrap_or_default();
-    targets.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let targets = targets(ctx, client, &m).await;
     let me_name = ctx
         .peers
         .get(&ctx.me)
@@ -193,7 +196,7 @@ pub async fn hand_over(ctx: &HandoverCtx, client: &RpcClient) -> Option<Duration
         term: m.current_term,
     };
     let mut sent = false;
-    for (_, target) in &targets {
+    for target in &targets {
         let res: Result<TimeoutNowResponse, _> = client
             .call(*target, PATH_TIMEOUT_NOW, &req, ctx.election_timeout_max)
             .await;
@@ -228,5 +231,77 @@ pub async fn hand_over(ctx: &HandoverCtx, client: &RpcClient) -> Option<Duration
             tracing::warn!("handover: no new leader seen in {wait:?}");
             None
         }
+    }
+}
+
+/// Followers in the order to try: those that can lead first, then by LiteFS position, then by
+/// how much of our Raft log they hold, then by id.
+async fn targets(
+    ctx: &HandoverCtx,
+    client: &RpcClient,
+    m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>,
+) -> Vec<NodeId> {
+    let matched: BTreeMap<NodeId, Option<u64>> = m
+        .replication
+        .as_ref()
+        .map(|r| {
+            r.iter()
+                .filter(|(id, _)| **id != ctx.me)
+                .map(|(id, l)| (*id, l.map(|l| l.index)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let answers = positions(ctx, client).await;
+    let mut order: Vec<NodeId> = matched.keys().copied().collect();
+    order.sort_by_key(|id| {
+        let a = answers.get(id);
+        // Unanswered: probably unreachable, tried after those that answered and can lead.
+        let can_lead = a.map_or(1, |a| if a.can_lead { 2 } else { 0 });
+        let pos = position_key(a.and_then(|a| a.position));
+        std::cmp::Reverse((
+            can_lead,
+            pos,
+            matched.get(id).copied().flatten(),
+            std::cmp::Reverse(*id),
+        ))
+    });
+    tracing::info!(
+        mine = ?ctx.pre_vote.position.get().map(|p| p.txid),
+        followers = ?order
+            .iter()
+            .map(|id| (client.peer(*id).map(|p| p.id.clone()), answers.get(id).and_then(|a| a.position).map(|p| p.txid)))
+            .collect::<Vec<_>>(),
+        "handover: followers by LiteFS position"
+    );
+    order
+}
+
+/// The followers' probe answers; re-asked every heartbeat (at most `election_timeout_min`)
+/// until one that can lead has reached this node's own position.
+async fn positions(ctx: &HandoverCtx, client: &RpcClient) -> BTreeMap<NodeId, PreVoteResponse> {
+    let mine = ctx.pre_vote.position.get();
+    let req = ctx.pre_vote.request(true);
+    let until = Instant::now() + ctx.pre_vote.election_timeout_min;
+    let mut known = BTreeMap::new();
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let answers = prevote::ask(&ctx.pre_vote, client, &req, left.max(ctx.heartbeat), |_| {
+            false
+        })
+        .await;
+        known.extend(answers);
+        let caught_up = known
+            .values()
+            .any(|r: &PreVoteResponse| r.can_lead && position_ge(r.position, mine));
+        if caught_up || Instant::now() + ctx.heartbeat >= until {
+            if !caught_up {
+                tracing::warn!(
+                    mine = ?mine.map(|p| p.txid),
+                    "handover: no follower reached this node's LiteFS position; picking the most caught-up"
+                );
+            }
+            return known;
+        }
+        tokio::time::sleep(ctx.heartbeat).await;
     }
 }

@@ -25,14 +25,32 @@
 //! - `Leader` needs a quorum ack younger than `election_timeout_min`; followers refuse votes for
 //!   `election_timeout_max` after a heartbeat, so an old leader stops acting as primary before
 //!   a new one can exist (given no process pause longer than max - min - heartbeat/2).
-//! - Handover (`shutdown` on the leader): stop acting, stop heartbeats, send a signed
-//!   `timeout-now` to the most up-to-date follower, which campaigns at once. In a 3-node
+//! - Pre-vote (`prevote`, `election_timer`; openraft 0.9 has none, its own timer is off): a
+//!   node that heard from no leader for `election_timeout_max` + random [0, max - min) sends
+//!   a signed `POST /raft/pre-vote` to every voter and campaigns only with a quorum of
+//!   grants; a pre-vote changes no state. A voter grants iff it is not shutting down, heard
+//!   from no live leader within `election_timeout_min`, and the candidate's Raft log and its
+//!   LiteFS TXID are each at least its own (a known position beats an unknown one). So a node
+//!   back from a pause or a partition cannot depose a healthy leader, and the winner is at
+//!   least as caught up as a quorum: with `sync_replicas` >= N - quorum, every quorum holds
+//!   every acknowledged write, so the winner does. Liveness: a voter leaderless for 2 x max
+//!   waives the position rule for a candidate whose Raft log is strictly ahead of its own
+//!   (it could never win against that log, and the two would refuse each other for good);
+//!   that candidate may lack the voter's newest writes (logged as a warning).
+//!   Limit: TXIDs are compared without their history (checksums cannot be ordered), so a
+//!   returning old primary whose un-shipped writes diverged can win with a higher TXID, but
+//!   only while no live leader exists (otherwise every voter refuses it).
+//! - Handover (`shutdown` on the leader): stop acting, stop heartbeats, probe the followers'
+//!   LiteFS positions (a pre-vote probe; up to `election_timeout_min` for one to reach the
+//!   leader's own), send a signed `timeout-now` to the most caught-up follower (TXID, then
+//!   Raft log), which campaigns at once (no pre-vote: the leader chose it). In a 3-node
 //!   cluster the old leader's vote suffices (a few ms) once it has led for longer than
 //!   `election_timeout_max`; otherwise, and in 5-node clusters, the followers' leases bound it
 //!   to about `election_timeout_max`.
 //! - Eligibility (`Election::eligibility`): the server marks the node ineligible while its
-//!   LiteFS is down; it then does not act as leader, refuses `timeout-now`, does not campaign,
-//!   and hands over (as on shutdown) whenever it finds itself leading.
+//!   LiteFS is down; it then does not act as leader, refuses `timeout-now`, does not campaign
+//!   (it still answers pre-votes), and hands over (as on shutdown) whenever it finds itself
+//!   leading. A node shutting down refuses `timeout-now` and pre-votes.
 //! - Lease endpoint (`lease_addr`): a Consul-compatible subset for LiteFS's consul leaser, its
 //!   sessions and KV in the Raft state machine; only the Raft leader's node can lock. See
 //!   [`lease`].
@@ -42,6 +60,7 @@ mod auth;
 mod config;
 mod conn_timer;
 mod election;
+mod election_timer;
 mod eligibility;
 mod faults;
 mod fence;
@@ -52,11 +71,11 @@ mod leadership;
 pub mod lease;
 mod network;
 mod position;
+mod prevote;
 mod primary_file;
 mod reachability;
 mod reports;
 mod rpc_server;
-mod split_vote;
 mod status;
 mod store;
 mod types;
@@ -69,10 +88,12 @@ pub use faults::Faults;
 pub use fence::Fence;
 pub use leadership::Leadership;
 pub use position::{LocalPosition, Position};
+pub use prevote::{PreVoteRequest, PreVoteResponse};
 pub use primary_file::PrimaryFileError;
 pub use reports::{ReplicaPositions, REPORT_EVERY};
 pub use rpc_server::{
-    MAX_BODY, PATH_APPEND, PATH_LEASE, PATH_READ_INDEX, PATH_SNAPSHOT, PATH_TIMEOUT_NOW, PATH_VOTE,
+    MAX_BODY, PATH_APPEND, PATH_LEASE, PATH_PRE_VOTE, PATH_READ_INDEX, PATH_SNAPSHOT,
+    PATH_TIMEOUT_NOW, PATH_VOTE,
 };
 pub use status::Status;
 pub use store::OpenError;

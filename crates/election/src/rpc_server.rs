@@ -36,6 +36,9 @@ pub const PATH_READ_INDEX: &str = "/raft/read-index";
 
 /// A replica reports its LiteFS position to the leader (answer: `reports::ReportAck`).
 pub const PATH_POSITION: &str = "/raft/position";
+/// A would-be candidate asks before campaigning, a handing-over leader probes positions
+/// (`prevote::PreVoteRequest`, answer: `prevote::PreVoteResponse`).
+pub const PATH_PRE_VOTE: &str = "/raft/pre-vote";
 
 /// Largest request or response body accepted.
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
@@ -51,9 +54,6 @@ pub struct RpcState {
     pub status: StatusCell,
     /// The lease state: a forwarded renewal is stamped with this leader's handoff window.
     pub lease: lease::LeaseShared,
-    /// This node's LiteFS position (pre-votes and position reports).
-    #[allow(dead_code)] // read by the pre-vote handler (in progress on its own branch)
-    pub position: crate::position::LocalPosition,
     /// The leader's table of replicas' position reports.
     pub reports: ReportTable,
 }
@@ -108,6 +108,7 @@ async fn handle(state: &RpcState, req: Request<Incoming>) -> Response<Full<Bytes
         PATH_LEASE,
         PATH_READ_INDEX,
         PATH_POSITION,
+        PATH_PRE_VOTE,
     ]
     .contains(&path.as_str())
     {
@@ -187,6 +188,10 @@ async fn handle(state: &RpcState, req: Request<Incoming>) -> Response<Full<Bytes
                 &from,
                 report,
             )),
+            Err(e) => text(StatusCode::BAD_REQUEST, e),
+        },
+        PATH_PRE_VOTE => match decode::<crate::prevote::PreVoteRequest>(&body) {
+            Ok(req) => json(&crate::prevote::on_pre_vote(&state.handover.pre_vote, req).await),
             Err(e) => text(StatusCode::BAD_REQUEST, e),
         },
         _ => match decode::<TimeoutNowRequest>(&body) {

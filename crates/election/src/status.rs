@@ -33,6 +33,14 @@ pub struct Status {
     pub hook_failures: u64,
     /// RPCs refused for a missing or bad MAC.
     pub rpc_rejected: u64,
+    /// Pre-vote requests this node sent as a would-be candidate (see `prevote`).
+    pub pre_votes_requested: u64,
+    /// Pre-votes this node granted as a voter.
+    pub pre_votes_granted: u64,
+    /// Pre-votes this node refused as a voter (the reason is logged at debug).
+    pub pre_votes_refused: u64,
+    /// Elections this node started after winning a pre-vote quorum.
+    pub pre_vote_elections: u64,
 }
 
 #[derive(Default)]
@@ -52,6 +60,10 @@ pub struct Counters {
     pub hook_runs: AtomicU64,
     pub hook_failures: AtomicU64,
     pub rpc_rejected: AtomicU64,
+    pub pre_votes_requested: AtomicU64,
+    pub pre_votes_granted: AtomicU64,
+    pub pre_votes_refused: AtomicU64,
+    pub pre_vote_elections: AtomicU64,
 }
 
 /// Shared, lock-protected status; cheap to clone.
@@ -82,6 +94,11 @@ impl StatusCell {
         s.hook_runs = self.counters.hook_runs.load(Ordering::Relaxed);
         s.hook_failures = self.counters.hook_failures.load(Ordering::Relaxed);
         s.rpc_rejected = self.counters.rpc_rejected.load(Ordering::Relaxed);
+        let c = &self.counters;
+        s.pre_votes_requested = c.pre_votes_requested.load(Ordering::Relaxed);
+        s.pre_votes_granted = c.pre_votes_granted.load(Ordering::Relaxed);
+        s.pre_votes_refused = c.pre_votes_refused.load(Ordering::Relaxed);
+        s.pre_vote_elections = c.pre_vote_elections.load(Ordering::Relaxed);
         s
     }
 
@@ -102,6 +119,12 @@ impl StatusCell {
                 i.contacts.insert(name.to_string(), at);
             }
         });
+    }
+
+    /// The last moment any leader was known alive (this node included, while it led with a
+    /// fresh quorum): the election timer and the pre-vote rule start from it.
+    pub fn last_leader_contact(&self) -> Option<Instant> {
+        self.with(|i| i.contacts.values().max().copied())
     }
 
     /// Record the current view; `leader` is the acted-on leader, `raft_leader` what openraft says.
@@ -198,6 +221,30 @@ impl StatusCell {
             "counter",
             "Raft RPCs refused for a missing or bad MAC.",
             s.rpc_rejected.to_string(),
+        );
+        line(
+            "pre_votes_requested_total",
+            "counter",
+            "Pre-vote requests sent by this node before campaigning.",
+            s.pre_votes_requested.to_string(),
+        );
+        line(
+            "pre_votes_granted_total",
+            "counter",
+            "Pre-votes this node granted.",
+            s.pre_votes_granted.to_string(),
+        );
+        line(
+            "pre_votes_refused_total",
+            "counter",
+            "Pre-votes this node refused (live leader, log or LiteFS position behind, shutting down).",
+            s.pre_votes_refused.to_string(),
+        );
+        line(
+            "pre_vote_elections_total",
+            "counter",
+            "Elections this node started after a pre-vote quorum.",
+            s.pre_vote_elections.to_string(),
         );
     }
 }

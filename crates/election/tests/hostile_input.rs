@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{raw_post, Cluster};
 use hmac::{Hmac, Mac};
-use litefs_election::{node_num, wire, PATH_APPEND, PATH_VOTE};
+use litefs_election::{node_num, wire, PreVoteRequest, PATH_APPEND, PATH_PRE_VOTE, PATH_VOTE};
 use openraft::raft::VoteRequest;
 use openraft::{CommittedLeaderId, LogId, Vote};
 use rand::{Rng, SeedableRng};
@@ -87,6 +87,48 @@ async fn garbage_and_unauthenticated_rpcs_are_refused_and_harmless() {
         // Random bytes as a body of an unsigned RPC.
         assert_eq!(raw_post(addr, PATH_APPEND, &[], &junk).await, Some(401));
 
+        // Pre-vote: unsigned refused; signed garbage is a 400; a signed one for a stranger
+        // (or from a member far ahead) grants nothing that moves anything (checked below).
+        let pre_vote = |candidate: &str| {
+            serde_json::to_vec(&PreVoteRequest {
+                candidate: candidate.into(),
+                term: term + 1000,
+                last_log_id: far_log,
+                position: None,
+                probe: false,
+            })
+            .expect("encode")
+        };
+        let signed = |body: &[u8]| {
+            let ts = now_ms();
+            vec![
+                (wire::TS_HEADER, ts.to_string()),
+                (wire::FROM_HEADER, "node-2".to_string()),
+                (
+                    wire::MAC_HEADER,
+                    mac(SECRET, ts, PATH_PRE_VOTE, "node-2", body),
+                ),
+            ]
+        };
+        let stranger_pv = pre_vote("intruder");
+        assert_eq!(
+            raw_post(addr, PATH_PRE_VOTE, &[], &stranger_pv).await,
+            Some(401)
+        );
+        assert_eq!(
+            raw_post(addr, PATH_PRE_VOTE, &signed(&junk), &junk).await,
+            Some(400)
+        );
+        assert_eq!(
+            raw_post(addr, PATH_PRE_VOTE, &signed(&stranger_pv), &stranger_pv).await,
+            Some(200)
+        );
+        let member_pv = pre_vote("node-2");
+        assert_eq!(
+            raw_post(addr, PATH_PRE_VOTE, &signed(&member_pv), &member_pv).await,
+            Some(200)
+        );
+
         for body in &votes {
             // Unsigned.
             assert_eq!(raw_post(addr, PATH_VOTE, &[], body).await, Some(401));
@@ -133,6 +175,8 @@ async fn garbage_and_unauthenticated_rpcs_are_refused_and_harmless() {
         let st = c.slots[i].node.as_ref().expect("node").status();
         assert_eq!(st.term, term, "{st:?}");
         assert!(st.rpc_rejected >= 9, "{st:?}");
+        // The stranger's and the member's (a live leader exists) pre-votes were refused.
+        assert!(st.pre_votes_refused >= 2, "{st:?}");
     }
 
     // The slow client is disconnected by the header timeout (5 s).
