@@ -106,7 +106,7 @@ async fn settled(c: &Cluster) -> usize {
         .expect("LiteFS settled on the Raft leader")
 }
 
-/// The chaos run: 3 clients, then kill, partition and pause of the leader's node, twice.
+/// The chaos run: 6 clients, then kill, partition and pause of the leader's node, twice.
 async fn run(sync_replicas: usize) -> Outcome {
     let lease = litefs_election::Config::default();
     let mut c = Cluster::start(Options {
@@ -126,7 +126,7 @@ async fn run(sync_replicas: usize) -> Outcome {
     let addrs = Arc::new(c.nodes.iter().map(|n| n.proxy).collect::<Vec<_>>());
     let stop = Arc::new(AtomicBool::new(false));
     let history = Arc::new(Mutex::new(History::default()));
-    let clients: Vec<_> = (0..3)
+    let clients: Vec<_> = (0..6)
         .map(|id| tokio::spawn(client(id, addrs.clone(), stop.clone(), history.clone())))
         .collect();
     for round in 0..2 {
@@ -217,6 +217,6 @@ async fn with_sync_replicas_1_no_fault_loses_an_acknowledged_write_or_a_read() {
 async fn with_sync_replicas_0_the_same_run_loses_writes() {
     let o = run(0).await;
     eprintln!("sync_replicas 0: {o:?}");
-    assert!(o.acked > 50, "the run did work: {o:?}");
+    assert!(o.acked > 40, "the run did work: {o:?}");
     assert!(!o.lost.is_empty(), "no loss: {o:?}");
 }
