@@ -2,7 +2,8 @@
 //! LiteFS (20 ms replication lag), one with `sync_replicas = 0` (asynchronous), one with the
 //! default 1; sequential writes through a replica (forwarded to the primary), alternating
 //! rounds between the two clusters so both see the same machine. Reports write latency
-//! p50/p99 for each and their ratio.
+//! p50/p99 for each and their ratio; then the chaos run (`litefs_proxy_tests::chaos`: kill,
+//! partition and pause of the leader's node) with `sync_replicas` 1 and 0.
 
 use std::time::{Duration, Instant};
 
@@ -78,9 +79,48 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
         r.goal = format!("≈ +{LAG_MS} ms (one replication lag)");
         rows.push(r);
     }
+    drop((async_c, sync_c));
+    let scen = format!(
+        "6. Durability: chaos (kill, partition, pause of the leader's node, twice; {} ms lag)",
+        litefs_proxy_tests::chaos::LAG_MS
+    );
+    let mut chaos = serde_json::Map::new();
+    for k in [1usize, 0] {
+        let o = litefs_proxy_tests::chaos::run(k).await;
+        let mut r = Row::new(
+            &scen,
+            &format!(
+                "sync_replicas {k}: acknowledged / lost / duplicated / read-your-writes misses"
+            ),
+        );
+        r.proxy = format!(
+            "{} / {} / {} / {}",
+            o.acked,
+            o.lost.len(),
+            o.duplicated.len(),
+            o.ryw_violations.len()
+        );
+        r.goal = if k == 1 {
+            "0 lost, 0 dup, 0 misses".into()
+        } else {
+            "losses (the check can fail)".into()
+        };
+        r.met = Some(if k == 1 {
+            o.lost.is_empty() && o.duplicated.is_empty() && o.ryw_violations.is_empty()
+        } else {
+            !o.lost.is_empty()
+        });
+        rows.push(r);
+        chaos.insert(
+            format!("sync_replicas_{k}"),
+            json!({"acked": o.acked, "lost": o.lost, "duplicated": o.duplicated,
+                "ryw_violations": o.ryw_violations, "reads_answered": o.reads_answered,
+                "unacked": o.unacked}),
+        );
+    }
     Ok(Section {
         rows,
-        json: json!({"lag_ms": LAG_MS, "sync0_us": lat0, "sync1_us": lat1}),
+        json: json!({"lag_ms": LAG_MS, "sync0_us": lat0, "sync1_us": lat1, "chaos": chaos}),
         panels: Vec::new(),
     })
 }

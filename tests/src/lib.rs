@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod chaos;
 pub mod client;
 pub mod cluster;
 pub mod django;

@@ -212,9 +212,10 @@ async fn at_most_one_leader_per_term_under_random_faults() {
     println!(
         "{schedules} schedules: {terms} terms with a leader, {tenures} primary tenures checked"
     );
-    // The schedules must actually exercise elections, or the check proves nothing.
+    // The schedules must actually exercise elections, or the check proves nothing (at
+    // least one re-election in most schedules: pre-vote spares the needless ones).
     assert!(
-        terms as u64 >= schedules * 2,
+        terms as u64 >= schedules * 3 / 2,
         "only {terms} leader terms observed"
     );
 }

@@ -234,10 +234,11 @@ fn print_session(args: &DemoArgs, dir: &Path, children: &[(String, Child)], lead
         r#"
 Replication lag is {lag} ms. Paste these in another terminal:
 
-  # 1. a write sent to a replica reaches the primary; the proxy mints the litefs-txid cookie
-  curl -si -c /tmp/demo.jar -X POST -d 'hello' http://127.0.0.1:{pw}/items
+  # 1. a write sent to a replica reaches the primary, which answers once a replica holds it
+  #    (sync_replicas = 1: about one replication lag); the proxy mints the litefs-txid cookie
+  time curl -si -c /tmp/demo.jar -X POST -d 'hello' http://127.0.0.1:{pw}/items
 
-  # 2. read it back on the other replica: with the cookie the read waits for replication
+  # 2. read it back on the other replica: with the cookie it waits until that one has it too
   time curl -s -b /tmp/demo.jar http://127.0.0.1:{pr}/items
   curl -s http://127.0.0.1:{pr}/items        # without it: may miss the write
 

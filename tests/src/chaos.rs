@@ -1,0 +1,205 @@
+//! The chaos run of `tests/tests/chaos.rs` and the bench: a black-box history check over
+//! real processes (per node a litefs-proxy and the sim's LiteFS, replication over its
+//! stream with a 100 ms lag): clients write items with unique
+//! bodies through every node and read each acknowledged one back, with its token, through
+//! another node, while the leader's node is killed (-9, then restarted), cut off (its Raft
+//! traffic and replication streams through relays that reset connections) and paused
+//! (SIGSTOP of its proxy and its LiteFS). At the end every acknowledged write must be in
+//! the primary's database once, and no read-your-writes read may have missed its write.
+//! With `sync_replicas = 0` the same run loses writes, so the check can fail.
+//! Partitions go through the harness's relays (they reset connections; no black hole).
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use crate::{
+    client::{get, post},
+    cluster::{Cluster, LiteFsOptions, Options},
+};
+
+/// The replication lag every replica sees.
+pub const LAG_MS: u64 = 100;
+/// Per request: a paused node's socket accepts and never answers.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
+
+#[derive(Default, Debug)]
+struct History {
+    /// Bodies of acknowledged writes.
+    acked: Vec<String>,
+    /// Acknowledged writes whose read through another node, with their token, answered
+    /// without them (404 or another item).
+    ryw_violations: Vec<String>,
+    /// Reads that got an answer at all (so the check above had something to check).
+    reads_answered: usize,
+    /// Writes not acknowledged, by status (or "timeout"/"error"), for the log.
+    unacked: HashMap<String, usize>,
+}
+
+/// What a run saw.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Writes answered 2xx.
+    pub acked: usize,
+    /// Acknowledged writes missing from the primary's database at the end.
+    pub lost: Vec<String>,
+    /// Bodies found more than once at the end.
+    pub duplicated: Vec<String>,
+    /// Reads (with the write's token, through another node) that missed their write.
+    pub ryw_violations: Vec<String>,
+    /// Reads answered 200 or 404 (what the check above checked).
+    pub reads_answered: usize,
+    /// Writes not acknowledged, by status (or "timeout"/"error").
+    pub unacked: HashMap<String, usize>,
+}
+
+/// One client: write `c<id>-<n>` through node `n % 3`, then read it back through the next
+/// node with the token the write minted.
+async fn client(
+    id: usize,
+    c: Arc<Vec<std::net::SocketAddr>>,
+    stop: Arc<AtomicBool>,
+    h: Arc<Mutex<History>>,
+) {
+    let mut n = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let body = format!("c{id}-{n}");
+        let w = c[(n + id) % c.len()];
+        let r = c[(n + id + 1) % c.len()];
+        let a = match tokio::time::timeout(REQUEST_TIMEOUT, post(w, "/items", &[], &body)).await {
+            Ok(Ok(a)) if a.status.is_success() => a,
+            other => {
+                let why = match other {
+                    Ok(Ok(a)) => format!("{} {}", a.status.as_u16(), a.text().trim()),
+                    Ok(Err(_)) => "error".into(),
+                    Err(_) => "timeout".into(),
+                };
+                *h.lock().unwrap().unacked.entry(why).or_default() += 1;
+                continue;
+            }
+        };
+        h.lock().unwrap().acked.push(body.clone());
+        let item: serde_json::Value = serde_json::from_slice(&a.body).unwrap_or_default();
+        let (Some(item_id), Some(token)) = (
+            item["id"].as_i64(),
+            a.headers.get("litefs-txid").and_then(|v| v.to_str().ok()),
+        ) else {
+            continue;
+        };
+        let path = format!("/items/{item_id}");
+        let read =
+            tokio::time::timeout(REQUEST_TIMEOUT, get(r, &path, &[("litefs-txid", token)])).await;
+        let Ok(Ok(a)) = read else { continue };
+        let found: serde_json::Value = serde_json::from_slice(&a.body).unwrap_or_default();
+        let mut h = h.lock().unwrap();
+        match a.status.as_u16() {
+            200 if found["body"] == body.as_str() => h.reads_answered += 1,
+            200 | 404 => {
+                h.reads_answered += 1;
+                h.ryw_violations
+                    .push(format!("{body}: {} {}", a.status, a.text().trim()));
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn settled(c: &Cluster) -> usize {
+    c.wait_litefs_settled(Duration::from_secs(30))
+        .await
+        .expect("LiteFS settled on the Raft leader")
+}
+
+/// The chaos run: 6 clients, then kill, partition and pause of the leader's node, twice.
+pub async fn run(sync_replicas: usize) -> Outcome {
+    let lease = litefs_election::Config::default();
+    let mut c = Cluster::start(Options {
+        relays: true,
+        proxy_extra: format!(
+            "primary_redirect_timeout = \"5s\"\nsync_replicas = {sync_replicas}\n"
+        ),
+        litefs: Some(LiteFsOptions {
+            ttl: lease.lease_ttl,
+            lock_delay: lease.lease_lock_delay,
+            lag_ms: LAG_MS,
+        }),
+        ..Options::default()
+    })
+    .await;
+    settled(&c).await;
+    let addrs = Arc::new(c.nodes.iter().map(|n| n.proxy).collect::<Vec<_>>());
+    let stop = Arc::new(AtomicBool::new(false));
+    let history = Arc::new(Mutex::new(History::default()));
+    let clients: Vec<_> = (0..6)
+        .map(|id| tokio::spawn(client(id, addrs.clone(), stop.clone(), history.clone())))
+        .collect();
+    for round in 0..2 {
+        for fault in ["kill", "partition", "pause"] {
+            let l = settled(&c).await;
+            eprintln!("chaos round {round}: {fault} {}", c.nodes[l].id);
+            match fault {
+                "kill" => {
+                    c.kill(l);
+                    c.kill_litefs(l);
+                }
+                "partition" => c.isolate(l, true),
+                _ => {
+                    c.signal(l, "STOP");
+                    c.signal_litefs(l, "STOP");
+                }
+            }
+            // The fault lasts this long: past the election and the LiteFS lease.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            match fault {
+                "kill" => {
+                    c.spawn_litefs(l);
+                    c.spawn(l);
+                }
+                "partition" => c.isolate(l, false),
+                _ => {
+                    c.signal_litefs(l, "CONT");
+                    c.signal(l, "CONT");
+                }
+            }
+        }
+    }
+    let l = settled(&c).await;
+    stop.store(true, Ordering::Relaxed);
+    for cl in clients {
+        let _ = cl.await;
+    }
+    let all = get(c.nodes[l].proxy, "/items", &[])
+        .await
+        .expect("final read");
+    let items: Vec<serde_json::Value> = serde_json::from_slice(&all.body).expect("item list");
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for it in &items {
+        *count
+            .entry(it["body"].as_str().unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+    let h = history.lock().unwrap();
+    Outcome {
+        acked: h.acked.len(),
+        lost: h
+            .acked
+            .iter()
+            .filter(|b| !count.contains_key(*b))
+            .cloned()
+            .collect(),
+        duplicated: count
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(b, _)| b.clone())
+            .collect(),
+        ryw_violations: h.ryw_violations.clone(),
+        reads_answered: h.reads_answered,
+        unacked: h.unacked.clone(),
+    }
+}
