@@ -31,7 +31,11 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub election_timeout_max: Duration,
     /// Shared secret; when set every RPC carries an HMAC-SHA256 and unsigned ones are refused.
+    /// Required when `raft_addr` is not loopback, unless `allow_insecure_raft`.
     pub cluster_secret: Option<String>,
+    /// Accept an unsigned Raft port off loopback (anyone reaching it can vote, append and
+    /// depose the leader): only for a network nobody else can reach.
+    pub allow_insecure_raft: bool,
     /// Shell command run (via `sh -c`) when this node becomes leader.
     pub on_promote: Option<String>,
     /// Shell command run when this node stops being leader.
@@ -61,6 +65,7 @@ impl Default for Config {
             election_timeout_min: Duration::from_millis(150),
             election_timeout_max: Duration::from_millis(300),
             cluster_secret: None,
+            allow_insecure_raft: false,
             on_promote: None,
             on_demote: None,
             lease_addr: None,
@@ -72,7 +77,7 @@ impl Default for Config {
 }
 
 /// One peer as written in the config: a table, or the short `"host:port"` string.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum PeerSpec {
     /// `"node-1:4321"`: id = host, proxy = `http://host:<local proxy port>`.
@@ -81,9 +86,43 @@ pub enum PeerSpec {
     Table {
         id: String,
         raft: String,
-        #[serde(default)]
         proxy: Option<String>,
     },
+}
+
+/// The table form, strict: an unknown key is an error naming it (serde's untagged enums
+/// would only say that nothing matched).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerTable {
+    id: String,
+    raft: String,
+    #[serde(default)]
+    proxy: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for PeerSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = PeerSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(r#""host:port" or { id, raft, proxy }"#)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PeerSpec, E> {
+                Ok(PeerSpec::Short(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<PeerSpec, A::Error> {
+                let t = PeerTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(PeerSpec::Table {
+                    id: t.id,
+                    raft: t.raft,
+                    proxy: t.proxy,
+                })
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 /// A peer with every field resolved.
@@ -140,6 +179,19 @@ impl Config {
         }
         if self.heartbeat_interval.is_zero() {
             return Err(err("heartbeat_interval", "0s", "must be above zero"));
+        }
+        if self.cluster_secret.is_none()
+            && !self.raft_addr.ip().is_loopback()
+            && !self.allow_insecure_raft
+        {
+            return Err(err(
+                "cluster_secret",
+                "",
+                format!(
+                    "required when raft_addr ({}) is not loopback: anyone reaching the Raft port could vote, append and depose the leader; set it (16+ characters, the same on every node), or allow_insecure_raft = true on a network nobody else reaches",
+                    self.raft_addr
+                ),
+            ));
         }
         if self.election_timeout_min <= self.heartbeat_interval {
             return Err(err(
@@ -368,6 +420,7 @@ mod tests {
     fn base() -> Config {
         Config {
             node_id: "node-1".into(),
+            cluster_secret: Some("a-test-secret-16-chars".into()),
             peers: vec![
                 PeerSpec::Short("node-1:4321".into()),
                 PeerSpec::Short("node-2:4321".into()),
@@ -423,6 +476,20 @@ mod tests {
         assert_eq!(c.heartbeat_interval, Duration::from_millis(50));
         assert_eq!(c.election_timeout_min, Duration::from_millis(150));
         assert_eq!(c.election_timeout_max, Duration::from_millis(300));
+    }
+
+    /// Off loopback the Raft port needs the secret (or an explicit waiver); on loopback
+    /// nobody else can reach it.
+    #[test]
+    fn an_unsigned_raft_port_off_loopback_is_refused() {
+        let mut c = base();
+        c.cluster_secret = None;
+        assert_eq!(c.validate().unwrap_err().key, "cluster_secret");
+        c.allow_insecure_raft = true;
+        c.validate().expect("waived");
+        c.allow_insecure_raft = false;
+        c.raft_addr = "127.0.0.1:4321".parse().unwrap();
+        c.validate().expect("loopback");
     }
 
     #[test]

@@ -261,6 +261,18 @@ pub fn validate(cfg: &Config) -> Result<(), InvalidConfig> {
     Ok(())
 }
 
+/// What `check` points out in a config that works but is weaker than it should be.
+pub fn warnings(cfg: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if cfg.role.source == RoleSource::Raft && cfg.proxy.token_secret.is_none() {
+        out.push(
+            "proxy.token_secret is not set: anyone can send a forged litefs-txid cookie (e.g. ffffffffffffffff) that makes each of their reads wait read_wait_timeout on a replica and then go to the primary; set it (16+ characters, the same on every node)"
+                .into(),
+        );
+    }
+    out
+}
+
 /// Voters in the `[election]` table when the role source is Raft.
 fn raft_peers(cfg: &Config) -> Option<usize> {
     (cfg.role.source == RoleSource::Raft)

@@ -39,6 +39,9 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::DemoNode(a) => demo::node(a),
         Command::SimLitefs(a) => demo::sim_litefs(a),
         Command::Check(args) => with_config(&args, |cfg| {
+            for w in config::warnings(&cfg) {
+                eprintln!("litefs-proxy: warning: {w}");
+            }
             print!("{}", config::to_redacted_toml(&cfg));
             ExitCode::SUCCESS
         }),

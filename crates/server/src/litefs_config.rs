@@ -304,6 +304,7 @@ source = "raft"
 [election]
 node_id = "node-1"
 lease_addr = "127.0.0.1:8500"
+cluster_secret = "a-test-secret-16-chars"
 peers = ["node-1:4321", "node-2:4321", "node-3:4321"]
 "#;
     const STATIC_TOML: &str = r#"
@@ -417,6 +418,7 @@ source = "raft"
 [election]
 node_id = "node-1"
 data_dir = "/srv/n1/proxy"
+cluster_secret = "a-test-secret-16-chars"
 lease_addr = "127.0.0.1:8501"
 lease_ttl = "4s"
 lease_lock_delay = "500ms"

@@ -231,6 +231,20 @@ fn invalid_configs_exit_64_naming_the_key() {
         assert_invalid(&out, key);
     }
 
+    // An unknown key inside a peer table is named too, not accepted silently.
+    let path = write(
+        dir.path(),
+        "peer.toml",
+        "[role]\nsource = \"raft\"\n[election]\nnode_id = \"a\"\nraft_addr = \"127.0.0.1:4321\"\n[[election.peers]]\nid = \"a\"\nraft = \"a:4321\"\nbogus = 1\n",
+    );
+    let out = check(&["--config", path.to_str().unwrap()], &[]);
+    assert_invalid(&out, "election");
+    assert!(
+        out.stderr.contains("unknown field `bogus`"),
+        "{}",
+        out.stderr
+    );
+
     // The value and why are in the line.
     let path = write(
         dir.path(),
@@ -621,14 +635,21 @@ fn default_log_shows_role_changes_without_openraft_chatter() {
 /// A Raft port reachable from other hosts without `cluster_secret` is warned about; a
 /// loopback one or a signed one is not.
 #[test]
-fn an_unauthenticated_raft_port_off_loopback_is_warned_about() {
+fn an_unauthenticated_raft_port_off_loopback_is_refused_unless_allowed() {
     const WARNING: &str = "election.cluster_secret is not set";
+    let dir = tempfile::tempdir().unwrap();
+    let refused = raft_node(dir.path(), "0.0.0.0", "");
+    assert_invalid(
+        &check(&["--config", refused.to_str().unwrap()], &[]),
+        "election.cluster_secret",
+    );
     let warned = |bind: &str, extra: &str| {
         let dir = tempfile::tempdir().unwrap();
         let (up, _) = log_until_primary(&raft_node(dir.path(), bind, extra));
         up.iter().any(|l| l.contains(WARNING) && l.contains("WARN"))
     };
-    assert!(warned("0.0.0.0", ""));
+    // Waived explicitly: it runs, and says what that exposes.
+    assert!(warned("0.0.0.0", "allow_insecure_raft = true"));
     assert!(!warned(
         "0.0.0.0",
         r#"cluster_secret = "a-long-random-string-shared-by-the-nodes""#
@@ -787,6 +808,21 @@ fn sync_replicas_defaults_by_role_source_and_is_checked() {
     let f = write(dir.path(), "raft.toml", raft);
     let cfg = ok_config(&["--config", f.to_str().unwrap()], &[]);
     assert_eq!(get(&cfg, "proxy.sync_replicas").as_integer(), Some(1));
+    // Raft without a token secret works, and check says what that leaves open.
+    let out = check(&["--config", f.to_str().unwrap()], &[]);
+    assert!(
+        out.stderr
+            .contains("warning: proxy.token_secret is not set"),
+        "{}",
+        out.stderr
+    );
+    let signed = write(
+        dir.path(),
+        "signed.toml",
+        &format!("[proxy]\ntoken_secret = \"a-token-secret-16+\"\n{raft}"),
+    );
+    let out = check(&["--config", signed.to_str().unwrap()], &[]);
+    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
     let cfg = ok_config(&[], &[]);
     assert_eq!(get(&cfg, "proxy.sync_replicas").as_integer(), Some(0));
     let f = write(dir.path(), "static.toml", "[proxy]\nsync_replicas = 1\n");
