@@ -101,5 +101,5 @@ pub use types::NodeId;
 
 /// Header names of the signed RPC protocol (for tests and tools).
 pub mod wire {
-    pub use crate::auth::{FROM_HEADER, MAC_HEADER, MAX_SKEW, TS_HEADER};
+    pub use crate::auth::{FROM_HEADER, MAC_HEADER, MAX_SKEW, NONCE_HEADER, TS_HEADER};
 }

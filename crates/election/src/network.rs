@@ -24,7 +24,7 @@ use openraft::{BasicNode, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::auth::{Auth, FROM_HEADER, MAC_HEADER, TS_HEADER};
+use crate::auth::{Auth, FROM_HEADER, MAC_HEADER, NONCE_HEADER, TS_HEADER};
 use crate::config::Peer;
 use crate::faults::Faults;
 use crate::fence::AckClock;
@@ -149,8 +149,11 @@ impl RpcClient {
         let mut builder = http::Request::post(format!("http://{addr}{path}"))
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(FROM_HEADER, self.me.as_str());
-        if let Some((ts, mac)) = self.auth.sign(path, &self.me, &body) {
-            builder = builder.header(TS_HEADER, ts).header(MAC_HEADER, mac);
+        if let Some((ts, mac, nonce)) = self.auth.sign(path, &self.me, &body) {
+            builder = builder
+                .header(TS_HEADER, ts)
+                .header(MAC_HEADER, mac)
+                .header(NONCE_HEADER, nonce);
         }
         let request = builder
             .body(Full::new(Bytes::from(body)))

@@ -124,9 +124,15 @@ async fn garbage_and_unauthenticated_rpcs_are_refused_and_harmless() {
             Some(200)
         );
         let member_pv = pre_vote("node-2");
+        let captured = signed(&member_pv);
         assert_eq!(
-            raw_post(addr, PATH_PRE_VOTE, &signed(&member_pv), &member_pv).await,
+            raw_post(addr, PATH_PRE_VOTE, &captured, &member_pv).await,
             Some(200)
+        );
+        // The very same signed request again (a replay within the skew window): refused.
+        assert_eq!(
+            raw_post(addr, PATH_PRE_VOTE, &captured, &member_pv).await,
+            Some(401)
         );
 
         for body in &votes {
