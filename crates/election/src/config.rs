@@ -43,6 +43,9 @@ pub struct Config {
     /// Where to serve the Consul-compatible lease endpoint for LiteFS (`lease.type: consul`,
     /// `lease.consul.url: http://<this>`), e.g. "127.0.0.1:8500". None: not served.
     pub lease_addr: Option<SocketAddr>,
+    /// Required when `lease_addr` is not loopback: requests must carry it as
+    /// `X-Consul-Token` (LiteFS sends `CONSUL_HTTP_TOKEN`).
+    pub lease_token: Option<String>,
     /// LiteFS's session TTL (`lease.consul.ttl`), printed by `litefs-proxy litefs-config`;
     /// the endpoint itself takes each session's TTL from the create request.
     #[serde(with = "humantime_serde")]
@@ -69,6 +72,7 @@ impl Default for Config {
             on_promote: None,
             on_demote: None,
             lease_addr: None,
+            lease_token: None,
             lease_ttl: Duration::from_secs(1),
             lease_lock_delay: Duration::ZERO,
             peers: Vec::new(),
@@ -223,6 +227,28 @@ impl Config {
                     "must exceed election_timeout_min by at least heartbeat_interval ({}), the margin that keeps an old leader from overlapping a new one",
                     fmt_dur(self.heartbeat_interval)
                 ),
+            ));
+        }
+        if let Some(addr) = self.lease_addr {
+            if !addr.ip().is_loopback() && self.lease_token.is_none() {
+                return Err(err(
+                    "lease_token",
+                    "",
+                    format!(
+                        "required when lease_addr ({addr}) is not loopback: anyone reaching it could destroy or take over LiteFS sessions; set it and give LiteFS the same as CONSUL_HTTP_TOKEN"
+                    ),
+                ));
+            }
+        }
+        if self
+            .lease_token
+            .as_ref()
+            .is_some_and(|t| t.len() < MIN_SECRET_LEN)
+        {
+            return Err(err(
+                "lease_token",
+                "(hidden)",
+                "must be at least 16 characters",
             ));
         }
         if self.lease_ttl < MIN_LEASE_TTL {
@@ -489,6 +515,19 @@ mod tests {
         c.validate().expect("waived");
         c.allow_insecure_raft = false;
         c.raft_addr = "127.0.0.1:4321".parse().unwrap();
+        c.validate().expect("loopback");
+    }
+
+    /// The lease endpoint off loopback needs a token.
+    #[test]
+    fn a_lease_endpoint_off_loopback_needs_a_token() {
+        let mut c = base();
+        c.lease_addr = Some("0.0.0.0:8500".parse().unwrap());
+        assert_eq!(c.validate().unwrap_err().key, "lease_token");
+        c.lease_token = Some("a-lease-token-of-16+".into());
+        c.validate().expect("with a token");
+        c.lease_addr = Some("127.0.0.1:8500".parse().unwrap());
+        c.lease_token = None;
         c.validate().expect("loopback");
     }
 

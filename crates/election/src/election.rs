@@ -331,6 +331,7 @@ impl Election {
                     raft: raft.clone(),
                     me_name: cfg.node_id.clone(),
                     peers: peers.clone(),
+                    token: cfg.lease_token.clone(),
                 };
                 let (tx, rx) = oneshot::channel::<()>();
                 let task = tokio::spawn(lease::http::serve(l, ctx, async move {

@@ -108,14 +108,22 @@ async fn consul_shapes_on_leader_and_follower_and_leader_change() {
         put(fa, &format!("/v1/kv/{KEY}?release={fsid}"), b"").await,
         json!(false)
     );
-    // An explicit Node naming a member is honoured (the leader's, here): it may lock, but only
-    // through the leader's own endpoint (a LiteFS handoff to another node cannot lock).
+    // A node's endpoint makes, lists and destroys only its own node's sessions: an explicit
+    // Node naming another member is refused there, the leader's session is neither listed
+    // nor destroyable through a follower's endpoint.
     let explicit = format!(r#"{{"Node":"{lname}","TTL":"10s","LockDelay":"1s"}}"#);
-    let xsid = create(fa, explicit.as_bytes()).await;
-    assert_eq!(
-        put(fa, &format!("/v1/kv/other?acquire={xsid}"), b"v").await,
-        json!(false)
+    let (st, _, _) = http_call(fa, "PUT", "/v1/session/create", explicit.as_bytes()).await;
+    assert_eq!(st, 403);
+    let (_, _, b) = http_call(fa, "GET", "/v1/session/list", b"").await;
+    let listed: Vec<Value> = serde_json::from_slice(&b).expect("list");
+    assert!(
+        listed.iter().all(|s| s["Node"] == json!(fname)),
+        "{listed:?}"
     );
+    let (st, _, _) = http_call(fa, "PUT", &format!("/v1/session/destroy/{sid}"), b"").await;
+    assert_eq!(st, 403);
+    // Through its own endpoint it is honoured, and may lock.
+    let xsid = create(la, explicit.as_bytes()).await;
     assert_eq!(
         put(la, &format!("/v1/kv/other?acquire={xsid}"), b"v").await,
         json!(true)
@@ -203,4 +211,38 @@ async fn consul_shapes_on_leader_and_follower_and_leader_change() {
         "nobody locks while the old holder may still believe in its lease"
     );
     c.stop_all().await;
+}
+
+/// With `lease_token` (required off loopback), a request without it, or with another, is
+/// refused before anything is read or written; with it (`X-Consul-Token`, or Consul's
+/// `?token=`) the endpoint answers as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_lease_token_only_requests_carrying_it_are_answered() {
+    common::init_tracing();
+    const TOKEN: &str = "a-lease-token-of-16-chars";
+    let mut c = common::Cluster::new(3, None, |cfg| {
+        cfg.lease_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        cfg.lease_token = Some(TOKEN.into());
+    });
+    c.start_all().await;
+    let l = c.wait_agreed(Duration::from_secs(5)).await;
+    let la = lease_addr(&c, l);
+    for path in [
+        "/v1/session/create",
+        "/v1/session/create?token=wrong-token-000000",
+    ] {
+        let (st, _, b) = http_call(la, "PUT", path, GO_CREATE).await;
+        assert_eq!(st, 403, "{}", String::from_utf8_lossy(&b));
+    }
+    let (st, _, _) = http_call(la, "GET", "/v1/session/list", b"").await;
+    assert_eq!(st, 403);
+    let (st, _, b) = http_call(
+        la,
+        "PUT",
+        &format!("/v1/session/create?token={TOKEN}"),
+        GO_CREATE,
+    )
+    .await;
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+    assert!(json_of(&b)["ID"].is_string());
 }

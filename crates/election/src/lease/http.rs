@@ -37,7 +37,7 @@ mod session;
 use consistent::consistent;
 pub(crate) use consistent::read_index_local;
 use kv::{kv_delete, kv_get, kv_put};
-use session::{session_create, session_list, session_renew};
+use session::{session_create, session_destroy, session_list, session_renew};
 
 /// What the handlers need.
 pub(crate) struct HttpCtx {
@@ -47,6 +47,16 @@ pub(crate) struct HttpCtx {
     /// This node's name: owner of sessions created here without a member `Node`.
     pub me_name: String,
     pub peers: Arc<BTreeMap<NodeId, Peer>>,
+    /// With `lease_token`: every request must carry it (`X-Consul-Token`, as LiteFS's Consul
+    /// client sends `CONSUL_HTTP_TOKEN`, or `?token=`).
+    pub token: Option<String>,
+}
+
+mod subtle_eq {
+    /// Compares without stopping at the first difference (the token is a secret).
+    pub fn eq(a: &[u8], b: &[u8]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
 }
 
 /// Serve until `shutdown` completes; then open connections are dropped.
@@ -97,6 +107,23 @@ async fn handle(ctx: &HttpCtx, req: Request<Incoming>) -> Resp {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = parse_query(req.uri().query().unwrap_or(""));
+    if let Some(want) = &ctx.token {
+        let given = req
+            .headers()
+            .get("x-consul-token")
+            .and_then(|v| v.to_str().ok())
+            .or(query.get("token").map(String::as_str));
+        let ok = given.is_some_and(|g| {
+            use subtle_eq::eq;
+            eq(g.as_bytes(), want.as_bytes())
+        });
+        if !ok {
+            return text(
+                StatusCode::FORBIDDEN,
+                "Permission denied: ACL token missing or wrong",
+            );
+        }
+    }
     let body = match tokio::time::timeout(
         crate::http_server::BODY_TIMEOUT,
         Limited::new(req.into_body(), MAX_VALUE).collect(),
@@ -131,16 +158,19 @@ async fn handle(ctx: &HttpCtx, req: Request<Incoming>) -> Resp {
     match (head, arg, &method) {
         ("session/create", None, &Method::PUT) => session_create(ctx, &body).await,
         ("session/renew", Some(id), &Method::PUT) => session_renew(ctx, id).await,
-        ("session/destroy", Some(id), &Method::PUT) => {
-            write_bool(ctx, LeaseRequest::SessionDestroy { id }).await
-        }
+        ("session/destroy", Some(id), &Method::PUT) => session_destroy(ctx, id).await,
         ("session/info", Some(id), &Method::GET) => {
             session_list(ctx, &query, move |s| s.id == id).await
         }
         ("session/node", Some(node), &Method::GET) => {
             session_list(ctx, &query, move |s| s.node == node).await
         }
-        ("session/list", None, &Method::GET) => session_list(ctx, &query, |_| true).await,
+        // This node's sessions only: another node's session IDs are what a destroy or a
+        // takeover would need.
+        ("session/list", None, &Method::GET) => {
+            let me = ctx.me_name.clone();
+            session_list(ctx, &query, move |s| s.node == me).await
+        }
         // LiteFS registers a shared catalog node when its consul URL has a path; nothing to do.
         ("catalog/register", None, &Method::PUT) => json_resp(&json!(true)),
         ("status/leader", None, &Method::GET) => {

@@ -16,6 +16,16 @@ pub(super) async fn session_create(ctx: &HttpCtx, body: &[u8]) -> Resp {
     };
     let is_member = |n: &str| ctx.peers.values().any(|p| p.id == n);
     let node = match parsed.node {
+        Some(n) if n != ctx.me_name && is_member(&n) => {
+            // Another member's sessions are made through that member's endpoint, by its
+            // own LiteFS: nobody on this host may make sessions in its name.
+            return text(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Permission denied: node {n:?} creates its sessions through its own endpoint"
+                ),
+            );
+        }
         Some(n) if is_member(&n) => n,
         other => {
             if let Some(n) = other {
@@ -73,6 +83,21 @@ pub(super) async fn session_renew(ctx: &HttpCtx, id: String) -> Resp {
             tracing::info!(session = %id, within = ?RENEW_ANSWER_WITHIN, "lease: renewal not committed in time; answering session gone");
             gone()
         }
+    }
+}
+
+/// `PUT /v1/session/destroy/<id>`: only this node's own sessions (another node's LiteFS
+/// would lose its lease, or its primary status, to anyone on this host).
+pub(super) async fn session_destroy(ctx: &HttpCtx, id: String) -> Resp {
+    let owner = ctx
+        .shared
+        .read(|st| st.sessions.get(&id).map(|s| s.node.clone()));
+    match owner {
+        Some(node) if node != ctx.me_name => text(
+            StatusCode::FORBIDDEN,
+            format!("Permission denied: session {id} belongs to node {node:?}"),
+        ),
+        _ => write_bool(ctx, LeaseRequest::SessionDestroy { id }).await,
     }
 }
 
