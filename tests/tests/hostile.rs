@@ -417,7 +417,7 @@ async fn requests_past_max_in_flight_get_503() {
     let m = metrics(&a).await;
     assert!(m.contains("litefs_proxy_in_flight_requests 2"), "{m}");
     assert!(
-        m.contains(r#"litefs_proxy_requests_total{class="write",outcome="overloaded"} 1"#),
+        m.contains(r#"litefs_proxy_requests_total{class="read",outcome="overloaded"} 1"#),
         "{m}"
     );
     a.app.state.release.notify_waiters();

@@ -255,19 +255,20 @@ impl Proxy {
         if let Some(resp) = self.reject_or_answer(&req) {
             return resp;
         }
+        let class = self.classify(req.method(), req.uri().path());
         let in_flight = s.metrics.in_flight.inc();
         let _in_flight = InFlight(&s.metrics);
         let result = if usize::try_from(in_flight).unwrap_or(usize::MAX) >= s.cfg.max_in_flight {
-            Err((Class::Write, ProxyError::Overloaded(s.cfg.max_in_flight)))
+            Err(ProxyError::Overloaded(s.cfg.max_in_flight))
         } else {
-            self.route(req, client).await
+            self.route(req, class, client).await
         };
         match result {
-            Ok((class, resp, outcome)) => {
+            Ok((resp, outcome)) => {
                 s.metrics.request(class.label(), outcome);
                 resp
             }
-            Err((class, e)) => {
+            Err(e) => {
                 s.metrics.request(class.label(), e.outcome());
                 tracing::info!(error = %e, class = class.label(), "request failed");
                 e.into_response()
@@ -310,14 +311,14 @@ impl Proxy {
         Some(endpoints::answer(s, rest))
     }
 
-    /// Classifies and sends a request; the class comes back with the outcome for the metrics.
+    /// Sends a request of `class` on its way.
     async fn route(
         &self,
         mut req: Request<Incoming>,
+        class: Class,
         client: &HeaderValue,
-    ) -> Result<(Class, Response<ProxyBody>, &'static str), (Class, ProxyError)> {
+    ) -> Result<(Response<ProxyBody>, &'static str), ProxyError> {
         let s = &*self.inner;
-        let class = self.classify(req.method(), req.uri().path());
         let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut head, body) = req.into_parts();
         let hops = headers::hops(&head.headers);
@@ -338,18 +339,13 @@ impl Proxy {
             upgrade,
             token: found.token,
         };
-        let result = if hops > MAX_HOPS {
-            Err(ProxyError::Loop(hops))
-        } else {
-            match class {
-                Class::Passthrough => self.to_app(pending, false).await,
-                Class::Read => self.read(pending, hops).await,
-                Class::Write => self.to_primary(pending, hops, true).await,
-            }
-        };
-        match result {
-            Ok((resp, outcome)) => Ok((class, resp, outcome)),
-            Err(e) => Err((class, e)),
+        if hops > MAX_HOPS {
+            return Err(ProxyError::Loop(hops));
+        }
+        match class {
+            Class::Passthrough => self.to_app(pending, false).await,
+            Class::Read => self.read(pending, hops).await,
+            Class::Write => self.to_primary(pending, hops, true).await,
         }
     }
 
