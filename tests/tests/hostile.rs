@@ -353,7 +353,7 @@ async fn stalled_upload_is_408(node: &ProxyNode, app_node: &ProxyNode) {
 #[tokio::test]
 async fn a_stalled_request_body_is_408_and_frees_the_app_on_replica_and_primary() {
     let cfg = ProxyConfig {
-        body_read_timeout: Duration::from_secs(1),
+        body_read_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(3),
         ..test_config()
     };
@@ -375,12 +375,13 @@ async fn a_stalled_request_body_is_408_and_frees_the_app_on_replica_and_primary(
     // A body that keeps moving is not cut, however long it takes in all.
     let mut s = TcpStream::connect(b.addr).await.unwrap();
     s.write_all(
-        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\n",
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nConnection: close\r\n\r\n",
     )
     .await
     .unwrap();
-    let mut pace = tokio::time::interval(Duration::from_millis(600));
-    for byte in b"abcd" {
+    // 6 bytes at 2 a second: 3 s in all, longer than the timeout, never a 2 s gap.
+    let mut pace = tokio::time::interval(Duration::from_millis(500));
+    for byte in b"abcdef" {
         pace.tick().await;
         s.write_all(&[*byte]).await.unwrap();
     }
