@@ -37,7 +37,8 @@ impl Patterns {
 /// decoded, backslashes as `/`, `;` segment parameters dropped, dot segments removed). A path with
 /// nothing to normalize is borrowed three times.
 pub fn path_forms(raw: &str) -> [Cow<'_, str>; 3] {
-    if !raw.bytes().any(|b| matches!(b, b'%' | b'.' | b';' | b'\\')) {
+    // A dot segment needs "/."; the other changes need one of these bytes.
+    if !raw.contains("/.") && !raw.bytes().any(|b| matches!(b, b'%' | b';' | b'\\')) {
         return [Cow::Borrowed(raw), Cow::Borrowed(raw), Cow::Borrowed(raw)];
     }
     let normalized = remove_dot_segments(&decode(raw, |b| {
@@ -118,6 +119,10 @@ mod tests {
     fn path_forms_normalize_dot_segments_and_encodings() {
         let forms = |p: &str| path_forms(p).map(|f| f.into_owned());
         assert_eq!(forms("/static/a.css"), ["/static/a.css"; 3]);
+        assert!(path_forms("/static/a.css.map")
+            .iter()
+            .all(|f| matches!(f, Cow::Borrowed(_))));
+        assert_eq!(forms("/a/.well-known/x")[2], "/a/.well-known/x");
         assert_eq!(
             forms("/static/../api/items"),
             ["/static/../api/items", "/api/items", "/api/items"]
