@@ -5,7 +5,10 @@
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use bytes::Bytes;
@@ -35,6 +38,17 @@ pub struct AppState {
     pub upload_progress: watch::Sender<usize>,
     /// Releases the second chunk of `/stream` and the answer of `/slow`.
     pub release: Notify,
+    /// Connections to the app open right now.
+    pub open: AtomicUsize,
+}
+
+/// Counts one app connection in [`AppState::open`] while it lives.
+struct Open(Arc<AppState>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub struct TestApp {
@@ -65,11 +79,16 @@ impl TestApp {
                         continue;
                     };
                     let (state, name, node) = (state.clone(), name.clone(), node.clone());
+                    state.open.fetch_add(1, Ordering::SeqCst);
+                    let open = Open(state.clone());
                     tokio::spawn(async move {
+                        let _open = open;
                         let svc = service_fn(move |req| {
                             handle(req, state.clone(), name.clone(), node.clone())
                         });
+                        // Room for the header-count tests (the proxy's limit is under test).
                         let _ = http1::Builder::new()
+                            .max_headers(1000)
                             .serve_connection(TokioIo::new(stream), svc)
                             .with_upgrades()
                             .await;
@@ -87,6 +106,11 @@ impl TestApp {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().expect("lock").clone()
+    }
+
+    /// Connections to the app open right now.
+    pub fn open_connections(&self) -> usize {
+        self.state.open.load(Ordering::SeqCst)
     }
 
     pub fn count(&self) -> usize {

@@ -83,6 +83,15 @@ pub struct ProxyConfig {
     /// handling one of its requests, is closed.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Most header fields in a request head; more gets 431.
+    pub max_headers: usize,
+    /// A request body on which no byte arrives for this long, while the proxy is waiting
+    /// for one, is abandoned: 408 to the client, the upstream request aborted.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Requests this node handles at once (own endpoints excepted); past it, 503 with
+    /// `Retry-After`.
+    pub max_in_flight: usize,
     /// Reads waiting for replication at once; past it a read goes straight to the fallback.
     pub max_waiting_reads: usize,
     /// While the app refuses connections (booting), retry every 100 ms for this long.
@@ -127,6 +136,9 @@ impl Default for ProxyConfig {
             max_header_size: 32 * 1024,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            max_headers: 100,
+            body_read_timeout: Duration::from_secs(30),
+            max_in_flight: 10_000,
             max_waiting_reads: 10_000,
             target_connect_retry: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(25),
@@ -256,8 +268,23 @@ impl ProxyConfig {
                 "must be at least 8192",
             ));
         }
+        if !(16..=10_000).contains(&self.max_headers) {
+            return Err(ConfigError::new(
+                "proxy.max_headers",
+                self.max_headers,
+                "must be between 16 and 10000",
+            ));
+        }
+        if self.max_in_flight == 0 {
+            return Err(ConfigError::new(
+                "proxy.max_in_flight",
+                0,
+                "must be at least 1",
+            ));
+        }
         for (key, d) in [
             ("proxy.header_read_timeout", self.header_read_timeout),
+            ("proxy.body_read_timeout", self.body_read_timeout),
             ("proxy.idle_timeout", self.idle_timeout),
             ("proxy.pos_poll_interval", self.pos_poll_interval),
         ] {
@@ -319,6 +346,31 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(cfg.validate().unwrap_err().key, "proxy.idle_timeout");
+        for (cfg, key) in [
+            (
+                ProxyConfig {
+                    body_read_timeout: Duration::ZERO,
+                    ..Default::default()
+                },
+                "proxy.body_read_timeout",
+            ),
+            (
+                ProxyConfig {
+                    max_headers: 3,
+                    ..Default::default()
+                },
+                "proxy.max_headers",
+            ),
+            (
+                ProxyConfig {
+                    max_in_flight: 0,
+                    ..Default::default()
+                },
+                "proxy.max_in_flight",
+            ),
+        ] {
+            assert_eq!(cfg.validate().unwrap_err().key, key);
+        }
         let cfg = ProxyConfig {
             token_secret: Some("short".into()),
             ..Default::default()

@@ -29,6 +29,25 @@ pub enum ProxyError {
     /// held it in time: it may not survive a failover. Not safe to retry blindly.
     #[error("write applied on the primary but not replicated to {0} replica(s) within {1:?}")]
     NotReplicated(usize, Duration),
+    /// The client's request is malformed (e.g. two `Host` headers, or none in HTTP/1.1).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The client's request body was malformed or cut off; no upstream is to blame.
+    #[error("bad request body: {0}")]
+    ClientBody(String),
+    /// No byte of the client's request body arrived for `body_read_timeout`.
+    #[error("request body stalled: no byte for {0:?}")]
+    BodyTimeout(Duration),
+    /// A method the proxy does not serve here (`CONNECT`; non-GET/HEAD on its endpoints).
+    /// `allow` is the `Allow` header, when there is a method that is served.
+    #[error("method {method} not allowed")]
+    MethodNotAllowed {
+        method: http::Method,
+        allow: Option<&'static str>,
+    },
+    /// More than `max_in_flight` requests at once on this node.
+    #[error("overloaded: {0} requests in flight")]
+    Overloaded(usize),
     /// Internal: a forwarded request came back around.
     #[error("forwarding loop detected after {0} hops")]
     Loop(u8),
@@ -38,9 +57,12 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::App(_) | ProxyError::Primary(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::NoPrimary(_) | ProxyError::NotReplicated(..) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoPrimary(_)
+            | ProxyError::NotReplicated(..)
+            | ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ReadTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Loop(_) => StatusCode::LOOP_DETECTED,
         }
@@ -55,6 +77,11 @@ impl ProxyError {
             ProxyError::ReadTimeout(_) => "read_timeout",
             ProxyError::NotReplicated(..) => "not_replicated",
             ProxyError::Loop(_) => "loop",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::ClientBody(_) => "client_body_error",
+            ProxyError::BodyTimeout(_) => "body_timeout",
+            ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
+            ProxyError::Overloaded(_) => "overloaded",
         }
     }
 
@@ -70,6 +97,12 @@ impl ProxyError {
                 WRITE_HEADER,
                 HeaderValue::from_static("applied-not-replicated"),
             );
+        } else if let ProxyError::MethodNotAllowed {
+            allow: Some(allow), ..
+        } = &self
+        {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
         } else if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

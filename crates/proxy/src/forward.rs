@@ -18,6 +18,7 @@ use tokio::{
     net::TcpStream,
 };
 
+use crate::body::ClientBody;
 use crate::upstream::{connector, error_chain, origin_form, outbound, tunnel_if_switching};
 
 /// Opens connections to the primary's proxy (name resolution and connect timeout by
@@ -61,7 +62,7 @@ impl Connected {
         self,
         base: &Uri,
         head: &Parts,
-        body: Incoming,
+        body: Pin<Box<ClientBody>>,
         upgrade: &mut Option<OnUpgrade>,
     ) -> Result<Response<Incoming>, String> {
         let reset_on_close = upgrade.is_none();

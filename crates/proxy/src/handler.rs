@@ -3,14 +3,15 @@
 //! verify) to the primary, send writes to the primary (holding them while none is
 //! reachable), mint the token after writes on the primary.
 
-use std::{sync::Arc, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
-use http::{request::Parts, HeaderValue, Method, Request, Response};
+use http::{header, request::Parts, HeaderValue, Method, Request, Response, Version};
 use http_body_util::Either;
 use hyper::{body::Incoming, upgrade::OnUpgrade};
 use tokio::{sync::watch, time::Instant};
 
 use crate::{
+    body::{ClientBody, ClientFault, FaultCell},
     config::{ConfigError, OnReadTimeout, ProxyConfig, TxidSource},
     endpoints,
     error::ProxyError,
@@ -18,7 +19,7 @@ use crate::{
     headers::{self, HOP_HEADER},
     litefs_api::LitefsApi,
     metrics::{GaugeGuard, Metrics, WaitOutcome},
-    patterns::Patterns,
+    patterns::{self, Patterns},
     position::{LocalTxid, TokenCheck},
     primary::Primary,
     sync::{ReplicaPos, ReplicaView, SyncOutcome, SyncWait},
@@ -99,7 +100,9 @@ impl Class {
 /// A request taken apart so it can be sent, held, or (if it never left) sent again.
 struct Pending {
     head: Parts,
-    body: Incoming,
+    body: Pin<Box<ClientBody>>,
+    /// Whether the client's body failed (then a failed send is the client's fault).
+    fault: FaultCell,
     upgrade: Option<OnUpgrade>,
     /// Token the client brought; a write mints only above it.
     token: Option<Token>,
@@ -245,25 +248,77 @@ impl Proxy {
     /// Handles one request from `client` (its address from [`headers::client_value`]).
     pub async fn handle(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         client: &HeaderValue,
     ) -> Response<ProxyBody> {
         let s = &*self.inner;
-        let path = req.uri().path();
-        if let Some(rest) = path.strip_prefix(s.cfg.endpoint_prefix.as_str()) {
-            if rest.starts_with('/') {
-                return endpoints::answer(s, rest);
+        if let Some(resp) = self.reject_or_answer(&req) {
+            return resp;
+        }
+        let class = self.classify(req.method(), req.uri().path());
+        let in_flight = s.metrics.in_flight.inc();
+        let _in_flight = InFlight(&s.metrics);
+        let result = if usize::try_from(in_flight).unwrap_or(usize::MAX) >= s.cfg.max_in_flight {
+            Err(ProxyError::Overloaded(s.cfg.max_in_flight))
+        } else {
+            self.route(req, class, client).await
+        };
+        match result {
+            Ok((resp, outcome)) => {
+                s.metrics.request(class.label(), outcome);
+                resp
+            }
+            Err(e) => {
+                s.metrics.request(class.label(), e.outcome());
+                tracing::info!(error = %e, class = class.label(), "request failed");
+                e.into_response()
             }
         }
-        let class = if s.passthrough.matches(path) {
-            Class::Passthrough
-        } else if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
-            && !s.always_forward.matches(path)
-        {
-            Class::Read
-        } else {
-            Class::Write
+    }
+
+    /// Requests answered before any routing: malformed ones, and the proxy's own endpoints.
+    fn reject_or_answer(&self, req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+        let s = &*self.inner;
+        let reject = |e: ProxyError| {
+            s.metrics.request("rejected", e.outcome());
+            tracing::debug!(error = %e, "request rejected");
+            Some(e.into_response())
         };
+        if req.method() == Method::CONNECT {
+            return reject(ProxyError::MethodNotAllowed {
+                method: Method::CONNECT,
+                allow: None,
+            });
+        }
+        match req.headers().get_all(header::HOST).iter().count() {
+            0 if req.version() == Version::HTTP_11 => {
+                return reject(ProxyError::BadRequest("no Host header"));
+            }
+            0 | 1 => {}
+            _ => return reject(ProxyError::BadRequest("more than one Host header")),
+        }
+        let path = req.uri().path();
+        let rest = path.strip_prefix(s.cfg.endpoint_prefix.as_str())?;
+        if !rest.starts_with('/') {
+            return None;
+        }
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            return reject(ProxyError::MethodNotAllowed {
+                method: req.method().clone(),
+                allow: Some("GET, HEAD"),
+            });
+        }
+        Some(endpoints::answer(s, rest))
+    }
+
+    /// Sends a request of `class` on its way.
+    async fn route(
+        &self,
+        mut req: Request<Incoming>,
+        class: Class,
+        client: &HeaderValue,
+    ) -> Result<(Response<ProxyBody>, &'static str), ProxyError> {
+        let s = &*self.inner;
         let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut head, body) = req.into_parts();
         let hops = headers::hops(&head.headers);
@@ -276,31 +331,41 @@ impl Proxy {
         }
         headers::strip_hop_by_hop(&mut head.headers);
         headers::add_forwarded(&mut head.headers, client);
+        let (body, fault) = ClientBody::new(body, s.cfg.body_read_timeout);
         let pending = Pending {
             head,
-            body,
+            body: Box::pin(body),
+            fault,
             upgrade,
             token: found.token,
         };
-        let result = if hops > MAX_HOPS {
-            Err(ProxyError::Loop(hops))
+        if hops > MAX_HOPS {
+            return Err(ProxyError::Loop(hops));
+        }
+        match class {
+            Class::Passthrough => self.to_app(pending, false).await,
+            Class::Read => self.read(pending, hops).await,
+            Class::Write => self.to_primary(pending, hops, true).await,
+        }
+    }
+
+    /// Passthrough only when the raw path and its normalized forms all match a passthrough
+    /// pattern (see [`patterns::path_forms`]); a path whose forms disagree is a write, so
+    /// `/static/../api` cannot slip a write past the primary. `always_forward` applies when
+    /// any form matches.
+    fn classify(&self, method: &Method, path: &str) -> Class {
+        let s = &*self.inner;
+        let forms = patterns::path_forms(path);
+        let passthrough = forms.iter().filter(|f| s.passthrough.matches(f)).count();
+        if passthrough == forms.len() {
+            Class::Passthrough
+        } else if passthrough == 0
+            && matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+            && !forms.iter().any(|f| s.always_forward.matches(f))
+        {
+            Class::Read
         } else {
-            match class {
-                Class::Passthrough => self.to_app(pending, false).await,
-                Class::Read => self.read(pending, hops).await,
-                Class::Write => self.to_primary(pending, hops, true).await,
-            }
-        };
-        match result {
-            Ok((resp, outcome)) => {
-                s.metrics.request(class.label(), outcome);
-                resp
-            }
-            Err(e) => {
-                s.metrics.request(class.label(), e.outcome());
-                tracing::info!(error = %e, class = class.label(), "request failed");
-                e.into_response()
-            }
+            Class::Write
         }
     }
 
@@ -424,7 +489,7 @@ impl Proxy {
                             let resp = conn
                                 .send(&url, &p.head, p.body, &mut p.upgrade)
                                 .await
-                                .map_err(ProxyError::Primary)?;
+                                .map_err(|e| blame(&p.fault, ProxyError::Primary(e), s))?;
                             s.metrics
                                 .forward_latency
                                 .observe(start.elapsed().as_secs_f64());
@@ -487,7 +552,9 @@ impl Proxy {
                     p.body = body;
                     tokio::time::sleep(RETRY_EVERY).await;
                 }
-                Err(SendError::MaybeSent(why)) => return Err(ProxyError::App(why)),
+                Err(SendError::MaybeSent(why)) => {
+                    return Err(blame(&p.fault, ProxyError::App(why), s))
+                }
             }
         }
     }
@@ -555,6 +622,31 @@ impl Proxy {
             }
             SyncOutcome::Off | SyncOutcome::Replicated => Ok(()),
         }
+    }
+}
+
+/// The error of a send that failed: the client's, when its body failed (malformed, cut off
+/// or stalled), else the upstream's.
+fn blame(fault: &FaultCell, upstream: ProxyError, s: &Shared) -> ProxyError {
+    let fault = fault.get();
+    if fault.is_some() {
+        tracing::debug!(upstream = %upstream, "send failed on the client's body");
+    }
+    match fault {
+        Some(ClientFault::Stalled) => ProxyError::BodyTimeout(s.cfg.body_read_timeout),
+        Some(ClientFault::Malformed) => {
+            ProxyError::ClientBody("malformed or cut off by the client".into())
+        }
+        None => upstream,
+    }
+}
+
+/// Counts a request in `in_flight` until it is answered.
+struct InFlight<'a>(&'a Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
     }
 }
 

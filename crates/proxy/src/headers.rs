@@ -40,7 +40,13 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// Removes hop-by-hop headers, including those the Connection header names. An upgrade
 /// keeps `Connection: upgrade` and `Upgrade`, which the next hop needs to switch protocols.
+/// A message that came with `Transfer-Encoding` loses its `Content-Length` too (RFC 9112
+/// §6.3: the transfer coding framed it, the length is not its length): the next hop frames
+/// the decoded body by itself.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let upgrade = is_upgrade(headers);
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -134,6 +140,16 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-app"], "kept");
+    }
+
+    #[test]
+    fn transfer_encoding_drops_content_length() {
+        let mut h = map(&[("content-length", "50"), ("transfer-encoding", "chunked")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+        let mut h = map(&[("content-length", "50")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["content-length"], "50");
     }
 
     #[test]

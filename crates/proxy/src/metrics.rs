@@ -25,6 +25,8 @@ pub struct Metrics {
     /// Seconds from sending to the primary's proxy until its response head.
     pub forward_latency: Histogram,
     pub held: Gauge<i64, AtomicI64>,
+    /// Requests being handled (response head not yet sent), against `max_in_flight`.
+    pub in_flight: Gauge<i64, AtomicI64>,
     pub waiting: Gauge<i64, AtomicI64>,
     pub invalid_tokens: Counter<u64, AtomicU64>,
     /// Reads on a replica whose token named another history than this node's.
@@ -82,6 +84,12 @@ impl Default for Metrics {
             "held_requests",
             "Requests held waiting for a primary",
             held.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "in_flight_requests",
+            "Requests being handled, response head not yet sent (capped by max_in_flight)",
+            in_flight.clone(),
         );
         let waiting = Gauge::default();
         registry.register(
@@ -158,6 +166,7 @@ impl Default for Metrics {
             read_waits,
             forward_latency,
             held,
+            in_flight,
             waiting,
             invalid_tokens,
             token_diverged,

@@ -35,6 +35,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
         .max_header_size(cfg.max_header_size)
+        .max_headers(cfg.max_headers)
         .keep_alive(true);
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);

@@ -2,7 +2,7 @@
 //! request may have left: only one that surely did not (connect failed) comes back to be
 //! sent again. (The primary's proxy is reached by [`crate::forward`].)
 
-use std::time::Duration;
+use std::{pin::Pin, time::Duration};
 
 use http::{request::Parts, uri::PathAndQuery, Request, Response, Uri, Version};
 use hyper::{body::Incoming, upgrade::OnUpgrade};
@@ -11,7 +11,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
 };
 
-use crate::body::OutBody;
+use crate::body::{ClientBody, OutBody};
 
 #[derive(Clone)]
 pub struct Upstream {
@@ -21,7 +21,7 @@ pub struct Upstream {
 /// Why a send failed.
 pub enum SendError {
     /// The connection could not be made; the body is handed back untouched.
-    NotSent(Incoming, String),
+    NotSent(Pin<Box<ClientBody>>, String),
     /// The request may have reached the upstream: it must not be sent again.
     MaybeSent(String),
 }
@@ -41,7 +41,7 @@ impl Upstream {
         &self,
         base: &Uri,
         head: &Parts,
-        body: Incoming,
+        body: Pin<Box<ClientBody>>,
         upgrade: &mut Option<OnUpgrade>,
     ) -> Result<Response<Incoming>, SendError> {
         let (out, reclaim) = OutBody::new(body);
