@@ -107,7 +107,8 @@ pub struct ProxyConfig {
     /// decides (1 with the Raft role source and at least 3 voters, else 0); 0: answer as
     /// soon as the app did (asynchronous replication).
     pub sync_replicas: Option<usize>,
-    /// How long a write waits for `sync_replicas` replicas.
+    /// How long a write waits for `sync_replicas` replicas. Right after a failover they
+    /// first reconnect to the new primary (LiteFS retries every second), hence 5 s.
     #[serde(with = "humantime_serde")]
     pub sync_timeout: Duration,
     pub on_sync_timeout: OnSyncTimeout,
@@ -144,7 +145,7 @@ impl Default for ProxyConfig {
             shutdown_grace: Duration::from_secs(25),
             pos_poll_interval: Duration::from_millis(1),
             sync_replicas: None,
-            sync_timeout: Duration::from_secs(2),
+            sync_timeout: Duration::from_secs(5),
             on_sync_timeout: OnSyncTimeout::Fail,
         }
     }
