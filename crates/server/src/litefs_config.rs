@@ -484,6 +484,7 @@ peers = [
         let mut wildcard = cfg(RAFT_TOML);
         if let Some(e) = &mut wildcard.election {
             e.insert("lease_addr".into(), "0.0.0.0:8500".into());
+            e.insert("lease_token".into(), "a-lease-token-of-16-chars".into());
         }
         let v = parse_yaml(&render(&wildcard, &opts()).expect("wildcard"));
         assert_eq!(at(&v, "lease.consul.url"), "http://127.0.0.1:8500");
