@@ -187,6 +187,8 @@ pub struct Options {
     /// every transaction it receives as a replica, instead of [`LiteFsOptions::lag_ms`]
     /// (replicas that lag differently, as near and far ones do). Empty: the same for all.
     pub lag_ms_per_node: Vec<u64>,
+    /// Extra `[election]` lines for every node (e.g. longer election timeouts).
+    pub election_extra: String,
 }
 
 /// The LiteFS settings of [`Options::litefs`] (litefs.yml's `lease.consul.ttl` and
@@ -207,6 +209,7 @@ impl Default for Options {
             litefs: None,
             app_targets: Vec::new(),
             lag_ms_per_node: Vec::new(),
+            election_extra: String::new(),
         }
     }
 }
@@ -320,13 +323,15 @@ source = "raft"
 node_id = "{id}"
 raft_addr = "{raft}"
 data_dir = "{data}"
-{lease_line}peers = [{peers}]
+{lease_line}{election_extra}
+peers = [{peers}]
 "#,
                 proxy = proxies[i],
                 app = target,
                 mount = mount.display(),
                 id = ids[i],
                 extra = opts.proxy_extra,
+                election_extra = opts.election_extra,
                 raft = rafts[i],
                 data = data_dir.display(),
                 peers = peers.join(", "),

@@ -156,7 +156,20 @@ async fn read_your_writes_through_nginx_with_the_cookie_and_misses_without() {
     );
     // Nothing ever wrote to a replica's database.
     for i in 0..3 {
-        assert_eq!(c.foreign_writes(i), 0, "{}", c.id(i));
+        let log = c.procs.litefs_log(i);
+        let lines: Vec<&str> = log.lines().collect();
+        let first = lines
+            .iter()
+            .position(|l| l.contains("something wrote to a replica's database"));
+        assert_eq!(
+            c.foreign_writes(i),
+            0,
+            "{}'s LiteFS, up to its first complaint:\n{}\n{}",
+            c.id(i),
+            first.map_or(String::new(), |f| lines[f.saturating_sub(40)..=f]
+                .join("\n")),
+            c.logs()
+        );
     }
 }
 
@@ -376,7 +389,7 @@ async fn writes_every_20_ms_through_nginx_survive_kill_9_of_the_leader() {
         return;
     }
     let _serial = SERIAL.lock().await;
-    let mut c = DjangoCluster::start(LAGS_MS, "primary_redirect_timeout = \"5s\"").await;
+    let mut c = DjangoCluster::start(LAGS_MS, "primary_redirect_timeout = \"10s\"").await;
     let l = c.wait_leader(Duration::from_secs(20)).await;
     let prefix = format!("fo-{}-", run_tag());
     let sent: Arc<Mutex<Vec<Sent>>> = Arc::default();

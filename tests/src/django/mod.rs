@@ -29,6 +29,15 @@ pub use web::{multipart_file, sha256_file, ChannelBody, Jar};
 /// The database every node serves, as LiteFS names it in the mount.
 pub const DB: &str = "db.sqlite3";
 
+/// The election's timing here: a leader keeps its place through 600 ms without a heartbeat
+/// acknowledged (the defaults, 150–300 ms, are for a LAN of idle machines). With Django,
+/// nginx and six litefs-proxy processes on two shared cores, the default timeouts saw the
+/// leader step down mid-test when the machine stalled (peers "unreachable" for 100 ms): the
+/// write in flight was then refused ("applied, not replicated", correctly), or a migration
+/// not yet replicated was lost to a new primary with an empty database (as on LiteFS).
+/// These tests are about what Django's users see, not about how fast Raft notices a death.
+const ELECTION_TIMING: &str = "heartbeat_interval = \"100ms\"\nelection_timeout_min = \"600ms\"\nelection_timeout_max = \"1200ms\"\n";
+
 /// Three Django nodes behind litefs-proxy behind nginx.
 pub struct DjangoCluster {
     /// The proxy and LiteFS processes (`procs.nodes[i].proxy`, `procs.status(i)`,
@@ -66,6 +75,7 @@ impl DjangoCluster {
             }),
             app_targets: apps.clone(),
             lag_ms_per_node: lags_ms.to_vec(),
+            election_extra: ELECTION_TIMING.into(),
             ..Options::default()
         })
         .await;
@@ -86,14 +96,25 @@ impl DjangoCluster {
             nginx_proc: None,
             dir,
         };
-        let l = c.wait_leader(Duration::from_secs(30)).await;
-        // Schema: `migrate` once on the primary's database while its LiteFS watches it (the
+        // Schema: `migrate` on the primary's database while its LiteFS watches it (the
         // migration's commits advance the primary's TXID; replicas receive the whole file
         // through replication). No app runs yet, so nothing else touches the replicas'
-        // files (Django's sqlite would create an empty database there).
-        c.migrate(l);
+        // files (Django's sqlite would create an empty database there). Should the primary
+        // change before the migration reached a replica, the new primary's (unmigrated)
+        // database is everyone's, as on LiteFS: migrate again there (it is idempotent).
+        let mut migrated = false;
+        for _ in 0..3 {
+            let l = c.wait_leader(Duration::from_secs(30)).await;
+            c.migrate(l);
+            if c.wait_replicated(Duration::from_secs(20)).await
+                && c.alive().into_iter().all(|i| c.migrated(i))
+            {
+                migrated = true;
+                break;
+            }
+        }
         assert!(
-            c.wait_replicated(Duration::from_secs(20)).await,
+            migrated,
             "replicas did not receive the migrated database; {}",
             c.logs()
         );
@@ -167,7 +188,9 @@ impl DjangoCluster {
     /// `false` after `within`.
     pub async fn wait_replicated(&self, within: Duration) -> bool {
         let end = Instant::now() + within;
-        let mut last: Option<(Vec<Option<(u64, u64)>>, Option<u32>)> = None;
+        // Every live position and the primary's change counter, as last seen.
+        type Seen = (Vec<Option<(u64, u64)>>, Option<u32>);
+        let mut last: Option<Seen> = None;
         let mut quiet_since = Instant::now();
         while Instant::now() < end {
             if let Some(p) = self.litefs_primary().await {
@@ -193,6 +216,22 @@ impl DjangoCluster {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         false
+    }
+
+    /// Whether node `i`'s database has Django's schema (the items app's migration applied).
+    fn migrated(&self, i: usize) -> bool {
+        let Ok(conn) = rusqlite::Connection::open_with_flags(
+            self.db_path(i),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        ) else {
+            return false;
+        };
+        conn.query_row(
+            "SELECT count(*) FROM django_migrations WHERE app = 'items'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .is_ok_and(|n| n > 0)
     }
 
     /// How often node `i`'s LiteFS saw something other than replication write its
