@@ -168,6 +168,18 @@ pub struct Cluster {
     _dir: tempfile::TempDir,
 }
 
+/// `[election]` timing for tests over [`Options::litefs`] on a loaded machine: a leader keeps
+/// its place through 600 ms without a quorum's acknowledgement (the defaults, 150–300 ms,
+/// are for a LAN of idle machines). On two shared cores running other builds, the default
+/// timeouts saw a leader step down for ~50 ms when the machine stalled (peers "unreachable"
+/// for 50–100 ms); its lease endpoint then answered LiteFS's renewal "session gone", LiteFS
+/// gave up the lease and its replicas' streams, and for over a second no write could reach
+/// a replica (refused as "applied, not replicated"), or a Django migration not yet
+/// replicated was lost to a new primary with an empty database (as on LiteFS). For tests
+/// about what users see, not about how fast Raft notices a death.
+pub const TOLERANT_ELECTION: &str =
+    "heartbeat_interval = \"100ms\"\nelection_timeout_min = \"600ms\"\nelection_timeout_max = \"1200ms\"\n";
+
 /// Extra `[proxy]` lines for every node (e.g. a shorter `primary_redirect_timeout`).
 pub struct Options {
     pub nodes: usize,

@@ -6,8 +6,8 @@
 //! of the leader's proxy (a write held meanwhile lands on the new primary), hands over on
 //! SIGTERM without failing a write, and never has two primaries, proxies or LiteFS, even
 //! across a partition of the Raft traffic and the replication streams. LiteFS's lease
-//! settings are `litefs-config`'s (TTL 1 s, lock-delay 0 s). How fast each case is, is the
-//! bench's business; `litefs_follows_raft.rs` covers the same events under a steady stream of
+//! settings are `litefs-config`'s (TTL 1 s, lock-delay 0 s), the election's its defaults.
+//! How fast each case is, is the bench's business; `litefs_follows_raft.rs` covers the same events under a steady stream of
 //! writes.
 
 use std::{
@@ -228,9 +228,32 @@ async fn kill_9_of_the_leader_fails_over_and_the_old_leader_rejoins_as_follower(
 /// SIGTERM on the leader: its proxy hands Raft leadership over, keeps its lease endpoint up
 /// until its LiteFS has let go of the lease, and exits cleanly; writes arriving at a
 /// survivor all along are held, never failed, and the new leader's app answers them.
+///
+/// Checked under a leader that stays leader until the signal: on this shared machine a
+/// stall has made a settled leader step down for ~50 ms on its own (its log says
+/// `role change from="leader"` before the signal), which costs its LiteFS the lease and
+/// its replicas' streams for over a second and fails a write with "applied, not
+/// replicated", a different event than the handover. Such an attempt is reported and run
+/// again on a fresh cluster, once; any other failure, or that twice, fails the test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_on_the_leader_hands_leadership_over() {
     let _serial = SERIAL.lock().await;
+    for attempt in 1..=2 {
+        match sigterm_handover_attempt().await {
+            Ok(()) => return,
+            Err(why) if attempt == 1 => {
+                eprintln!(
+                    "attempt {attempt}: the leader stepped down before the signal, again: {why}"
+                )
+            }
+            Err(why) => panic!("the leader stepped down before the signal twice: {why}"),
+        }
+    }
+}
+
+/// One run of [`sigterm_on_the_leader_hands_leadership_over`]; `Err` when the old leader
+/// had stepped down by itself before the signal and a write failed.
+async fn sigterm_handover_attempt() -> Result<(), String> {
     let mut c = start(
         false,
         "primary_redirect_timeout = \"5s\"\nshutdown_grace = \"2s\"",
@@ -272,11 +295,8 @@ async fn sigterm_on_the_leader_hands_leadership_over() {
         c.nodes[new].id,
         start.elapsed()
     );
-    assert!(
-        c.log(l).contains("leadership handed over"),
-        "log:\n{}",
-        c.log(l)
-    );
+    let log = c.log(l);
+    assert!(log.contains("leadership handed over"), "log:\n{log}");
     // A few writes after the new primary is in place, then stop.
     let settled_count = written.load(Ordering::SeqCst);
     let end = Instant::now() + Duration::from_secs(10);
@@ -297,12 +317,16 @@ async fn sigterm_on_the_leader_hands_leadership_over() {
         failed.len()
     );
     assert!(after_signal >= 1, "a write was sent during the handover");
+    let before_signal = log.split("shutting down").next().unwrap_or_default();
+    if !failed.is_empty() && before_signal.contains("role change from=\"leader\"") {
+        return Err(format!("{failed:?}"));
+    }
     assert!(
         failed.is_empty(),
-        "writes failed during a planned handover: {failed:?}\nold leader's log:\n{}\nold LiteFS's log:\n{}\nsurvivor's log:\n{}",
-        c.log(l),
+        "writes failed during a planned handover: {failed:?}\nold leader's log:\n{log}\nold LiteFS's log:\n{}\nsurvivor's log:\n{}\nnew leader's log:\n{}",
         c.litefs_log(l),
-        c.log(others(l)[0])
+        c.log(others(l)[0]),
+        c.log(new)
     );
     let last = statuses.last().expect("writes");
     assert_eq!(
@@ -310,6 +334,7 @@ async fn sigterm_on_the_leader_hands_leadership_over() {
         Some(c.nodes[new].id.as_str()),
         "the new leader's app answers"
     );
+    Ok(())
 }
 
 /// The leader cut off (its Raft traffic both ways and the replication streams from its

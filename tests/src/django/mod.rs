@@ -16,7 +16,7 @@ use std::{
 
 use crate::{
     client,
-    cluster::{free_port, Cluster, LiteFsOptions, Options},
+    cluster::{free_port, Cluster, LiteFsOptions, Options, TOLERANT_ELECTION},
 };
 
 mod tools;
@@ -28,15 +28,6 @@ pub use web::{multipart_file, sha256_file, ChannelBody, Jar};
 
 /// The database every node serves, as LiteFS names it in the mount.
 pub const DB: &str = "db.sqlite3";
-
-/// The election's timing here: a leader keeps its place through 600 ms without a heartbeat
-/// acknowledged (the defaults, 150–300 ms, are for a LAN of idle machines). With Django,
-/// nginx and six litefs-proxy processes on two shared cores, the default timeouts saw the
-/// leader step down mid-test when the machine stalled (peers "unreachable" for 100 ms): the
-/// write in flight was then refused ("applied, not replicated", correctly), or a migration
-/// not yet replicated was lost to a new primary with an empty database (as on LiteFS).
-/// These tests are about what Django's users see, not about how fast Raft notices a death.
-const ELECTION_TIMING: &str = "heartbeat_interval = \"100ms\"\nelection_timeout_min = \"600ms\"\nelection_timeout_max = \"1200ms\"\n";
 
 /// Three Django nodes behind litefs-proxy behind nginx.
 pub struct DjangoCluster {
@@ -75,7 +66,7 @@ impl DjangoCluster {
             }),
             app_targets: apps.clone(),
             lag_ms_per_node: lags_ms.to_vec(),
-            election_extra: ELECTION_TIMING.into(),
+            election_extra: TOLERANT_ELECTION.into(),
             ..Options::default()
         })
         .await;
