@@ -1,6 +1,10 @@
 //! A cluster of real `litefs-proxy` processes with `[role] source = "raft"` on loopback,
-//! each in front of an in-process recording app and LiteFS stand-in. Raft traffic can go
-//! through fault-injecting relays to partition nodes.
+//! each in front of either an in-process recording app and LiteFS stand-in (the Raft-only
+//! model: the primary moves with the Raft role, nothing replicates) or, with
+//! [`Options::litefs`], a LiteFS process of the sim per node (its consul lease loop against
+//! the node's lease endpoint, replication over its stream) serving the sim's demo app or
+//! watching a foreign app's commits ([`Options::app_targets`]). Raft traffic and the
+//! replication streams can go through fault-injecting relays to partition nodes.
 
 use std::{
     net::SocketAddr,
@@ -100,8 +104,9 @@ fn all_free(first: u16, n: u16) -> bool {
 pub struct LiteFsProc {
     /// Its API (`/info`, `/events`, the replication stream).
     pub api: SocketAddr,
-    /// The demo app it serves, the proxy's target.
-    pub app: SocketAddr,
+    /// The demo app it serves, the proxy's target; `None` with [`Options::app_targets`]
+    /// (a foreign app writes its database, watched for commits).
+    pub app: Option<SocketAddr>,
     /// This node's lease endpoint, LiteFS's Consul.
     pub lease: SocketAddr,
     pub mount: PathBuf,
@@ -159,22 +164,43 @@ pub struct Cluster {
     /// `relays[i][j]`: how node i reaches node j's Raft port (None for i == j or no relays).
     pub relays: Vec<Vec<Option<Relay>>>,
     litefs: Option<LiteFsOptions>,
+    lag_ms: Vec<u64>,
     _dir: tempfile::TempDir,
 }
+
+/// `[election]` timing for tests over [`Options::litefs`] on a loaded machine: a leader keeps
+/// its place through 600 ms without a quorum's acknowledgement (the defaults, 150–300 ms,
+/// are for a LAN of idle machines). On two shared cores running other builds, the default
+/// timeouts saw a leader step down for ~50 ms when the machine stalled (peers "unreachable"
+/// for 50–100 ms); its lease endpoint then answered LiteFS's renewal "session gone", LiteFS
+/// gave up the lease and its replicas' streams, and for over a second no write could reach
+/// a replica (refused as "applied, not replicated"), or a Django migration not yet
+/// replicated was lost to a new primary with an empty database (as on LiteFS). For tests
+/// about what users see, not about how fast Raft notices a death.
+pub const TOLERANT_ELECTION: &str =
+    "heartbeat_interval = \"100ms\"\nelection_timeout_min = \"600ms\"\nelection_timeout_max = \"1200ms\"\n";
 
 /// Extra `[proxy]` lines for every node (e.g. a shorter `primary_redirect_timeout`).
 pub struct Options {
     pub nodes: usize,
     pub relays: bool,
     pub proxy_extra: String,
-    /// Per node, an app and LiteFS mount run elsewhere (e.g. gunicorn + a `litefs_sim::Member`)
-    /// that the proxy is pointed at instead of the in-process recording app and sim, which
-    /// are then idle. Empty: the in-process ones.
-    pub external: Vec<External>,
     /// Run a LiteFS process per node (the sim's LiteFS: its lease loop against the node's
     /// lease endpoint, replication over its stream, the demo app on its database) and
     /// point the proxy at it with `confirm_litefs`, as a production node is set up.
     pub litefs: Option<LiteFsOptions>,
+    /// With [`Options::litefs`]: per node, an app the test runs itself on that node's
+    /// LiteFS mount (e.g. gunicorn with Django's database at `<mount>/db.sqlite3`), the
+    /// proxy's target instead of the demo app; that LiteFS then serves no demo app and
+    /// watches the database for the app's commits (`sim-litefs --watch-commits`). Empty:
+    /// the demo app.
+    pub app_targets: Vec<SocketAddr>,
+    /// With [`Options::litefs`]: per node, the replication lag that node's LiteFS adds to
+    /// every transaction it receives as a replica, instead of [`LiteFsOptions::lag_ms`]
+    /// (replicas that lag differently, as near and far ones do). Empty: the same for all.
+    pub lag_ms_per_node: Vec<u64>,
+    /// Extra `[election]` lines for every node (e.g. longer election timeouts).
+    pub election_extra: String,
 }
 
 /// The LiteFS settings of [`Options::litefs`] (litefs.yml's `lease.consul.ttl` and
@@ -186,24 +212,16 @@ pub struct LiteFsOptions {
     pub lag_ms: u64,
 }
 
-/// An app and mount the test runs itself, for [`Options::external`].
-#[derive(Clone, Debug)]
-pub struct External {
-    pub target: SocketAddr,
-    pub mount: PathBuf,
-    /// That node's LiteFS API: when set, the proxy uses it (`proxy.litefs_api`) and acts as
-    /// primary only once LiteFS there says so too (`role.confirm_litefs = true`).
-    pub litefs_api: Option<SocketAddr>,
-}
-
 impl Default for Options {
     fn default() -> Self {
         Options {
             nodes: 3,
             relays: false,
             proxy_extra: String::new(),
-            external: Vec::new(),
             litefs: None,
+            app_targets: Vec::new(),
+            lag_ms_per_node: Vec::new(),
+            election_extra: String::new(),
         }
     }
 }
@@ -256,9 +274,13 @@ impl Cluster {
                     } else {
                         None
                     };
+                    let app = match opts.app_targets.get(i) {
+                        Some(_) => None,
+                        None => Some(free_port()),
+                    };
                     Some(LiteFsProc {
                         api,
-                        app: free_port(),
+                        app,
                         lease: free_port(),
                         mount: dir.path().join(format!("litefs-{}", i + 1)),
                         log: dir.path().join(format!("litefs-{}.log", i + 1)),
@@ -268,10 +290,15 @@ impl Cluster {
                 }
                 None => None,
             };
-            let (target, mount, api) = match (opts.external.get(i), &litefs) {
-                (Some(e), _) => (e.target, e.mount.clone(), e.litefs_api),
-                (None, Some(l)) => (l.app, l.mount.clone(), Some(l.api)),
-                (None, None) => (app.addr, mount, None),
+            let (target, mount, api) = match &litefs {
+                Some(l) => (
+                    l.app
+                        .or(opts.app_targets.get(i).copied())
+                        .expect("a target"),
+                    l.mount.clone(),
+                    Some(l.api),
+                ),
+                None => (app.addr, mount, None),
             };
             let lease_line = litefs
                 .as_ref()
@@ -286,9 +313,7 @@ impl Cluster {
             };
             // The in-process recording apps and sims do not replicate to each other, so no
             // write could ever reach a replica: durability waits are off for them.
-            let sync_line = if opts.litefs.is_none()
-                && opts.external.is_empty()
-                && !opts.proxy_extra.contains("sync_replicas")
+            let sync_line = if opts.litefs.is_none() && !opts.proxy_extra.contains("sync_replicas")
             {
                 "sync_replicas = 0\n"
             } else {
@@ -310,13 +335,15 @@ source = "raft"
 node_id = "{id}"
 raft_addr = "{raft}"
 data_dir = "{data}"
-{lease_line}peers = [{peers}]
+{lease_line}{election_extra}
+peers = [{peers}]
 "#,
                 proxy = proxies[i],
                 app = target,
                 mount = mount.display(),
                 id = ids[i],
                 extra = opts.proxy_extra,
+                election_extra = opts.election_extra,
                 raft = rafts[i],
                 data = data_dir.display(),
                 peers = peers.join(", "),
@@ -339,6 +366,7 @@ data_dir = "{data}"
             nodes,
             relays,
             litefs: opts.litefs,
+            lag_ms: opts.lag_ms_per_node,
             _dir: dir,
         };
         for i in 0..n {
@@ -353,28 +381,33 @@ data_dir = "{data}"
     /// Starts (or restarts) node `i`'s LiteFS process.
     pub fn spawn_litefs(&mut self, i: usize) {
         let opts = self.litefs.clone().expect("a cluster with Options::litefs");
+        let lag_ms = self.lag_ms.get(i).copied().unwrap_or(opts.lag_ms);
         let id = self.nodes[i].id.clone();
         let l = self.nodes[i].litefs.as_mut().expect("a LiteFS node");
+        let mut cmd = Command::new(binary());
+        cmd.arg("sim-litefs");
+        match l.app {
+            Some(app) => cmd.args(["--app-addr", &app.to_string()]),
+            None => cmd.arg("--watch-commits"),
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&l.log)
             .expect("log");
-        let child = Command::new(binary())
-            .arg("sim-litefs")
+        let child = cmd
             .args(["--hostname", &id])
             .arg("--mount")
             .arg(&l.mount)
             .args(["--api-addr", &l.api.to_string()])
             .args(["--advertise-url", &l.advertise_url()])
             .args(["--consul-url", &format!("http://{}", l.lease)])
-            .args(["--app-addr", &l.app.to_string()])
             .args(["--ttl", &format!("{}ms", opts.ttl.as_millis())])
             .args([
                 "--lock-delay",
                 &format!("{}ms", opts.lock_delay.as_millis()),
             ])
-            .args(["--lag-ms", &opts.lag_ms.to_string()])
+            .args(["--lag-ms", &lag_ms.to_string()])
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -428,11 +461,27 @@ data_dir = "{data}"
     /// With [`Options::litefs`]: waits until one proxy is primary, its LiteFS alone holds
     /// the lease, and every other running LiteFS streams from it; returns its index.
     pub async fn wait_litefs_settled(&self, within: Duration) -> Option<usize> {
-        let end = Instant::now() + within;
         let all: Vec<usize> = (0..self.nodes.len()).collect();
-        let l = self.wait_leader(&all, within).await?;
+        self.wait_litefs_settled_among(&all, within).await
+    }
+
+    /// [`Cluster::wait_litefs_settled`] among the nodes `all` (e.g. the survivors of a
+    /// node's death): one of them primary, its LiteFS alone holds the lease among them, the
+    /// others' LiteFS stream from it.
+    pub async fn wait_litefs_settled_among(
+        &self,
+        all: &[usize],
+        within: Duration,
+    ) -> Option<usize> {
+        let end = Instant::now() + within;
+        let l = self.wait_leader(all, within).await?;
         while Instant::now() < end {
-            let primaries = self.litefs_primaries().await;
+            let primaries: Vec<usize> = self
+                .litefs_primaries()
+                .await
+                .into_iter()
+                .filter(|i| all.contains(i))
+                .collect();
             let mut replicas = 0;
             for i in all.iter().copied().filter(|&i| i != l) {
                 if self

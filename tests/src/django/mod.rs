@@ -1,156 +1,79 @@
 //! Django behind litefs-proxy behind nginx: per node a real `litefs-proxy run` process (raft
-//! role, from [`crate::cluster`]), a real gunicorn serving `tests/django_app`, and a
-//! `litefs_sim::Member` in this process standing in for LiteFS (the only writer of the
-//! position, replication with a random lag, read-only replicas) that follows the Raft leader
-//! its own proxy reports; in front of all, a real nginx round-robin upstream without
-//! stickiness. The cookie jar and streamed uploads are in `web`, the commit watcher in
-//! `watch`, the outside tools and the prerequisite check in `tools`.
+//! role, from [`crate::cluster`]), the sim's LiteFS as a process of its own (`litefs-proxy
+//! sim-litefs --watch-commits`: LiteFS's consul lease loop against the node's lease
+//! endpoint, replication over a stream from the primary with the node's lag, read-only
+//! replicas, the position advanced by a commit watcher on Django's database in its mount)
+//! and a real gunicorn serving `tests/django_app` on that database, the proxy's target; in
+//! front of all, a real nginx round-robin upstream without stickiness. The cookie jar and
+//! streamed uploads are in `web`, the outside tools and the prerequisite check in `tools`.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     path::PathBuf,
     process::{Command, Stdio},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use litefs_sim::{Lag, LagControl, Member, NodeConfig};
-
 use crate::{
     client,
-    cluster::{free_port, Cluster, External, Options},
+    cluster::{free_port, Cluster, LiteFsOptions, Options, TOLERANT_ELECTION},
 };
 
 mod tools;
-mod watch;
 mod web;
 
 pub use tools::{app_dir, available, prerequisites, under_ci};
 use tools::{nginx_binary, Group};
-pub use watch::Watcher;
 pub use web::{multipart_file, sha256_file, ChannelBody, Jar};
 
 /// The database every node serves, as LiteFS names it in the mount.
 pub const DB: &str = "db.sqlite3";
 
-/// How often each node's sim asks its proxy who the leader is (LiteFS's lease would follow
-/// the Raft leader through the Consul-compatible endpoint; here the test process does it).
-const FOLLOW_EVERY: Duration = Duration::from_millis(10);
-
-/// One node's LiteFS stand-in and the task that makes it follow its proxy's leader.
-struct SimNode {
-    member: Arc<Member>,
-    watcher: Arc<Watcher>,
-    follower: tokio::task::JoinHandle<()>,
-    /// The node's LiteFS HTTP API (`/info`, `/events`), which its proxy asks before acting
-    /// as primary (`role.confirm_litefs`).
-    api: tokio::task::JoinHandle<()>,
-}
-
 /// Three Django nodes behind litefs-proxy behind nginx.
 pub struct DjangoCluster {
-    /// The proxy processes (`procs.nodes[i].proxy`, `procs.status(i)`, `procs.kill(i)`).
+    /// The proxy and LiteFS processes (`procs.nodes[i].proxy`, `procs.status(i)`,
+    /// `procs.litefs_info(i)`).
     pub procs: Cluster,
     /// gunicorn's address per node.
     pub apps: Vec<SocketAddr>,
-    /// The simulated LiteFS mount per node (`<mount>/db.sqlite3`).
+    /// Each node's LiteFS mount (`<mount>/db.sqlite3`, `<mount>/db.sqlite3-pos`).
     pub mounts: Vec<PathBuf>,
     /// nginx's listening address.
     pub nginx: SocketAddr,
     /// Where the streaming view looks for flag files.
     pub flag_dir: PathBuf,
-    sims: Vec<Option<SimNode>>,
     gunicorns: Vec<Option<Group>>,
     nginx_proc: Option<Group>,
     dir: tempfile::TempDir,
 }
 
 impl DjangoCluster {
-    /// Starts everything: sims (replication lag `lag`), proxies, election, migration on the
-    /// elected primary, gunicorns, nginx. Panics with the logs if anything does not come up.
-    pub async fn start(lag: Lag, proxy_extra: &str) -> DjangoCluster {
+    /// Starts everything: proxies and LiteFS (node i's LiteFS adds `lags_ms[i]` to every
+    /// transaction it receives as a replica), election, migration on the elected primary,
+    /// gunicorns, nginx. LiteFS's lease settings are `litefs-config`'s. Panics with the logs
+    /// if anything does not come up.
+    pub async fn start(lags_ms: [u64; 3], proxy_extra: &str) -> DjangoCluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let n = 3;
-        let ids: Vec<String> = (1..=n).map(|i| format!("node-{i}")).collect();
-        let mounts: Vec<PathBuf> = ids
-            .iter()
-            .map(|id| dir.path().join("litefs").join(id))
-            .collect();
+        let n = lags_ms.len();
         let apps: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
-        let mut api_listeners = Vec::new();
-        let mut api_addrs = Vec::new();
-        for _ in 0..n {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind LiteFS API");
-            api_addrs.push(l.local_addr().expect("api addr"));
-            api_listeners.push(l);
-        }
-        let peers: HashMap<String, String> = ids
-            .iter()
-            .cloned()
-            .zip(api_addrs.iter().map(|a| format!("http://{a}")))
-            .collect();
-        let members: Vec<Arc<Member>> = (0..n)
-            .map(|i| {
-                Arc::new(Member::start(
-                    NodeConfig {
-                        mount: mounts[i].clone(),
-                        db: DB.into(),
-                        hostname: ids[i].clone(),
-                        is_primary: false,
-                        primary_hostname: None,
-                    },
-                    peers.clone(),
-                    LagControl { lag, paused: false },
-                    None,
-                ))
-            })
-            .collect();
-        let mut apis = Vec::new();
-        for (m, l) in members.iter().zip(api_listeners) {
-            apis.push(tokio::spawn(litefs_sim::serve_api(
-                m.node().clone(),
-                l,
-                std::future::pending(),
-            )));
-        }
-        let counted: Vec<PathBuf> = ids
-            .iter()
-            .map(|id| dir.path().join(format!("counted-{id}")))
-            .collect();
+        let lease = litefs_election::Config::default();
         let procs = Cluster::start(Options {
             proxy_extra: proxy_extra.to_owned(),
-            external: (0..n)
-                .map(|i| External {
-                    target: apps[i],
-                    mount: mounts[i].clone(),
-                    litefs_api: Some(api_addrs[i]),
-                })
-                .collect(),
+            litefs: Some(LiteFsOptions {
+                ttl: lease.lease_ttl,
+                lock_delay: lease.lease_lock_delay,
+                lag_ms: 0,
+            }),
+            app_targets: apps.clone(),
+            lag_ms_per_node: lags_ms.to_vec(),
+            election_extra: TOLERANT_ELECTION.into(),
             ..Options::default()
         })
         .await;
-        let sims = members
-            .into_iter()
-            .zip(apis)
-            .enumerate()
-            .map(|(i, (member, api))| {
-                let watcher = Arc::new(Watcher::spawn(member.node().clone(), counted[i].clone()));
-                let follower = tokio::spawn(follow(
-                    member.clone(),
-                    watcher.clone(),
-                    procs.nodes[i].proxy,
-                    ids[i].clone(),
-                ));
-                Some(SimNode {
-                    member,
-                    watcher,
-                    follower,
-                    api,
-                })
-            })
+        let mounts = procs
+            .nodes
+            .iter()
+            .map(|n| n.litefs.as_ref().expect("LiteFS node").mount.clone())
             .collect();
         let flag_dir = dir.path().join("flags");
         std::fs::create_dir_all(&flag_dir).expect("flag dir");
@@ -160,20 +83,31 @@ impl DjangoCluster {
             mounts,
             nginx: free_port(),
             flag_dir,
-            sims,
             gunicorns: (0..n).map(|_| None).collect(),
             nginx_proc: None,
             dir,
         };
-        let l = c.wait_leader(Duration::from_secs(20)).await;
-        // Schema: `migrate` once on the primary's database while its sim watches it, as on
-        // LiteFS (the migration's commits advance the primary's TXID; replicas receive the
-        // whole file through replication). No app runs yet, so nothing else touches the
-        // replicas' files (Django's sqlite would create an empty database there).
-        c.migrate(l);
+        // Schema: `migrate` on the primary's database while its LiteFS watches it (the
+        // migration's commits advance the primary's TXID; replicas receive the whole file
+        // through replication). No app runs yet, so nothing else touches the replicas'
+        // files (Django's sqlite would create an empty database there). Should the primary
+        // change before the migration reached a replica, the new primary's (unmigrated)
+        // database is everyone's, as on LiteFS: migrate again there (it is idempotent).
+        let mut migrated = false;
+        for _ in 0..3 {
+            let l = c.wait_leader(Duration::from_secs(30)).await;
+            c.migrate(l);
+            if c.wait_replicated(Duration::from_secs(20)).await
+                && c.alive().into_iter().all(|i| c.migrated(i))
+            {
+                migrated = true;
+                break;
+            }
+        }
         assert!(
-            c.wait_replicated(Duration::from_secs(20)).await,
-            "replicas did not receive the migrated database"
+            migrated,
+            "replicas did not receive the migrated database; {}",
+            c.logs()
         );
         for i in 0..n {
             c.spawn_gunicorn(i);
@@ -189,87 +123,116 @@ impl DjangoCluster {
         &self.procs.nodes[i].id
     }
 
-    pub fn member(&self, i: usize) -> Option<&Member> {
-        self.sims[i].as_ref().map(|s| s.member.as_ref())
-    }
-
-    pub fn watcher(&self, i: usize) -> Option<&Watcher> {
-        self.sims[i].as_ref().map(|s| s.watcher.as_ref())
-    }
-
     pub fn db_path(&self, i: usize) -> PathBuf {
         self.mounts[i].join(DB)
     }
 
+    fn pos_path(&self, i: usize) -> PathBuf {
+        litefs_sim::pos_path(&self.mounts[i], DB)
+    }
+
+    /// Node `i`'s LiteFS position (TXID, checksum), from its `<db>-pos`.
+    pub fn pos(&self, i: usize) -> Option<(u64, u64)> {
+        std::fs::read_to_string(self.pos_path(i))
+            .ok()
+            .and_then(|t| litefs_sim::parse_pos(&t))
+    }
+
+    /// The nodes whose proxy and LiteFS run (not killed by [`DjangoCluster::kill_node`]).
     pub fn alive(&self) -> Vec<usize> {
-        (0..self.sims.len())
-            .filter(|&i| self.sims[i].is_some())
+        (0..self.procs.nodes.len())
+            .filter(|&i| self.procs.nodes[i].is_running())
             .collect()
     }
 
-    /// Waits until one live node is primary for every live proxy and every live sim agrees
-    /// (the leader's sim writable, the others replicating from it); returns its index.
+    /// Waits until one live node is primary for every live proxy, its LiteFS alone holds the
+    /// lease and every other live LiteFS streams from it; returns its index.
     pub async fn wait_leader(&self, within: Duration) -> usize {
-        let end = Instant::now() + within;
         let alive = self.alive();
-        let l = self
-            .procs
-            .wait_leader(&alive, within)
-            .await
-            .unwrap_or_else(|| panic!("no leader among {alive:?}; {}", self.logs()));
-        let id = self.id(l).to_owned();
-        loop {
-            let agreed = alive.iter().all(|&i| {
-                let node = self.member(i).map(|m| m.node().clone());
-                node.is_some_and(|n| {
-                    if i == l {
-                        n.is_primary()
-                    } else {
-                        !n.is_primary() && n.primary_hostname().as_deref() == Some(id.as_str())
-                    }
-                })
-            });
-            if agreed {
-                return l;
-            }
-            assert!(
-                Instant::now() < end,
-                "sims did not follow leader {id}; {}",
+        match self.procs.wait_litefs_settled_among(&alive, within).await {
+            Some(l) => l,
+            None => panic!(
+                "LiteFS did not settle on a leader among {alive:?}: LiteFS primaries {:?}; {}",
+                self.procs.litefs_primaries().await,
                 self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            ),
         }
     }
 
-    /// The live node whose sim is primary, if exactly one is.
-    pub fn sim_primary(&self) -> Option<usize> {
+    /// The live node whose LiteFS is primary, if exactly one is.
+    pub async fn litefs_primary(&self) -> Option<usize> {
+        let alive = self.alive();
         let p: Vec<usize> = self
-            .alive()
+            .procs
+            .litefs_primaries()
+            .await
             .into_iter()
-            .filter(|&i| self.member(i).is_some_and(|m| m.node().is_primary()))
+            .filter(|i| alive.contains(i))
             .collect();
         (p.len() == 1).then(|| p[0])
     }
 
-    /// Waits until every live replica's sim has the primary's TXID, counting every commit
-    /// made so far first. `false` after `within`.
+    /// Waits until every live replica's LiteFS has the primary's position and the primary's
+    /// LiteFS has counted Django's last commit: its position's checksum is that of the
+    /// database as it is now or, should the watcher have hashed a commit while its pages
+    /// were still being written, nothing has changed for 200 ms (200 polls of the watcher).
+    /// `false` after `within`.
     pub async fn wait_replicated(&self, within: Duration) -> bool {
         let end = Instant::now() + within;
+        // Every live position and the primary's change counter, as last seen.
+        type Seen = (Vec<Option<(u64, u64)>>, Option<u32>);
+        let mut last: Option<Seen> = None;
+        let mut quiet_since = Instant::now();
         while Instant::now() < end {
-            if let Some(p) = self.sim_primary() {
-                let target = self.watcher(p).expect("primary watcher").sync();
-                let done = self
-                    .alive()
-                    .into_iter()
-                    .filter(|&i| i != p)
-                    .all(|i| self.member(i).is_some_and(|r| r.node().txid() == target));
-                if done {
+            if let Some(p) = self.litefs_primary().await {
+                let alive = self.alive();
+                let positions: Vec<_> = alive.iter().map(|&i| self.pos(i)).collect();
+                let counter = change_counter(&self.db_path(p));
+                let now = (positions.clone(), counter);
+                if last.as_ref() != Some(&now) {
+                    last = Some(now);
+                    quiet_since = Instant::now();
+                }
+                let primary = self.pos(p);
+                let equal = primary.is_some() && positions.iter().all(|q| *q == primary);
+                let counted = primary.is_some_and(|(_, checksum)| {
+                    let db = self.db_path(p);
+                    let wal = self.mounts[p].join(format!("{DB}-wal"));
+                    litefs_sim::content_checksum(&[&db, &wal]) == checksum
+                });
+                if equal && (counted || quiet_since.elapsed() >= Duration::from_millis(200)) {
                     return true;
                 }
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         false
+    }
+
+    /// Whether node `i`'s database has Django's schema (the items app's migration applied).
+    fn migrated(&self, i: usize) -> bool {
+        let Ok(conn) = rusqlite::Connection::open_with_flags(
+            self.db_path(i),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        ) else {
+            return false;
+        };
+        conn.query_row(
+            "SELECT count(*) FROM django_migrations WHERE app = 'items'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .is_ok_and(|n| n > 0)
+    }
+
+    /// How often node `i`'s LiteFS saw something other than replication write its
+    /// database while it was a replica (its log's "something wrote to a replica's
+    /// database").
+    pub fn foreign_writes(&self, i: usize) -> usize {
+        self.procs
+            .litefs_log(i)
+            .matches("something wrote to a replica's database")
+            .count()
     }
 
     fn python(&self, i: usize) -> Command {
@@ -279,10 +242,7 @@ impl DjangoCluster {
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("PYTHONUNBUFFERED", "1")
             .env("LITEFS_DB", self.db_path(i))
-            .env(
-                "LITEFS_SIM_COUNTED",
-                self.dir.path().join(format!("counted-{}", self.id(i))),
-            )
+            .env("LITEFS_POS", self.pos_path(i))
             .env("NODE_NAME", self.id(i))
             .env("STREAM_FLAG_DIR", &self.flag_dir)
             .env("UPLOAD_TEMP_DIR", self.dir.path())
@@ -312,7 +272,7 @@ impl DjangoCluster {
     fn spawn_gunicorn(&mut self, i: usize) {
         let log = std::fs::File::create(self.gunicorn_log(i)).expect("gunicorn log");
         let mut cmd = self.python(i);
-        // The project's WSGI app behind the sim's commit gate (see litefs_sim_gate.py).
+        // The project's WSGI app behind the commit gate (see litefs_sim_gate.py).
         cmd.args(["-m", "gunicorn", "litefs_sim_gate:application", "--bind"])
             .arg(self.apps[i].to_string())
             .args([
@@ -445,28 +405,13 @@ http {{
         }
     }
 
-    /// The node dies: kill -9 of its litefs-proxy and of its gunicorn (master and workers),
-    /// and its LiteFS stand-in stops. Its mount stays on disk.
-    pub async fn kill_node(&mut self, i: usize) {
+    /// The node dies: kill -9 of its litefs-proxy, of its LiteFS and of its gunicorn
+    /// (master and workers). Its mount stays on disk; nothing reads it any more.
+    pub fn kill_node(&mut self, i: usize) {
         self.procs.kill(i);
+        self.procs.kill_litefs(i);
         if let Some(mut g) = self.gunicorns[i].take() {
             g.kill();
-        }
-        if let Some(sim) = self.sims[i].take() {
-            sim.api.abort();
-            sim.follower.abort();
-            let _ = sim.follower.await;
-            // A worker killed inside a COMMIT leaves a hot journal; LiteFS would never have
-            // shipped that half transaction. Rolling it back (any read-write open does) gives
-            // the files LiteFS would hold: every committed transaction, nothing else.
-            if let Ok(conn) = rusqlite::Connection::open(self.db_path(i)) {
-                let _ = conn.busy_timeout(Duration::from_secs(5));
-                let _ = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-                    r.get::<_, i64>(0)
-                });
-            }
-            // LiteFS sees a commit inside it; count the last ones before the sim stops.
-            sim.watcher.sync();
         }
     }
 
@@ -511,6 +456,11 @@ http {{
                 tail(self.procs.log(i))
             );
             out += &format!(
+                "\n--- LiteFS {} ---\n{}",
+                self.id(i),
+                tail(self.procs.litefs_log(i))
+            );
+            out += &format!(
                 "\n--- gunicorn {} ---\n{}",
                 self.id(i),
                 tail(std::fs::read_to_string(self.gunicorn_log(i)).unwrap_or_default())
@@ -534,41 +484,15 @@ impl Drop for DjangoCluster {
             let mut g = g;
             g.kill();
         }
-        for s in self.sims.iter_mut().filter_map(Option::take) {
-            s.follower.abort();
-            s.api.abort();
-        }
     }
 }
 
-/// Makes one node's sim follow the Raft leader its proxy reports (`election.leader` in
-/// `/litefs/status`, not `role`: with `confirm_litefs` the proxy itself waits for the sim),
-/// as LiteFS would through the lease endpoint: primary on the leader (after catching up from
-/// the previous primary's files), replica of the leader elsewhere, disconnected while there
-/// is none.
-async fn follow(member: Arc<Member>, watcher: Arc<Watcher>, proxy: SocketAddr, me: String) {
-    let mut applied: Option<Option<String>> = None;
-    loop {
-        let status = tokio::time::timeout(
-            Duration::from_millis(500),
-            client::get(proxy, "/litefs/status", &[]),
-        )
-        .await;
-        if let Ok(Ok(a)) = status {
-            if let Ok(s) = serde_json::from_slice::<serde_json::Value>(&a.body) {
-                let leader = s["election"]["leader"].as_str().map(str::to_owned);
-                if applied.as_ref() != Some(&leader) {
-                    // A primary stepping down: its last commits count before it stops.
-                    if leader.as_deref() != Some(me.as_str()) {
-                        watcher.sync();
-                    }
-                    match member.set_leader(leader.as_deref()).await {
-                        Ok(()) => applied = Some(leader),
-                        Err(e) => eprintln!("sim {me}: cannot follow {leader:?}: {e:#}"),
-                    }
-                }
-            }
-        }
-        tokio::time::sleep(FOLLOW_EVERY).await;
-    }
+/// The database header's file change counter (offset 24), which moves on every commit in
+/// rollback-journal mode (Django's default).
+fn change_counter(db: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(db).ok()?;
+    let mut b = [0u8; 4];
+    f.read_exact_at(&mut b, 24).ok()?;
+    Some(u32::from_be_bytes(b))
 }
