@@ -5,7 +5,7 @@
 //! leader that was paused or cut off answers `false` as soon as its lease ran out, whatever
 //! the role watch still says.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,30 +33,30 @@ impl AckClock {
     }
 
     /// When a quorum of `voters` (this node, `me`, counting as acked `now`) last accepted
-    /// `vote`; `None` when no quorum ever did.
-    pub(crate) fn quorum_ack_at(
+    /// `vote`; `None` when no quorum ever did. Allocates nothing (it runs per write).
+    pub(crate) fn quorum_ack_at<I>(
         &self,
         vote: &Vote<NodeId>,
         me: NodeId,
-        voters: &BTreeSet<NodeId>,
+        voters: impl Fn() -> I,
         now: Instant,
-    ) -> Option<Instant> {
+    ) -> Option<Instant>
+    where
+        I: Iterator<Item = NodeId>,
+    {
         let acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-        let mut times: Vec<Instant> = voters
-            .iter()
-            .filter_map(|v| {
-                if *v == me {
-                    return Some(now);
-                }
-                acks.get(v).filter(|(got, _)| got == vote).map(|(_, t)| *t)
-            })
-            .collect();
-        let quorum = voters.len() / 2 + 1;
-        if times.len() < quorum {
-            return None;
-        }
-        times.sort_unstable_by(|a, b| b.cmp(a));
-        Some(times[quorum - 1])
+        let at = |v: NodeId| {
+            if v == me {
+                return Some(now);
+            }
+            acks.get(&v).filter(|(got, _)| got == vote).map(|(_, t)| *t)
+        };
+        let quorum = voters().count() / 2 + 1;
+        // The latest time that at least a quorum of acks reaches: the quorum-th most recent.
+        voters()
+            .filter_map(at)
+            .filter(|t| voters().filter_map(at).filter(|u| u >= t).count() >= quorum)
+            .max()
     }
 }
 
@@ -77,24 +77,16 @@ impl Fence {
     /// current vote less than the lease ago, measured now.
     pub fn may_write(&self) -> bool {
         let now = Instant::now();
-        let (vote, voters) = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            if m.state != ServerState::Leader || m.current_leader != Some(self.me) {
-                return false;
-            }
-            let voters: BTreeSet<NodeId> = m.membership_config.voter_ids().collect();
-            (m.vote, voters)
-        };
         if !(self.acting)() {
             return false;
         }
-        self.fresh_at(&vote, &voters, now)
-    }
-
-    fn fresh_at(&self, vote: &Vote<NodeId>, voters: &BTreeSet<NodeId>, now: Instant) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        if m.state != ServerState::Leader || m.current_leader != Some(self.me) {
+            return false;
+        }
         self.clock
-            .quorum_ack_at(vote, self.me, voters, now)
+            .quorum_ack_at(&m.vote, self.me, || m.membership_config.voter_ids(), now)
             .is_some_and(|t| now.saturating_duration_since(t) < self.lease)
     }
 }
@@ -102,6 +94,7 @@ impl Fence {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     fn vote(term: u64, leader: NodeId) -> Vote<NodeId> {
         Vote::new_committed(term, leader)
@@ -114,22 +107,26 @@ mod tests {
         let t0 = Instant::now();
         let now = t0 + Duration::from_millis(500);
         let v = vote(5, 1);
-        assert_eq!(clock.quorum_ack_at(&v, 1, &voters, now), None, "only me");
+        assert_eq!(
+            clock.quorum_ack_at(&v, 1, || voters.iter().copied(), now),
+            None,
+            "only me"
+        );
         clock.record(2, v, t0 + Duration::from_millis(100));
         assert_eq!(
-            clock.quorum_ack_at(&v, 1, &voters, now),
+            clock.quorum_ack_at(&v, 1, || voters.iter().copied(), now),
             Some(t0 + Duration::from_millis(100))
         );
         clock.record(3, v, t0 + Duration::from_millis(300));
         assert_eq!(
-            clock.quorum_ack_at(&v, 1, &voters, now),
+            clock.quorum_ack_at(&v, 1, || voters.iter().copied(), now),
             Some(t0 + Duration::from_millis(300)),
             "the most recent quorum"
         );
         // An older send arriving late does not move the time back.
         clock.record(3, v, t0 + Duration::from_millis(200));
         assert_eq!(
-            clock.quorum_ack_at(&v, 1, &voters, now),
+            clock.quorum_ack_at(&v, 1, || voters.iter().copied(), now),
             Some(t0 + Duration::from_millis(300))
         );
     }
@@ -141,15 +138,21 @@ mod tests {
         let t0 = Instant::now();
         clock.record(2, vote(4, 1), t0);
         clock.record(3, vote(4, 1), t0);
-        assert_eq!(clock.quorum_ack_at(&vote(5, 1), 1, &voters, t0), None);
+        assert_eq!(
+            clock.quorum_ack_at(&vote(5, 1), 1, || voters.iter().copied(), t0),
+            None
+        );
         let five: BTreeSet<NodeId> = [1, 2, 3, 4, 5].into_iter().collect();
         clock.record(2, vote(5, 1), t0);
         assert_eq!(
-            clock.quorum_ack_at(&vote(5, 1), 1, &five, t0),
+            clock.quorum_ack_at(&vote(5, 1), 1, || five.iter().copied(), t0),
             None,
             "2 of 5 is no quorum"
         );
         clock.record(4, vote(5, 1), t0);
-        assert_eq!(clock.quorum_ack_at(&vote(5, 1), 1, &five, t0), Some(t0));
+        assert_eq!(
+            clock.quorum_ack_at(&vote(5, 1), 1, || five.iter().copied(), t0),
+            Some(t0)
+        );
     }
 }

@@ -7,7 +7,7 @@
 //! pause longer than max - min - tick). A partitioned leader keeps reporting `Leader` in the
 //! metrics, hence the re-check on a timer.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -128,8 +128,8 @@ impl Tracker {
             // Measured by our transport at send time, never from the snapshot's own age
             // (which is counted from when it was published, possibly before a pause).
             let ack_at = if m.state == ServerState::Leader {
-                let voters: BTreeSet<NodeId> = m.membership_config.voter_ids().collect();
-                self.acks.quorum_ack_at(&m.vote, self.me, &voters, now)
+                self.acks
+                    .quorum_ack_at(&m.vote, self.me, || m.membership_config.voter_ids(), now)
             } else {
                 None
             };
