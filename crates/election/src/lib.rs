@@ -51,6 +51,13 @@
 //!   LiteFS is down; it then does not act as leader, refuses `timeout-now`, does not campaign
 //!   (it still answers pre-votes), and hands over (as on shutdown) whenever it finds itself
 //!   leading. A node shutting down refuses `timeout-now` and pre-votes.
+//! - Fencing (`fence`, `Election::fence`): the quorum-ack time is measured by our transport
+//!   (the send time of each AppendEntries a follower accepted), never taken from openraft's
+//!   metrics snapshot, whose age runs from when it was published; the proxy asks
+//!   `Fence::may_write` right before each request goes to the app as the primary's.
+//! - Position reports (`reports`, `Election::replica_positions`): followers send their LiteFS
+//!   position (`Election::local_position`, set by the server) to the leader over the Raft
+//!   port; the leader keeps those addressed to itself in its term, for `sync_replicas`.
 //! - Lease endpoint (`lease_addr`): a Consul-compatible subset for LiteFS's consul leaser, its
 //!   sessions and KV in the Raft state machine; only the Raft leader's node can lock. See
 //!   [`lease`].

@@ -1,5 +1,19 @@
 //! litefs-proxy's request path: forwards writes to the primary, stalls reads until the
 //! local LiteFS TXID reaches the client's token, mints the token after writes.
+//!
+//! # Layout
+//!
+//! - `serve`, `connection`, `activity`: accept, serve and time out client connections.
+//! - `handler`: the request path (classify, stall reads, send writes to the primary, mint);
+//!   `patterns` the globs, `headers` hop-by-hop and forwarded headers, `body` the client's
+//!   body with its read timer.
+//! - `token`: the token's format; `position`, `history`, `txid`: the local position, the
+//!   positions observed (a token names one history), the pos-file format; `litefs_api` the
+//!   LiteFS `/events` client.
+//! - `sync`: `sync_replicas`, writes waiting for their replicas.
+//! - `upstream`, `forward`: the app's pooled connections, a connection per forward to the
+//!   primary; `primary`: who the primary is.
+//! - `endpoints`, `metrics`, `error`: `/litefs/*`, Prometheus, errors to status codes.
 #![forbid(unsafe_code)]
 
 mod activity;
