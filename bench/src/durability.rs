@@ -22,14 +22,9 @@ use crate::{
 const LAG_MS: u64 = 20;
 
 async fn start(sync: usize) -> Result<(Cluster, usize)> {
-    let lease = litefs_election::Config::default();
     let c = Cluster::start(Options {
         proxy_extra: format!("primary_redirect_timeout = \"5s\"\nsync_replicas = {sync}\n"),
-        litefs: Some(LiteFsOptions {
-            ttl: lease.lease_ttl,
-            lock_delay: lease.lease_lock_delay,
-            lag_ms: LAG_MS,
-        }),
+        litefs: Some(LiteFsOptions::with_lag(LAG_MS)),
         ..Options::default()
     })
     .await;

@@ -118,17 +118,12 @@ async fn settled(c: &Cluster) -> usize {
 
 /// The chaos run: 6 clients, then kill, partition and pause of the leader's node, twice.
 pub async fn run(sync_replicas: usize) -> Outcome {
-    let lease = litefs_election::Config::default();
     let mut c = Cluster::start(Options {
         relays: true,
         proxy_extra: format!(
             "primary_redirect_timeout = \"5s\"\nsync_replicas = {sync_replicas}\n"
         ),
-        litefs: Some(LiteFsOptions {
-            ttl: lease.lease_ttl,
-            lock_delay: lease.lease_lock_delay,
-            lag_ms: LAG_MS,
-        }),
+        litefs: Some(LiteFsOptions::with_lag(LAG_MS)),
         ..Options::default()
     })
     .await;

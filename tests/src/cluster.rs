@@ -212,6 +212,19 @@ pub struct LiteFsOptions {
     pub lag_ms: u64,
 }
 
+impl LiteFsOptions {
+    /// LiteFS's lease settings as `litefs-config` prints them (the election's defaults), with
+    /// `lag_ms` of replication lag.
+    pub fn with_lag(lag_ms: u64) -> LiteFsOptions {
+        let lease = litefs_election::Config::default();
+        LiteFsOptions {
+            ttl: lease.lease_ttl,
+            lock_delay: lease.lease_lock_delay,
+            lag_ms,
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {

@@ -12,14 +12,9 @@ use litefs_proxy_tests::{
 };
 
 async fn start(lag_ms: u64, extra: &str) -> Cluster {
-    let lease = litefs_election::Config::default();
     Cluster::start(Options {
         proxy_extra: format!("primary_redirect_timeout = \"5s\"\n{extra}"),
-        litefs: Some(LiteFsOptions {
-            ttl: lease.lease_ttl,
-            lock_delay: lease.lease_lock_delay,
-            lag_ms,
-        }),
+        litefs: Some(LiteFsOptions::with_lag(lag_ms)),
         ..Options::default()
     })
     .await

@@ -34,15 +34,10 @@ fn others(l: usize) -> Vec<usize> {
 
 /// Three nodes, each a litefs-proxy and the sim's LiteFS serving the demo app.
 async fn start(relays: bool, proxy_extra: &str) -> Cluster {
-    let lease = litefs_election::Config::default();
     Cluster::start(Options {
         relays,
         proxy_extra: proxy_extra.into(),
-        litefs: Some(LiteFsOptions {
-            ttl: lease.lease_ttl,
-            lock_delay: lease.lease_lock_delay,
-            lag_ms: 0,
-        }),
+        litefs: Some(LiteFsOptions::with_lag(0)),
         ..Options::default()
     })
     .await

@@ -25,15 +25,10 @@ async fn start() -> Cluster {
 
 /// `relays`: Raft traffic and the replication streams go through relays a test can cut.
 async fn start_with(relays: bool) -> Cluster {
-    let lease = litefs_election::Config::default();
     Cluster::start(Options {
         relays,
         proxy_extra: "primary_redirect_timeout = \"5s\"\nshutdown_grace = \"2s\"\n".into(),
-        litefs: Some(LiteFsOptions {
-            ttl: lease.lease_ttl,
-            lock_delay: lease.lease_lock_delay,
-            lag_ms: 0,
-        }),
+        litefs: Some(LiteFsOptions::with_lag(0)),
         ..Options::default()
     })
     .await

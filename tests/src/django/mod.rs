@@ -56,14 +56,9 @@ impl DjangoCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let n = lags_ms.len();
         let apps: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
-        let lease = litefs_election::Config::default();
         let procs = Cluster::start(Options {
             proxy_extra: proxy_extra.to_owned(),
-            litefs: Some(LiteFsOptions {
-                ttl: lease.lease_ttl,
-                lock_delay: lease.lease_lock_delay,
-                lag_ms: 0,
-            }),
+            litefs: Some(LiteFsOptions::with_lag(0)),
             app_targets: apps.clone(),
             lag_ms_per_node: lags_ms.to_vec(),
             election_extra: TOLERANT_ELECTION.into(),
