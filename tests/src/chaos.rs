@@ -30,8 +30,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
 
 #[derive(Default, Debug)]
 struct History {
-    /// Bodies of acknowledged writes.
-    acked: Vec<String>,
+    /// Acknowledged writes: body, and for the log the node, token and time of the answer.
+    acked: Vec<(String, String)>,
     /// Acknowledged writes whose read through another node, with their token, answered
     /// without them (404 or another item).
     ryw_violations: Vec<String>,
@@ -46,7 +46,8 @@ struct History {
 pub struct Outcome {
     /// Writes answered 2xx.
     pub acked: usize,
-    /// Acknowledged writes missing from the primary's database at the end.
+    /// Acknowledged writes missing from the primary's database at the end, each with the node,
+    /// time and token of its answer.
     pub lost: Vec<String>,
     /// Bodies found more than once at the end.
     pub duplicated: Vec<String>,
@@ -84,12 +85,16 @@ async fn client(
                 continue;
             }
         };
-        h.lock().unwrap().acked.push(body.clone());
         let item: serde_json::Value = serde_json::from_slice(&a.body).unwrap_or_default();
-        let (Some(item_id), Some(token)) = (
-            item["id"].as_i64(),
-            a.headers.get("litefs-txid").and_then(|v| v.to_str().ok()),
-        ) else {
+        let token = a.headers.get("litefs-txid").and_then(|v| v.to_str().ok());
+        let how = format!(
+            "via node-{} at {} token {}",
+            (n + id) % c.len() + 1,
+            utc_now(),
+            token.unwrap_or("-")
+        );
+        h.lock().unwrap().acked.push((body.clone(), how));
+        let (Some(item_id), Some(token)) = (item["id"].as_i64(), token) else {
             continue;
         };
         let path = format!("/items/{item_id}");
@@ -108,6 +113,21 @@ async fn client(
             _ => {}
         }
     }
+}
+
+/// The time of day (UTC, as in the nodes' logs), for lining the history up with them.
+fn utc_now() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let s = d.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        d.subsec_millis()
+    )
 }
 
 async fn settled(c: &Cluster) -> usize {
@@ -137,7 +157,7 @@ pub async fn run(sync_replicas: usize) -> Outcome {
     for round in 0..2 {
         for fault in ["kill", "partition", "pause"] {
             let l = settled(&c).await;
-            eprintln!("chaos round {round}: {fault} {}", c.nodes[l].id);
+            eprintln!("{} chaos round {round}: {fault} {}", utc_now(), c.nodes[l].id);
             match fault {
                 "kill" => {
                     c.kill(l);
@@ -185,8 +205,8 @@ pub async fn run(sync_replicas: usize) -> Outcome {
         lost: h
             .acked
             .iter()
-            .filter(|b| !count.contains_key(*b))
-            .cloned()
+            .filter(|(b, _)| !count.contains_key(b))
+            .map(|(b, how)| format!("{b} {how}"))
             .collect(),
         duplicated: count
             .iter()

@@ -165,7 +165,9 @@ pub struct Cluster {
     pub relays: Vec<Vec<Option<Relay>>>,
     litefs: Option<LiteFsOptions>,
     lag_ms: Vec<u64>,
-    _dir: tempfile::TempDir,
+    /// The cluster's files; kept after the test when `LITEFS_TEST_KEEP` is set (its path is
+    /// printed), for reading the logs and databases of a failed run.
+    dir: Option<tempfile::TempDir>,
 }
 
 /// `[election]` timing for tests over [`Options::litefs`] on a loaded machine: a leader keeps
@@ -380,7 +382,7 @@ peers = [{peers}]
             relays,
             litefs: opts.litefs,
             lag_ms: opts.lag_ms_per_node,
-            _dir: dir,
+            dir: Some(dir),
         };
         for i in 0..n {
             if c.nodes[i].litefs.is_some() {
@@ -541,6 +543,12 @@ peers = [{peers}]
         let child = Command::new(binary())
             .args(["run", "--config"])
             .arg(&node.config)
+            // `LITEFS_TEST_LOG`: a log filter for the nodes (e.g. `info,litefs_election=debug`).
+            .args(
+                std::env::var("LITEFS_TEST_LOG")
+                    .ok()
+                    .map(|f| format!("--log={f}")),
+            )
             // The binary's own default filter (no openraft chatter), whatever the test inherits.
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -702,6 +710,11 @@ impl Drop for Cluster {
         for i in 0..self.nodes.len() {
             self.kill(i);
             self.kill_litefs(i);
+        }
+        if std::env::var_os("LITEFS_TEST_KEEP").is_some() {
+            if let Some(d) = self.dir.take() {
+                eprintln!("LITEFS_TEST_KEEP: cluster files kept in {}", d.keep().display());
+            }
         }
     }
 }
