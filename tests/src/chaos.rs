@@ -157,7 +157,11 @@ pub async fn run(sync_replicas: usize) -> Outcome {
     for round in 0..2 {
         for fault in ["kill", "partition", "pause"] {
             let l = settled(&c).await;
-            eprintln!("{} chaos round {round}: {fault} {}", utc_now(), c.nodes[l].id);
+            eprintln!(
+                "{} chaos round {round}: {fault} {}",
+                utc_now(),
+                c.nodes[l].id
+            );
             match fault {
                 "kill" => {
                     c.kill(l);

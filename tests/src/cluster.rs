@@ -713,7 +713,10 @@ impl Drop for Cluster {
         }
         if std::env::var_os("LITEFS_TEST_KEEP").is_some() {
             if let Some(d) = self.dir.take() {
-                eprintln!("LITEFS_TEST_KEEP: cluster files kept in {}", d.keep().display());
+                eprintln!(
+                    "LITEFS_TEST_KEEP: cluster files kept in {}",
+                    d.keep().display()
+                );
             }
         }
     }

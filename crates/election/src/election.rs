@@ -96,6 +96,7 @@ pub struct Election {
     reports: ReportTable,
     /// Sends this node's position to the leader while following.
     reports_task: JoinHandle<()>,
+    catch_up_task: JoinHandle<()>,
 }
 
 impl Election {
@@ -261,6 +262,7 @@ impl Election {
             eligible: eligibility.subscribe(),
         };
 
+        let (caught_up_tx, caught_up) = watch::channel(None);
         let tracker = Tracker {
             raft: raft.clone(),
             me,
@@ -275,8 +277,19 @@ impl Election {
             eligible: eligibility.subscribe(),
             wake: wake.clone(),
             acks: acks.clone(),
+            caught_up,
+            lease_shared: lease_shared.clone(),
         };
         let tracker_task = tokio::spawn(tracker.run());
+        let catch_up_task = tokio::spawn(
+            crate::catch_up::CatchUp {
+                handover: handover.clone(),
+                client: client.clone(),
+                passed: caught_up_tx,
+                wake: wake.clone(),
+            }
+            .run(),
+        );
         let eligibility_task = tokio::spawn(
             eligibility::Watcher {
                 handover: handover.clone(),
@@ -350,7 +363,12 @@ impl Election {
             acting: {
                 let stepping_down = stepping_down.clone();
                 let eligible = eligibility.subscribe();
-                Arc::new(move || !stepping_down.load(Ordering::SeqCst) && *eligible.borrow())
+                let role = rx.clone();
+                Arc::new(move || {
+                    !stepping_down.load(Ordering::SeqCst)
+                        && *eligible.borrow()
+                        && matches!(*role.borrow(), Leadership::Leader)
+                })
             },
         };
         tracing::info!(node = %cfg.node_id, raft_addr = %local_addr, "election started");
@@ -380,6 +398,7 @@ impl Election {
             fence,
             reports,
             reports_task,
+            catch_up_task,
         })
     }
 
@@ -491,6 +510,7 @@ impl Election {
         self.timer_task.abort();
         self.eligibility_task.abort();
         self.reports_task.abort();
+        self.catch_up_task.abort();
         self.tracker_task.abort();
         let _ = (&mut self.tracker_task).await;
         self.reaper_task.abort();
@@ -514,6 +534,7 @@ impl Drop for Election {
         self.timer_task.abort();
         self.eligibility_task.abort();
         self.reports_task.abort();
+        self.catch_up_task.abort();
         self.tracker_task.abort();
         self.server_task.abort();
         self.reaper_task.abort();

@@ -19,6 +19,7 @@ use tokio::sync::{watch, Notify};
 use crate::config::Peer;
 use crate::fence::AckClock;
 use crate::hooks::{HookKind, Hooks};
+use crate::lease::LeaseShared;
 use crate::primary_file;
 use crate::status::StatusCell;
 use crate::types::{NodeId, Raft};
@@ -57,6 +58,8 @@ pub(crate) struct View<'a> {
     pub stepping_down: bool,
     /// Cleared while the node may not lead (its LiteFS is down, see `eligibility`).
     pub eligible: bool,
+    /// This leader found no voter ahead of its LiteFS position in its term (`catch_up`).
+    pub caught_up: bool,
 }
 
 /// The role to act on, from openraft's metrics.
@@ -70,7 +73,11 @@ pub(crate) fn decide(m: &RaftMetrics<NodeId, openraft::BasicNode>, v: &View<'_>)
             let fresh = v
                 .ack_at
                 .is_some_and(|t| v.now.saturating_duration_since(t) < v.lease);
-            if m.state == ServerState::Leader && !v.stepping_down && v.eligible && (single || fresh)
+            if m.state == ServerState::Leader
+                && !v.stepping_down
+                && v.eligible
+                && v.caught_up
+                && (single || fresh)
             {
                 Leadership::Leader
             } else {
@@ -106,6 +113,10 @@ pub(crate) struct Tracker {
     pub wake: Arc<Notify>,
     /// Our transport's record of accepted AppendEntries (see `fence`).
     pub acks: AckClock,
+    /// The term in which this node passed the catch-up check (`catch_up`).
+    pub caught_up: watch::Receiver<Option<u64>>,
+    /// Told whether this node acts as primary (only then may its LiteFS take the lock).
+    pub lease_shared: LeaseShared,
 }
 
 impl Tracker {
@@ -143,6 +154,7 @@ impl Tracker {
                     lease: self.lease,
                     stepping_down: self.stepping_down.load(Ordering::SeqCst),
                     eligible: *self.eligible.borrow(),
+                    caught_up: *self.caught_up.borrow() == Some(m.current_term),
                 },
             );
             if next == Leadership::Leader {
@@ -184,6 +196,7 @@ impl Tracker {
         tracing::info!(from = old.role(), to = new.role(), term, leader = ?leader_name(new), "role change");
         // Order matters for the proxy: stop acting as primary (watch) before anything else.
         self.tx.send_replace(new.clone());
+        self.lease_shared.set_acting(*new == Leadership::Leader);
         self.write_primary(new);
         let me = self
             .peers
@@ -192,7 +205,13 @@ impl Tracker {
             .unwrap_or("");
         match (old, new) {
             (Leadership::Leader, Leadership::Leader) => {}
-            (_, Leadership::Leader) => self.hooks.fire(HookKind::Promote, "leader", me),
+            (_, Leadership::Leader) => {
+                self.status
+                    .counters()
+                    .promotions
+                    .fetch_add(1, Ordering::Relaxed);
+                self.hooks.fire(HookKind::Promote, "leader", me)
+            }
             (Leadership::Leader, other) => self.hooks.fire(
                 HookKind::Demote,
                 other.role(),
@@ -262,6 +281,7 @@ mod tests {
             lease,
             stepping_down,
             eligible: true,
+            caught_up: true,
         };
         let m = metrics(ServerState::Leader, Some(1));
         assert_eq!(decide(&m, &view(Some(10), false)), Leadership::Leader);
@@ -285,8 +305,8 @@ mod tests {
         assert_eq!(decide(&stranger, &view(None, false)), Leadership::Unknown);
     }
 
-    /// A node whose LiteFS is down does not act as leader, however fresh its quorum, and
-    /// still follows another leader normally.
+    /// A node whose LiteFS is down, or that has not checked that no voter is ahead of it,
+    /// does not act as leader, however fresh its quorum, and still follows another leader.
     #[test]
     fn an_ineligible_leader_does_not_act_as_leader() {
         let p = peers();
@@ -299,10 +319,17 @@ mod tests {
             lease: Duration::from_millis(150),
             stepping_down: false,
             eligible,
+            caught_up: true,
         };
         let m = metrics(ServerState::Leader, Some(1));
         assert_eq!(decide(&m, &view(true)), Leadership::Leader);
         assert_eq!(decide(&m, &view(false)), Leadership::Unknown);
+        // Nor one that has not passed its catch-up check in this term (`catch_up`).
+        let unchecked = View {
+            caught_up: false,
+            ..view(true)
+        };
+        assert_eq!(decide(&m, &unchecked), Leadership::Unknown);
         let f = metrics(ServerState::Follower, Some(2));
         assert_eq!(
             decide(&f, &view(false)),

@@ -36,8 +36,12 @@
 //!   every acknowledged write, so the winner does. Liveness: a voter leaderless for 2 x max
 //!   waives the position rule for a candidate whose Raft log is strictly ahead of its own
 //!   (it could never win against that log, and the two would refuse each other for good);
-//!   that candidate may lack the voter's newest writes (logged as a warning).
-//!   Limit: TXIDs are compared without their history (checksums cannot be ordered), so a
+//!   that candidate may lack the voter's newest writes, so it does not act on its win alone:
+//! - Catch-up (`catch_up`): a new leader acts as primary, and its LiteFS may take the lock
+//!   (an `acquire` waits up to `lease::ACQUIRE_WAIT` for that), only after a quorum of voters
+//!   answered a position probe with none that could lead ahead of it; otherwise it lets that
+//!   voter's Raft log catch up and hands leadership to it (`catch_up_handovers_total`).
+//!   Limit of both: TXIDs are compared without their history (checksums cannot be ordered), so a
 //!   returning old primary whose un-shipped writes diverged can win with a higher TXID, but
 //!   only while no live leader exists (otherwise every voter refuses it).
 //! - Handover (`shutdown` on the leader): stop acting, stop heartbeats, probe the followers'
@@ -64,6 +68,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod catch_up;
 mod config;
 mod conn_timer;
 mod election;

@@ -41,6 +41,11 @@ pub struct Status {
     pub pre_votes_refused: u64,
     /// Elections this node started after winning a pre-vote quorum.
     pub pre_vote_elections: u64,
+    /// Times this node began acting as primary.
+    pub promotions: u64,
+    /// Times this node won an election behind a voter's LiteFS position and handed
+    /// leadership to that voter instead of acting as primary (see `catch_up`).
+    pub catch_up_handovers: u64,
 }
 
 #[derive(Default)]
@@ -64,6 +69,8 @@ pub struct Counters {
     pub pre_votes_granted: AtomicU64,
     pub pre_votes_refused: AtomicU64,
     pub pre_vote_elections: AtomicU64,
+    pub promotions: AtomicU64,
+    pub catch_up_handovers: AtomicU64,
 }
 
 /// Shared, lock-protected status; cheap to clone.
@@ -99,6 +106,8 @@ impl StatusCell {
         s.pre_votes_granted = c.pre_votes_granted.load(Ordering::Relaxed);
         s.pre_votes_refused = c.pre_votes_refused.load(Ordering::Relaxed);
         s.pre_vote_elections = c.pre_vote_elections.load(Ordering::Relaxed);
+        s.promotions = c.promotions.load(Ordering::Relaxed);
+        s.catch_up_handovers = c.catch_up_handovers.load(Ordering::Relaxed);
         s
     }
 
@@ -245,6 +254,18 @@ impl StatusCell {
             "counter",
             "Elections this node started after a pre-vote quorum.",
             s.pre_vote_elections.to_string(),
+        );
+        line(
+            "promotions_total",
+            "counter",
+            "Times this node began acting as primary.",
+            s.promotions.to_string(),
+        );
+        line(
+            "catch_up_handovers_total",
+            "counter",
+            "Elections this node won behind a voter's LiteFS position and handed over to that voter.",
+            s.catch_up_handovers.to_string(),
         );
     }
 }

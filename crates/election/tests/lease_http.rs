@@ -246,3 +246,34 @@ async fn with_a_lease_token_only_requests_carrying_it_are_answered() {
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
     assert!(json_of(&b)["ID"].is_string());
 }
+
+/// The lock goes only to a node that acts as primary: a Raft leader that does not (here
+/// ineligible, as while its LiteFS is down; after an election until its catch-up check
+/// passed) refuses its LiteFS's `acquire`, and grants it once it acts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_is_refused_while_the_leader_does_not_act_as_primary() {
+    common::init_tracing();
+    let mut c = common::Cluster::new(1, None, |cfg| {
+        cfg.lease_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    });
+    c.start_all().await;
+    c.wait_agreed(Duration::from_secs(5)).await;
+    let a = lease_addr(&c, 0);
+    let sid = create(a, GO_CREATE).await;
+    let node = c.slots[0].node.as_ref().expect("running");
+    node.eligibility().set(false);
+    common::wait_for("the leader stops acting", Duration::from_secs(2), || {
+        c.leadership(0) == Some(litefs_election::Leadership::Unknown)
+    })
+    .await;
+    assert_eq!(
+        node.raft_metrics().borrow().current_leader,
+        Some(node.raft_id())
+    );
+    let path = format!("/v1/kv/{KEY}?acquire={sid}");
+    assert_eq!(put(a, &path, b"{}").await, json!(false));
+    node.eligibility().set(true);
+    c.wait_agreed(Duration::from_secs(2)).await;
+    assert_eq!(put(a, &path, b"{}").await, json!(true));
+    c.stop_all().await;
+}

@@ -212,3 +212,66 @@ async fn a_handover_goes_to_the_most_caught_up_follower() {
         c.stop_all().await;
     }
 }
+
+/// (d) The waiver case: the survivor holding the newest LiteFS position has the shorter Raft
+/// log (it was cut off while the leader appended a lease write), so it can never win; the
+/// other survivor wins once the first waives its position rule, but never acts as primary:
+/// it finds the voter ahead of it, lets its log catch up and hands leadership to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_elected_behind_a_voters_position_hands_over_and_never_acts_as_primary() {
+    common::init_tracing();
+    let mut c = Cluster::new(3, None, |cfg| {
+        cfg.lease_addr = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        cfg.heartbeat_interval = Duration::from_millis(20);
+        cfg.election_timeout_min = Duration::from_millis(150);
+        cfg.election_timeout_max = Duration::from_millis(210);
+    });
+    c.start_all().await;
+    let leader = c.wait_agreed(Duration::from_secs(5)).await;
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let (ahead, behind) = (survivors[0], survivors[1]);
+    c.isolate(ahead);
+    common::put(
+        common::lease_addr(&c, leader),
+        "/v1/kv/x",
+        b"one more entry",
+    )
+    .await;
+    let last = node(&c, leader).raft_metrics().borrow().last_log_index;
+    wait_for(
+        "the connected follower holds the leader's log",
+        Duration::from_secs(2),
+        || node(&c, behind).raft_metrics().borrow().last_log_index == last,
+    )
+    .await;
+    assert!(
+        node(&c, ahead).raft_metrics().borrow().last_log_index < last,
+        "the cut-off follower's log is behind"
+    );
+    set_txid(&c, leader, 20);
+    set_txid(&c, ahead, 20);
+    set_txid(&c, behind, 10);
+    let before = node(&c, behind).status();
+    c.kill(leader).await;
+    c.heal();
+    let got = c.wait_agreed(Duration::from_secs(10)).await;
+    let after = node(&c, behind).status();
+    println!(
+        "{} (txid 20, shorter log) leads; {} (txid 10): {} pre-vote elections, {} catch-up handovers, {} promotions",
+        c.slots[got].name,
+        c.slots[behind].name,
+        after.pre_vote_elections - before.pre_vote_elections,
+        after.catch_up_handovers - before.catch_up_handovers,
+        after.promotions - before.promotions,
+    );
+    assert_eq!(got, ahead, "the staler survivor leads");
+    assert!(
+        after.catch_up_handovers > before.catch_up_handovers,
+        "the staler survivor never won (the waiver path was not exercised): {after:?}"
+    );
+    assert_eq!(
+        after.promotions, before.promotions,
+        "the staler survivor acted as primary"
+    );
+    c.stop_all().await;
+}

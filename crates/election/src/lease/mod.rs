@@ -49,7 +49,15 @@ pub struct LeaseShared {
     /// leads, renewals of another node's session are granted, so that node's LiteFS can
     /// hand its session to this node's LiteFS (see [`LeaseShared::open_handoff`]).
     handoff_until: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// Whether this node acts as primary (`Leadership::Leader`, set by the role tracker):
+    /// only then may its LiteFS take the lock, so a Raft leader that has not yet checked
+    /// that no voter is ahead of it (`catch_up`) cannot make its LiteFS primary.
+    acting: Arc<watch::Sender<bool>>,
 }
+
+/// How long an `acquire` on the Raft leader waits for it to act as primary (one position
+/// probe, normally a few ms) before it is refused (LiteFS retries a second later).
+pub const ACQUIRE_WAIT: Duration = Duration::from_millis(500);
 
 impl Default for LeaseShared {
     fn default() -> Self {
@@ -57,6 +65,7 @@ impl Default for LeaseShared {
             state: Arc::default(),
             applied: watch::channel(0).0,
             handoff_until: Arc::default(),
+            acting: Arc::new(watch::channel(false).0),
         }
     }
 }
@@ -88,6 +97,21 @@ impl LeaseShared {
         *self.handoff_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// Records whether this node acts as primary (see the field).
+    pub(crate) fn set_acting(&self, acting: bool) {
+        self.acting.send_replace(acting);
+    }
+
+    /// Waits up to `wait` for this node to act as primary.
+    async fn wait_acting(&self, wait: Duration) -> bool {
+        let mut rx = self.acting.subscribe();
+        let acting = matches!(
+            tokio::time::timeout(wait, rx.wait_for(|a| *a)).await,
+            Ok(Ok(_))
+        );
+        acting
+    }
+
     fn handoff_open(&self) -> bool {
         self.handoff_until
             .lock()
@@ -110,15 +134,30 @@ pub enum ProposeOutcome {
 }
 
 /// Stamp `req` as leader `me` and append it; waits until applied. A renewal is stamped with
-/// whether this leader has a handoff open.
+/// whether this leader has a handoff open. An `acquire` is refused, without touching the
+/// log, unless this node acts as primary within [`ACQUIRE_WAIT`].
 pub async fn propose_local(
     raft: &Raft,
     me: NodeId,
     shared: &LeaseShared,
     mut req: LeaseRequest,
 ) -> ProposeOutcome {
-    if let LeaseRequest::SessionRenew { foreign_ok, .. } = &mut req {
-        *foreign_ok = shared.handoff_open();
+    match &mut req {
+        LeaseRequest::SessionRenew { foreign_ok, .. } => *foreign_ok = shared.handoff_open(),
+        LeaseRequest::KvAcquire { key, origin, .. } => {
+            if !shared.wait_acting(ACQUIRE_WAIT).await {
+                tracing::info!(
+                    key,
+                    origin,
+                    "lease: acquire refused, this node does not act as primary"
+                );
+                return ProposeOutcome::Done {
+                    resp: LeaseResponse::Bool(false),
+                    index: 0,
+                };
+            }
+        }
+        _ => {}
     }
     let cmd = Command {
         leader: me,
