@@ -252,20 +252,9 @@ async fn sigterm_hands_litefs_over_before_the_old_proxy_exits_and_no_write_fails
     writer.acked(5).await;
     let writes = writer.finish().await;
     assert_eq!(sampler.finish(), 1, "never two LiteFS primaries");
-    // Known defect (issue 9 note): a write still waiting for its replica when the planned
-    // step-down moves the term is refused as applied-not-replicated, though the old LiteFS
-    // streams until the handoff. Reported, not failed, until the sync wait survives it.
-    let known = writes
-        .iter()
-        .filter(|(_, r)| r.as_ref().err().is_some_and(|e| e == NOT_REPLICATED))
-        .count();
-    if known > 0 {
-        eprintln!("KNOWN: {known} write(s) refused as applied-not-replicated at the step-down");
-    }
-    let failed: Vec<_> = writes
-        .iter()
-        .filter(|(_, r)| *r != Ok(201) && r.as_ref().err().is_none_or(|e| e != NOT_REPLICATED))
-        .collect();
+    // A write still waiting for its replica as the planned step-down moves the term counts
+    // the replica the handover waited for (it is not refused as applied-not-replicated).
+    let failed: Vec<_> = writes.iter().filter(|(_, r)| *r != Ok(201)).collect();
     assert!(
         failed.is_empty(),
         "writes failed during the handover: {failed:?}"

@@ -252,8 +252,10 @@ impl Election {
             election_timeout_max: cfg.election_timeout_max,
             started: std::time::Instant::now(),
         };
+        let reports = ReportTable::default();
         let handover = HandoverCtx {
             pre_vote: pre_vote.clone(),
+            reports: reports.clone(),
             raft: raft.clone(),
             me,
             peers: peers.clone(),
@@ -303,7 +305,6 @@ impl Election {
         );
         let timer_task = tokio::spawn(crate::election_timer::run(pre_vote, client.clone()));
 
-        let reports = ReportTable::default();
         let reports_task = tokio::spawn(crate::reports::run(
             raft.clone(),
             me,

@@ -26,6 +26,7 @@ use crate::config::Peer;
 use crate::leadership::Leadership;
 use crate::network::RpcClient;
 use crate::prevote::{self, position_ge, position_key, PreVoteCtx, PreVoteResponse};
+use crate::reports::ReportTable;
 use crate::rpc_server::PATH_TIMEOUT_NOW;
 use crate::types::{NodeId, Raft};
 
@@ -56,6 +57,9 @@ pub struct HandoverCtx {
     pub eligible: watch::Receiver<bool>,
     /// Positions of the followers (probe), our own, and whether we are shutting down.
     pub pre_vote: PreVoteCtx,
+    /// The followers' probed positions go here too, so writes waiting for `sync_replicas`
+    /// as the leader steps down count the follower it waits for.
+    pub reports: ReportTable,
 }
 
 /// Why a follower refuses a `timeout-now` while it may not lead.
@@ -289,6 +293,11 @@ async fn positions(ctx: &HandoverCtx, client: &RpcClient) -> BTreeMap<NodeId, Pr
             false
         })
         .await;
+        for (id, r) in &answers {
+            if let (Some(p), Some(peer)) = (r.position, ctx.peers.get(id)) {
+                ctx.reports.note(&ctx.raft, ctx.me, &ctx.peers, &peer.id, p);
+            }
+        }
         known.extend(answers);
         let caught_up = known
             .values()

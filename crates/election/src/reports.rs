@@ -35,13 +35,16 @@ pub struct ReportAck {
     pub kept: bool,
 }
 
-/// What the leader knows of its replicas: their last reported positions in `term`.
+/// What the leader knows of its replicas: their last reported positions, in `fresh_term`;
+/// `term` is the node's current term.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReplicaPositions {
     /// The term the reports were addressed to; 0 before any.
     pub term: u64,
     /// Node name → last reported position.
     pub positions: BTreeMap<String, Position>,
+    /// The term `positions` were reported in (behind `term` until the first report of it).
+    pub fresh_term: u64,
 }
 
 /// The leader's table of reports; followers' tables stay empty.
@@ -82,8 +85,9 @@ impl ReportTable {
             return ReportAck { kept: false };
         }
         self.tx.send_if_modified(|v| {
-            if v.term != term {
+            if v.term != term || v.fresh_term != term {
                 v.term = term;
+                v.fresh_term = term;
                 v.positions.clear();
             }
             let changed = v.positions.get(from) != Some(&report.position);
@@ -93,17 +97,38 @@ impl ReportTable {
         ReportAck { kept: true }
     }
 
-    /// Moves the table to the current term, dropping every report of an earlier one (run
-    /// by the reporter task on every node as the term changes).
+    /// Moves the table to the current term (run by the reporter task on every node as the
+    /// term changes). The positions of the earlier term stay until the first report of the
+    /// new one replaces them: they are facts about this node's history (a write waiting as
+    /// the term moves may still count them), and a change of term alone must not hide them
+    /// from a waiter that has not looked yet.
     fn forget_before(&self, term: u64) {
         self.tx.send_if_modified(|v| {
             if v.term < term {
-                v.positions.clear();
                 v.term = term;
                 return true;
             }
             false
         });
+    }
+
+    /// Records `from`'s position learnt from a probe answer (a step-down's handover asks
+    /// its followers), as if `from` had reported it to this leader in its current term.
+    pub(crate) fn note(
+        &self,
+        raft: &Raft,
+        me: NodeId,
+        peers: &BTreeMap<NodeId, Peer>,
+        from: &str,
+        position: Position,
+    ) {
+        let term = raft.metrics().borrow().current_term;
+        let report = PositionReport {
+            term,
+            leader: me,
+            position,
+        };
+        self.on_report(raft, me, peers, from, report);
     }
 }
 

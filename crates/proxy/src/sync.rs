@@ -18,7 +18,8 @@ pub struct ReplicaPos {
 }
 
 /// The replicas' positions as reported to this node while it leads; `term` names the
-/// leadership the reports were addressed to (a change means they are no longer ours).
+/// leadership the reports were addressed to (a change means no more will come; those kept
+/// are still facts about this history).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReplicaView {
     pub term: u64,
@@ -77,16 +78,23 @@ impl SyncWait {
                 let mut rx = rx.clone();
                 let term = rx.borrow_and_update().term;
                 loop {
-                    let held = {
+                    let (held, moved) = {
                         let v = rx.borrow_and_update();
-                        // Another leadership's reports are not ours (0: none seen yet).
-                        if term != 0 && v.term != term {
-                            break false;
-                        }
-                        holders(&v.replicas, target, seen)
+                        // 0: none seen yet.
+                        (
+                            holders(&v.replicas, target, seen),
+                            term != 0 && v.term != term,
+                        )
                     };
                     if held >= self.k {
                         break true;
+                    }
+                    // The leadership moved: no report will come to us any more. Positions
+                    // kept from our term still count (above): a step-down's handover
+                    // waits for a follower to reach the primary's position, and its report
+                    // may land just as the term moves.
+                    if moved {
+                        break false;
                     }
                     match tokio::time::timeout_at(deadline, rx.changed()).await {
                         Ok(Ok(())) => {}
@@ -183,7 +191,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn timeout_fails_or_degrades_as_configured_and_a_new_term_fails_at_once() {
+    async fn timeout_fails_or_degrades_as_configured_and_a_new_term_ends_the_wait_at_once() {
         let (tx, rx) = watch::channel(ReplicaView {
             term: 3,
             replicas: vec![pos(4, 0xa4)],
@@ -200,17 +208,31 @@ mod tests {
             degraded.wait(pos(5, 0xa5), &|_, _| false).await,
             SyncOutcome::Degraded
         );
-        let moved = wait(1, OnSyncTimeout::Fail, rx);
+        // The term moves: no more reports will come, so the wait ends at once...
+        let moved = wait(1, OnSyncTimeout::Fail, rx.clone());
         let start = Instant::now();
         let waiting = tokio::spawn(async move { moved.wait(pos(5, 0xa5), &|_, _| false).await });
         tokio::time::sleep(Duration::from_millis(10)).await;
-        // Reports for another leadership: even one at the target does not count.
+        tx.send_replace(ReplicaView {
+            term: 4,
+            replicas: vec![pos(4, 0xa4)],
+        });
+        assert_eq!(waiting.await.unwrap(), SyncOutcome::Failed);
+        assert_eq!(start.elapsed(), Duration::from_millis(10));
+        // ...but a position of this history that a replica holds still counts (the report
+        // the step-down's handover waited for, kept as the term moved).
+        tx.send_replace(ReplicaView {
+            term: 3,
+            replicas: vec![pos(4, 0xa4)],
+        });
+        let moved = wait(1, OnSyncTimeout::Fail, rx);
+        let waiting = tokio::spawn(async move { moved.wait(pos(5, 0xa5), &|_, _| false).await });
+        tokio::time::sleep(Duration::from_millis(10)).await;
         tx.send_replace(ReplicaView {
             term: 4,
             replicas: vec![pos(5, 0xa5)],
         });
-        assert_eq!(waiting.await.unwrap(), SyncOutcome::Failed);
-        assert_eq!(start.elapsed(), Duration::from_millis(10));
+        assert_eq!(waiting.await.unwrap(), SyncOutcome::Replicated);
     }
 
     #[tokio::test(start_paused = true)]
