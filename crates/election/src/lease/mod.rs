@@ -134,7 +134,7 @@ pub enum ProposeOutcome {
 }
 
 /// Stamp `req` as leader `me` and append it; waits until applied. A renewal is stamped with
-/// whether this leader has a handoff open. An `acquire` is refused, without touching the
+/// whether this leader has a handoff open or does not act as primary yet. An `acquire` is refused, without touching the
 /// log, unless this node acts as primary within [`ACQUIRE_WAIT`].
 pub async fn propose_local(
     raft: &Raft,
@@ -143,7 +143,12 @@ pub async fn propose_local(
     mut req: LeaseRequest,
 ) -> ProposeOutcome {
     match &mut req {
-        LeaseRequest::SessionRenew { foreign_ok, .. } => *foreign_ok = shared.handoff_open(),
+        // Until this leader acts as primary (its catch-up check takes a probe), the old
+        // holder's renewals are granted too: refusing them would only end its lease before
+        // this node's LiteFS can take the handoff that follows.
+        LeaseRequest::SessionRenew { foreign_ok, .. } => {
+            *foreign_ok = shared.handoff_open() || !*shared.acting.borrow()
+        }
         LeaseRequest::KvAcquire { key, origin, .. } => {
             if !shared.wait_acting(ACQUIRE_WAIT).await {
                 tracing::info!(

@@ -17,8 +17,8 @@
 //! session of its own, or for the session that already holds the key (LiteFS's handoff: the
 //! old primary passed it on its stream and stepped down; the session moves to the new node).
 //! A renewal of another node's session is granted only while the leader has a handoff open
-//! (`foreign_ok`, stamped by the leader): otherwise the old holder is told it is gone and
-//! steps down.
+//! or does not act as primary yet (`foreign_ok`, stamped by the leader): otherwise the old
+//! holder is told it is gone and steps down.
 
 use std::collections::BTreeMap;
 

@@ -68,9 +68,9 @@ pub(super) async fn session_renew(ctx: &HttpCtx, id: String) -> Resp {
             format!("Session id '{id}' not found"),
         )
     };
-    if ctx.raft.metrics().borrow().current_leader.is_none() {
-        return gone();
-    }
+    // No leader known (an election, e.g. a planned handover, takes tens of ms): the write
+    // waits for one within the same bound instead of answering "gone" at once, which would
+    // make a LiteFS that is about to hand its lease over drop it instead.
     match tokio::time::timeout(RENEW_ANSWER_WITHIN, ctx.writer.write(req)).await {
         Ok(Ok(LeaseResponse::Renewed(Some(s)))) => json_resp(&json!([session_json(&s)])),
         Ok(Ok(LeaseResponse::Renewed(None))) => gone(),
