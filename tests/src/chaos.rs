@@ -2,12 +2,12 @@
 //! real processes (per node a litefs-proxy and the sim's LiteFS, replication over its
 //! stream with a 100 ms lag): clients write items with unique
 //! bodies through every node and read each acknowledged one back, with its token, through
-//! another node, while the leader's node is killed (-9, then restarted), cut off (its Raft
-//! traffic and replication streams through relays that reset connections) and paused
+//! another node, while the leader's node is killed (-9, then restarted), cut off from its
+//! peers (each node runs in a network namespace of its own; the cut drops packets, no
+//! resets, and clients still reach it) and paused
 //! (SIGSTOP of its proxy and its LiteFS). At the end every acknowledged write must be in
 //! the primary's database once, and no read-your-writes read may have missed its write.
 //! With `sync_replicas = 0` the same run loses writes, so the check can fail.
-//! Partitions go through the harness's relays (they reset connections; no black hole).
 
 use std::{
     collections::HashMap,
@@ -139,7 +139,7 @@ async fn settled(c: &Cluster) -> usize {
 /// The chaos run: 6 clients, then kill, partition and pause of the leader's node, twice.
 pub async fn run(sync_replicas: usize) -> Outcome {
     let mut c = Cluster::start(Options {
-        relays: true,
+        netns: true,
         proxy_extra: format!(
             "primary_redirect_timeout = \"5s\"\nsync_replicas = {sync_replicas}\n"
         ),

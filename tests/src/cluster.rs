@@ -4,7 +4,9 @@
 //! [`Options::litefs`], a LiteFS process of the sim per node (its consul lease loop against
 //! the node's lease endpoint, replication over its stream) serving the sim's demo app or
 //! watching a foreign app's commits ([`Options::app_targets`]). Raft traffic and the
-//! replication streams can go through fault-injecting relays to partition nodes.
+//! replication streams can go through fault-injecting relays to partition nodes, or, with
+//! [`Options::netns`], each node runs in a network namespace of its own and a partition is
+//! a cut in the network ([`crate::netns`]).
 
 use std::{
     net::SocketAddr,
@@ -14,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{app::TestApp, client, relay::Relay};
+use crate::{app::TestApp, client, netns::Net, relay::Relay};
 
 /// The `litefs-proxy` binary of this build profile, (re)built once per process with cargo
 /// (a no-op when fresh). `LITEFS_PROXY_BIN` points at another one instead. Works from a test
@@ -165,6 +167,8 @@ pub struct Cluster {
     pub relays: Vec<Vec<Option<Relay>>>,
     litefs: Option<LiteFsOptions>,
     lag_ms: Vec<u64>,
+    /// With [`Options::netns`]; dropped after the processes are stopped.
+    net: Option<Net>,
     /// The cluster's files; kept after the test when `LITEFS_TEST_KEEP` is set (its path is
     /// printed), for reading the logs and databases of a failed run.
     dir: Option<tempfile::TempDir>,
@@ -203,6 +207,11 @@ pub struct Options {
     pub lag_ms_per_node: Vec<u64>,
     /// Extra `[election]` lines for every node (e.g. longer election timeouts).
     pub election_extra: String,
+    /// With [`Options::litefs`]: each node (its proxy and its LiteFS) in a network
+    /// namespace of its own, its Raft, proxy and LiteFS API on its address there (signed
+    /// with a cluster secret, as off loopback they must be); [`Cluster::isolate`] cuts the
+    /// network between it and its peers. Needs root.
+    pub netns: bool,
 }
 
 /// The LiteFS settings of [`Options::litefs`] (litefs.yml's `lease.consul.ttl` and
@@ -237,6 +246,7 @@ impl Default for Options {
             app_targets: Vec::new(),
             lag_ms_per_node: Vec::new(),
             election_extra: String::new(),
+            netns: false,
         }
     }
 }
@@ -246,8 +256,21 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let n = opts.nodes;
         let ids: Vec<String> = (1..=n).map(|i| format!("node-{i}")).collect();
-        let proxies: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
-        let rafts: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
+        assert!(
+            !opts.netns || (opts.litefs.is_some() && !opts.relays),
+            "Options::netns needs Options::litefs and no relays"
+        );
+        let net = opts.netns.then(|| Net::create(n));
+        // A node's address for others: its namespace's, or loopback.
+        let public = |i: usize| -> SocketAddr {
+            let a = free_port();
+            match &net {
+                Some(net) => SocketAddr::from((net.addr(i), a.port())),
+                None => a,
+            }
+        };
+        let proxies: Vec<SocketAddr> = (0..n).map(public).collect();
+        let rafts: Vec<SocketAddr> = (0..n).map(public).collect();
         let mut relays: Vec<Vec<Option<Relay>>> = Vec::new();
         for i in 0..n {
             let mut row = Vec::new();
@@ -283,7 +306,7 @@ impl Cluster {
                 .collect();
             let litefs = match &opts.litefs {
                 Some(_) => {
-                    let api = free_port();
+                    let api = public(i);
                     let api_relay = if opts.relays {
                         Some(Relay::start(api).await)
                     } else {
@@ -358,7 +381,14 @@ peers = [{peers}]
                 mount = mount.display(),
                 id = ids[i],
                 extra = opts.proxy_extra,
-                election_extra = opts.election_extra,
+                election_extra = if net.is_some() {
+                    format!(
+                        "cluster_secret = \"netns-test-cluster-secret\"\n{}",
+                        opts.election_extra
+                    )
+                } else {
+                    opts.election_extra.clone()
+                },
                 raft = rafts[i],
                 data = data_dir.display(),
                 peers = peers.join(", "),
@@ -382,6 +412,7 @@ peers = [{peers}]
             relays,
             litefs: opts.litefs,
             lag_ms: opts.lag_ms_per_node,
+            net,
             dir: Some(dir),
         };
         for i in 0..n {
@@ -398,8 +429,8 @@ peers = [{peers}]
         let opts = self.litefs.clone().expect("a cluster with Options::litefs");
         let lag_ms = self.lag_ms.get(i).copied().unwrap_or(opts.lag_ms);
         let id = self.nodes[i].id.clone();
+        let mut cmd = self.command(i);
         let l = self.nodes[i].litefs.as_mut().expect("a LiteFS node");
-        let mut cmd = Command::new(binary());
         cmd.arg("sim-litefs");
         match l.app {
             Some(app) => cmd.args(["--app-addr", &app.to_string()]),
@@ -532,15 +563,24 @@ peers = [{peers}]
             .unwrap_or_default()
     }
 
+    /// A command running the binary as node `i` (in its namespace with [`Options::netns`]).
+    fn command(&self, i: usize) -> Command {
+        match &self.net {
+            Some(net) => net.command(i, &binary()),
+            None => Command::new(binary()),
+        }
+    }
+
     /// Starts (or restarts) node `i`'s process.
     pub fn spawn(&mut self, i: usize) {
+        let mut cmd = self.command(i);
         let node = &mut self.nodes[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&node.log)
             .expect("log");
-        let child = Command::new(binary())
+        let child = cmd
             .args(["run", "--config"])
             .arg(&node.config)
             // `LITEFS_TEST_LOG`: a log filter for the nodes (e.g. `info,litefs_election=debug`).
@@ -672,8 +712,12 @@ peers = [{peers}]
     }
 
     /// Cuts (or heals) every relay into and out of node `i`: Raft traffic both ways and,
-    /// with [`Options::litefs`], the replication streams into its LiteFS.
+    /// with [`Options::litefs`], the replication streams into its LiteFS; with
+    /// [`Options::netns`], the network between node `i` and its peers.
     pub fn isolate(&self, i: usize, cut: bool) {
+        if let Some(net) = &self.net {
+            net.cut(i, cut);
+        }
         if let Some(r) = self.nodes[i]
             .litefs
             .as_ref()
