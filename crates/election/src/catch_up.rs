@@ -4,6 +4,11 @@
 //! (`handover`) instead, after that voter's Raft log has caught up with its own, so the voter
 //! can win the vote.
 //!
+//! Positions are compared with their histories (`position::Relation`): a voter whose TXID
+//! is higher but whose history is another (a primary that was cut off or paused, back with
+//! writes it never shipped) is not ahead; and a leader whose own history a quorum does not
+//! share (that returning primary, elected by TXID) hands over to the quorum's instead.
+//!
 //! Pre-votes already keep a candidate that is behind a quorum from campaigning; this check
 //! covers the ways one still wins: a voter's liveness waiver (`prevote::Rules::waive_after`,
 //! a voter ahead in LiteFS but behind in the Raft log cannot win itself, so it lets the
@@ -17,7 +22,10 @@ use tokio::sync::{watch, Notify};
 
 use crate::handover::{self, HandoverCtx};
 use crate::network::RpcClient;
-use crate::prevote::{self, position_ge, position_key};
+use std::collections::BTreeMap;
+
+use crate::position::Relation;
+use crate::prevote::{self, position_key, PreVoteResponse};
 use crate::types::NodeId;
 
 /// What one check found.
@@ -25,7 +33,8 @@ use crate::types::NodeId;
 enum Verdict {
     /// Nobody that could lead is ahead: act as primary.
     Passed,
-    /// This voter is ahead and could lead: hand over to it.
+    /// This voter is ahead (or of the history a quorum shares, when this node's is not) and
+    /// could lead: hand over to it.
     Ahead(NodeId),
     /// Fewer than a quorum answered: ask again.
     NoQuorum,
@@ -89,9 +98,17 @@ impl CatchUp {
         if voters <= 1 {
             return Verdict::Passed;
         }
+        let relation = |r: &PreVoteResponse| pv.position.relate(r.position, r.has_your_position);
+        // Voters of this node's history, itself included.
+        let same = |a: &BTreeMap<NodeId, PreVoteResponse>| {
+            1 + a
+                .values()
+                .filter(|r| relation(r) != Relation::Diverged)
+                .count()
+        };
         let req = pv.request(true);
         let answers = prevote::ask(pv, &self.client, &req, pv.election_timeout_min, |a| {
-            1 + a.len() >= quorum
+            same(a) >= quorum || a.len() + 1 >= voters
         })
         .await;
         if 1 + answers.len() < quorum {
@@ -103,9 +120,27 @@ impl CatchUp {
             return Verdict::NoQuorum;
         }
         let mine = pv.position.get();
+        let name = |id: &NodeId| pv.peers.get(id).map(|p| p.id.clone());
+        if same(&answers) < quorum {
+            // A quorum went through another history (this node was cut off or paused as
+            // primary, and another took over): its writes, not ours, may be acknowledged.
+            let best = answers
+                .iter()
+                .filter(|(_, r)| r.can_lead && relation(r) == Relation::Diverged)
+                .max_by_key(|(_, r)| position_key(r.position));
+            tracing::warn!(
+                mine = ?mine.map(|p| p.txid),
+                to = ?best.and_then(|(id, _)| name(id)),
+                "elected on a LiteFS history a quorum does not share: handing over instead of acting as primary"
+            );
+            return match best {
+                Some((id, _)) => Verdict::Ahead(*id),
+                None => Verdict::NoQuorum,
+            };
+        }
         let ahead = answers
             .iter()
-            .filter(|(_, r)| !position_ge(mine, r.position))
+            .filter(|(_, r)| relation(r) == Relation::Ahead)
             .max_by_key(|(_, r)| (r.can_lead, position_key(r.position)));
         match ahead {
             None => Verdict::Passed,
@@ -113,7 +148,7 @@ impl CatchUp {
                 tracing::warn!(
                     mine = ?mine.map(|p| p.txid),
                     ahead = ?r.position.map(|p| p.txid),
-                    voter = ?pv.peers.get(id).map(|p| &p.id),
+                    voter = ?name(id),
                     "elected behind a voter's LiteFS position: handing over to it instead of acting as primary"
                 );
                 Verdict::Ahead(*id)
@@ -122,7 +157,7 @@ impl CatchUp {
                 tracing::warn!(
                     mine = ?mine.map(|p| p.txid),
                     ahead = ?r.position.map(|p| p.txid),
-                    voter = ?pv.peers.get(id).map(|p| &p.id),
+                    voter = ?name(id),
                     "a voter ahead of this node's LiteFS position cannot lead; acting as primary without its newest writes"
                 );
                 Verdict::Passed
@@ -163,7 +198,7 @@ impl CatchUp {
             .counters()
             .catch_up_handovers
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let took = handover::hand_over(&self.handover, &self.client).await;
+        let took = handover::hand_over_to(&self.handover, &self.client, Some(id)).await;
         // The handover turned heartbeats off; a follower sends none anyway, and a leader
         // whose handover failed must keep its followers.
         raft.runtime_config().heartbeat(true);

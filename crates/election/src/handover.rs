@@ -25,6 +25,7 @@ use tokio::sync::{watch, Notify};
 use crate::config::Peer;
 use crate::leadership::Leadership;
 use crate::network::RpcClient;
+use crate::position::Relation;
 use crate::prevote::{self, position_ge, position_key, PreVoteCtx, PreVoteResponse};
 use crate::reports::ReportTable;
 use crate::rpc_server::PATH_TIMEOUT_NOW;
@@ -177,6 +178,15 @@ pub(crate) async fn step_down(
 /// Leader side: returns how long until another node was seen leading, or None when this node
 /// was not leader or nobody took over in time.
 pub async fn hand_over(ctx: &HandoverCtx, client: &RpcClient) -> Option<Duration> {
+    hand_over_to(ctx, client, None).await
+}
+
+/// [`hand_over`], trying `prefer` first (the catch-up check's choice).
+pub(crate) async fn hand_over_to(
+    ctx: &HandoverCtx,
+    client: &RpcClient,
+    prefer: Option<NodeId>,
+) -> Option<Duration> {
     let m = ctx.raft.metrics().borrow().clone();
     if m.state != ServerState::Leader {
         return None;
@@ -189,7 +199,11 @@ pub async fn hand_over(ctx: &HandoverCtx, client: &RpcClient) -> Option<Duration
     ctx.raft.runtime_config().heartbeat(false);
     ctx.raft.runtime_config().elect(false);
 
-    let targets = targets(ctx, client, &m).await;
+    let mut targets = targets(ctx, client, &m).await;
+    if let Some(p) = prefer {
+        targets.retain(|t| *t != p);
+        targets.insert(0, p);
+    }
     let me_name = ctx
         .peers
         .get(&ctx.me)
@@ -261,9 +275,17 @@ async fn targets(
         let a = answers.get(id);
         // Unanswered: probably unreachable, tried after those that answered and can lead.
         let can_lead = a.map_or(1, |a| if a.can_lead { 2 } else { 0 });
+        // Another history (a higher TXID does not make it more caught up): last.
+        let ours = a.is_none_or(|a| {
+            ctx.pre_vote
+                .position
+                .relate(a.position, a.has_your_position)
+                != Relation::Diverged
+        });
         let pos = position_key(a.and_then(|a| a.position));
         std::cmp::Reverse((
             can_lead,
+            ours,
             pos,
             matched.get(id).copied().flatten(),
             std::cmp::Reverse(*id),

@@ -41,9 +41,13 @@
 //!   (an `acquire` waits up to `lease::ACQUIRE_WAIT` for that), only after a quorum of voters
 //!   answered a position probe with none that could lead ahead of it; otherwise it lets that
 //!   voter's Raft log catch up and hands leadership to it (`catch_up_handovers_total`).
-//!   Limit of both: TXIDs are compared without their history (checksums cannot be ordered), so a
-//!   returning old primary whose un-shipped writes diverged can win with a higher TXID, but
-//!   only while no live leader exists (otherwise every voter refuses it).
+//!   Positions are compared with their histories where the server gave the proxy's ring of
+//!   past positions (`LocalPosition::set_history`): a voter with a higher TXID of another
+//!   history (a returning primary with writes it never shipped) is not ahead, and a leader
+//!   whose history a quorum does not share hands over to one whose history it is. The
+//!   pre-vote still compares TXIDs alone, so such a node can win an election, but it never
+//!   acts on it. Unknown (a position polled past, or older than the ring) counts as the same
+//!   history.
 //! - Handover (`shutdown` on the leader): stop acting, stop heartbeats, probe the followers'
 //!   LiteFS positions (a pre-vote probe; up to `election_timeout_min` for one to reach the
 //!   leader's own), send a signed `timeout-now` to the most caught-up follower (TXID, then
@@ -99,7 +103,7 @@ pub use eligibility::Eligibility;
 pub use faults::Faults;
 pub use fence::Fence;
 pub use leadership::Leadership;
-pub use position::{LocalPosition, Position};
+pub use position::{InHistory, LocalPosition, Position};
 pub use prevote::{PreVoteRequest, PreVoteResponse};
 pub use primary_file::PrimaryFileError;
 pub use reports::{ReplicaPositions, REPORT_EVERY};

@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 
 use crate::config::Peer;
 use crate::network::RpcClient;
-use crate::position::{LocalPosition, Position};
+use crate::position::{InHistory, LocalPosition, Position};
 use crate::rpc_server::PATH_PRE_VOTE;
 use crate::status::StatusCell;
 use crate::types::{NodeId, Raft};
@@ -55,6 +55,10 @@ pub struct PreVoteResponse {
     /// Whether the voter could lead now (eligible, not shutting down): a handover skips it
     /// otherwise.
     pub can_lead: bool,
+    /// Whether the requester's position is one the voter went through: only the voter can
+    /// tell that a position ahead of the requester's is of another history.
+    #[serde(default)]
+    pub has_your_position: Option<InHistory>,
 }
 
 /// Why a voter refuses a pre-vote.
@@ -235,6 +239,7 @@ pub async fn on_pre_vote(ctx: &PreVoteCtx, req: PreVoteRequest) -> PreVoteRespon
         last_log_id,
         position,
         can_lead: ctx.can_lead(),
+        has_your_position: req.position.map(|p| ctx.position.in_history(p)),
     };
     if req.probe {
         resp.reason = "probe".into();

@@ -275,3 +275,59 @@ async fn a_leader_elected_behind_a_voters_position_hands_over_and_never_acts_as_
     );
     c.stop_all().await;
 }
+
+/// (e) TXIDs repeat across histories: a primary that was cut off came back with writes it
+/// never shipped, at a higher TXID than the others, whose history (18) moved on without it.
+/// Whoever the election picks, the node acting as primary is one of the two that share a
+/// history, and the returning node never acts as primary; a planned handover skips it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_primary_of_another_history_never_acts_as_primary() {
+    use litefs_election::InHistory;
+    common::init_tracing();
+    let mut c = Cluster::new(3, None, |cfg| {
+        cfg.heartbeat_interval = Duration::from_millis(20);
+        cfg.election_timeout_min = Duration::from_millis(150);
+        cfg.election_timeout_max = Duration::from_millis(210);
+    });
+    let pos = |txid, checksum| Position { txid, checksum };
+    // Node 0 is the returning primary: 15 shared, then 16..20 of its own (old) history.
+    // Nodes 1 and 2 went on from 15 to 18 in a new one.
+    for i in 0..3 {
+        c.start(i).await;
+        let p = node(&c, i).local_position();
+        if i == 0 {
+            p.set(pos(20, 0x01d20));
+            p.set_history(|q| match (q.txid, q.checksum) {
+                (15, 0x15) | (18, 0x01d18) => InHistory::Yes,
+                (t, _) if t <= 20 => InHistory::No,
+                _ => InHistory::Unknown,
+            });
+        } else {
+            p.set(pos(18, 0x7e18));
+            p.set_history(|q| match (q.txid, q.checksum) {
+                (15, 0x15) | (18, 0x7e18) => InHistory::Yes,
+                (t, _) if t <= 18 => InHistory::No,
+                _ => InHistory::Unknown,
+            });
+        }
+    }
+    let first = c.wait_agreed(Duration::from_secs(10)).await;
+    assert_ne!(first, 0, "the returning primary acts as primary");
+    let max = c.slots[first].cfg.election_timeout_max;
+    let since = Instant::now();
+    wait_for("leader tenure", max * 4, || since.elapsed() > max * 2).await;
+    assert!(node(&c, first).hand_over().await.is_some(), "no successor");
+    let next = c.wait_agreed(Duration::from_secs(10)).await;
+    let st = node(&c, 0).status();
+    println!(
+        "{} acted first, {} after the handover; the returning node: {} catch-up handovers, {} promotions",
+        c.slots[first].name, c.slots[next].name, st.catch_up_handovers, st.promotions
+    );
+    assert_eq!(
+        next,
+        3 - first,
+        "the handover went to the other node of the history"
+    );
+    assert_eq!(st.promotions, 0, "the returning primary acted as primary");
+    c.stop_all().await;
+}

@@ -4,10 +4,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use litefs_election::{Election, Leadership};
+use litefs_election::{Election, InHistory, Leadership};
 use litefs_proxy::{
-    position::LocalTxid,
+    position::{LocalTxid, TokenCheck},
     sync::{ReplicaPos, ReplicaView},
+    token::Token,
+    txid::TxId,
     ConfigError, Primary, StatusExtension,
 };
 use tokio::sync::watch;
@@ -120,6 +122,19 @@ impl RaftRole {
         }
         let mut rx = local.subscribe_position();
         let position = self.position.clone();
+        // The election compares positions with their histories through the proxy's ring.
+        let history = local.clone();
+        position.set_history(move |p| {
+            let token = Token {
+                txid: TxId(p.txid),
+                checksum: Some(p.checksum),
+            };
+            match history.check(token) {
+                TokenCheck::Satisfied => InHistory::Yes,
+                TokenCheck::Diverged => InHistory::No,
+                TokenCheck::Behind | TokenCheck::Unverified => InHistory::Unknown,
+            }
+        });
         tokio::spawn(async move {
             loop {
                 let p = *rx.borrow_and_update();
