@@ -276,7 +276,7 @@ async fn targets(
         // Unanswered: probably unreachable, tried after those that answered and can lead.
         let can_lead = a.map_or(1, |a| if a.can_lead { 2 } else { 0 });
         // Another history (a higher TXID does not make it more caught up): last.
-        let ours = a.is_none_or(|a| {
+        let ours = a.map_or(true, |a| {
             ctx.pre_vote
                 .position
                 .relate(a.position, a.has_your_position)

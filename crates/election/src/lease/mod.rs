@@ -142,27 +142,24 @@ pub async fn propose_local(
     shared: &LeaseShared,
     mut req: LeaseRequest,
 ) -> ProposeOutcome {
-    match &mut req {
-        // Until this leader acts as primary (its catch-up check takes a probe), the old
-        // holder's renewals are granted too: refusing them would only end its lease before
-        // this node's LiteFS can take the handoff that follows.
-        LeaseRequest::SessionRenew { foreign_ok, .. } => {
-            *foreign_ok = shared.handoff_open() || !*shared.acting.borrow()
+    // Until this leader acts as primary (its catch-up check takes a probe), the old holder's
+    // renewals are granted too: refusing them would only end its lease before this node's
+    // LiteFS can take the handoff that follows.
+    if let LeaseRequest::SessionRenew { foreign_ok, .. } = &mut req {
+        *foreign_ok = shared.handoff_open() || !*shared.acting.borrow();
+    }
+    if let LeaseRequest::KvAcquire { key, origin, .. } = &req {
+        if !shared.wait_acting(ACQUIRE_WAIT).await {
+            tracing::info!(
+                key,
+                origin,
+                "lease: acquire refused, this node does not act as primary"
+            );
+            return ProposeOutcome::Done {
+                resp: LeaseResponse::Bool(false),
+                index: 0,
+            };
         }
-        LeaseRequest::KvAcquire { key, origin, .. } => {
-            if !shared.wait_acting(ACQUIRE_WAIT).await {
-                tracing::info!(
-                    key,
-                    origin,
-                    "lease: acquire refused, this node does not act as primary"
-                );
-                return ProposeOutcome::Done {
-                    resp: LeaseResponse::Bool(false),
-                    index: 0,
-                };
-            }
-        }
-        _ => {}
     }
     let cmd = Command {
         leader: me,
