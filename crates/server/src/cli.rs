@@ -1,4 +1,4 @@
-//! Command line: `litefs-proxy run|check` and the flags that override every other
+//! Command line: `litefs-proxy run|check|cluster status|...` and the flags that override every other
 //! config layer.
 
 use std::path::PathBuf;
@@ -25,6 +25,9 @@ pub enum Command {
     /// Print a litefs.yml for this node: fuse/data dirs, the lease (raft: LiteFS's consul
     /// lease against this node's lease endpoint; static: LiteFS's static lease), exec.
     LitefsConfig(LitefsConfigArgs),
+    /// Look at a running cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// A local demo cluster on 127.0.0.1: per node a process with litefs-proxy, Raft, a
     /// LiteFS stand-in and a demo app. Prints a curl session; Ctrl-C stops everything.
     Demo(DemoArgs),
@@ -35,6 +38,39 @@ pub enum Command {
     /// stream, LiteFS's consul lease loop, optionally the demo app. For the demo and tests.
     #[command(hide = true)]
     SimLitefs(SimLitefsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// One row per peer: its proxy role, Raft role, LiteFS role and whether LiteFS is up,
+    /// TXID, replication lag, term, leader, and when it last answered. A node that does not
+    /// answer is listed `down`. Exits 1 when nothing could be asked.
+    Status(ClusterStatusArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ClusterStatusArgs {
+    /// Any node's litefs-proxy URL, e.g. `http://10.0.0.1:8080`: the cluster as that node
+    /// sees it (it asks its peers every second), so only that node need be reachable.
+    #[arg(
+        long,
+        value_name = "URL",
+        required_unless_present = "config",
+        conflicts_with = "config"
+    )]
+    pub url: Option<String>,
+    /// A litefs-proxy config: every peer of its `[election]` table is asked directly.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// A JSON list of objects (`node`, `role`, `txid`, `lag_ms`, ...) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// The proxy's endpoint prefix (with `--url`; a config says its own).
+    #[arg(long, value_name = "PREFIX", default_value = "/litefs")]
+    pub prefix: String,
+    /// How long a node may take to answer.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 /// A LiteFS node of the sim (see `litefs_sim::litefs`).

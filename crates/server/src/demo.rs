@@ -20,6 +20,7 @@ use crate::{
     cli::{DemoArgs, DemoNodeArgs},
     config::Config,
     role::{RoleConfig, RoleSource},
+    say,
 };
 
 const DB: &str = "db.sqlite3";
@@ -259,12 +260,6 @@ demo ready: leader node-{leader} pid {leader_pid}
         pr = port(r),
     );
     say(&out);
-}
-
-/// Writes to stdout; a closed stdout (piped into `head`, say) is not a reason to stop.
-fn say(s: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(s.as_bytes()).and_then(|()| out.flush());
 }
 
 /// One node: LiteFS stand-in, demo app, election and proxy, until the supervisor goes.
