@@ -38,6 +38,24 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// The next line the demo prints for which `want` holds (within 20 s of `since`).
+async fn next_line(
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    since: Instant,
+    want: impl Fn(&str) -> bool,
+) -> String {
+    let end = since + Duration::from_secs(20);
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, lines.recv()).await {
+            Ok(Some(l)) if want(&l) => return l,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the demo's stdout closed"),
+            Err(_) => panic!("the demo did not say it in time"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_the_printed_session_and_ctrl_c_stops_everything() {
     let dir = tempfile::tempdir().unwrap();
@@ -73,17 +91,25 @@ async fn demo_runs_the_printed_session_and_ctrl_c_stops_everything() {
     );
     let stdout = sup.0.stdout.take().unwrap();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    // Reads the session up to "demo ready", then keeps draining so the demo can print.
+    let (later_tx, mut later) = tokio::sync::mpsc::unbounded_channel::<String>();
+    // Reads the session up to "demo ready", then hands on every later line (what the demo
+    // reports while it runs), draining so the demo can always print.
     std::thread::spawn(move || {
         let mut out = Vec::new();
         let mut ready_tx = Some(ready_tx);
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            let done = line.starts_with("demo ready:");
-            out.push(line);
-            if done {
-                if let Some(tx) = ready_tx.take() {
+            match ready_tx.take() {
+                Some(tx) if line.starts_with("demo ready:") => {
+                    out.push(line);
                     let _ = tx.send(std::mem::take(&mut out));
+                }
+                Some(tx) => {
+                    out.push(line);
+                    ready_tx = Some(tx);
+                }
+                None => {
+                    let _ = later_tx.send(line);
                 }
             }
         }
@@ -152,6 +178,23 @@ async fn demo_runs_the_printed_session_and_ctrl_c_stops_everything() {
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    // The supervisor says so at once: the node, its signal; it reaped it (no zombie left).
+    let said = next_line(&mut later, killed, |l| l.contains("was killed by")).await;
+    assert!(
+        killed.elapsed() < Duration::from_secs(3),
+        "reported {:?} after the kill",
+        killed.elapsed()
+    );
+    assert!(
+        said.contains(&format!(
+            "node-{leader} (pid {leader_pid}) was killed by SIGKILL (signal 9); reaped, the demo keeps running on"
+        )),
+        "{said}"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{leader_pid}")).exists(),
+        "node-{leader} (pid {leader_pid}) was not reaped"
+    );
     let w = post(addr(replicas[0]), "/items", &[], "after failover")
         .await
         .unwrap();
@@ -173,6 +216,50 @@ async fn demo_runs_the_printed_session_and_ctrl_c_stops_everything() {
         "demo failover: first write after kill -9 in {:?}",
         killed.elapsed()
     );
+
+    // Then how to start the node again, and the change of leader.
+    let hint = next_line(&mut later, killed, |l| l.contains("Start it again")).await;
+    assert!(hint.contains("Ctrl-C stops it"), "{hint}");
+    let restart = next_line(&mut later, killed, |l| !l.trim().is_empty()).await;
+    let change = next_line(&mut later, killed, |l| {
+        l.contains("leader: node-") && l.contains("writes go to it")
+    })
+    .await;
+    let new_leader = w.header("x-sim-node").unwrap();
+    assert!(
+        change.contains(&format!("leader: {new_leader} (was ")),
+        "{change}"
+    );
+    // The printed command brings the node back, as a replica of the new leader.
+    let words: Vec<&str> = restart.split_whitespace().collect();
+    assert!(
+        words.len() > 2 && words[1] == "demo-node" && !restart.contains('\''),
+        "{restart}"
+    );
+    let mut back = Command::new(words[0])
+        .args(&words[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = get(addr(leader), "/litefs/status", &[]).await.ok();
+        let s: Option<serde_json::Value> = s.and_then(|a| serde_json::from_slice(&a.body).ok());
+        if s.is_some_and(|s| s["role"] == "replica" && s["primary"] == new_leader) {
+            break;
+        }
+        assert!(Instant::now() < end, "the restarted node did not rejoin");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // It stops when its stdin (here a pipe, by hand a terminal) closes.
+    drop(back.stdin.take());
+    let end = Instant::now() + Duration::from_secs(20);
+    while back.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < end, "the restarted node did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Ctrl-C: the supervisor stops every node and exits 0.
     assert!(Command::new("kill")

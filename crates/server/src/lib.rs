@@ -6,6 +6,7 @@ pub mod cli;
 pub mod cluster_status;
 pub mod config;
 pub mod demo;
+pub mod demo_watch;
 pub mod litefs_config;
 pub mod litefs_yml;
 pub mod peer_view;
