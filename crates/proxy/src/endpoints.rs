@@ -98,6 +98,7 @@ fn metrics(s: &Shared) -> Response<ProxyBody> {
     let m = &s.metrics;
     m.local_txid
         .set(i64::try_from(fresh_txid(s).0).unwrap_or(i64::MAX));
+    m.replication_lag.set(lag_ms(s) as f64 / 1000.0);
     m.is_primary
         .set(i64::from(*s.primary.borrow() == Primary::Local));
     let mut out = String::with_capacity(4096);
@@ -198,5 +199,25 @@ mod tests {
             };
             assert_eq!(s["txid"], want, "{source:?}");
         }
+    }
+
+    /// LiteFS's `.lag` is exported in seconds when scraped; absent, 0.
+    #[tokio::test]
+    async fn metrics_export_the_replication_lag() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ProxyConfig {
+            mount: dir.path().to_path_buf(),
+            ..ProxyConfig::default()
+        };
+        let (_ptx, prx) = watch::channel(Primary::Unknown);
+        let p = Proxy::new(cfg, prx).unwrap();
+        let lag = |m: String| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("litefs_proxy_replication_lag_seconds "))
+                .map(str::to_owned)
+        };
+        assert_eq!(lag(get(&p, "/metrics").await.1).as_deref(), Some("0.0"));
+        std::fs::write(dir.path().join(".lag"), "+000001500\n").unwrap();
+        assert_eq!(lag(get(&p, "/metrics").await.1).as_deref(), Some("1.5"));
     }
 }
