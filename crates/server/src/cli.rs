@@ -19,6 +19,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy.
+    #[command(after_help = file_only_keys_help())]
     Run(ConfigArgs),
     /// Validate the config and print the effective config as TOML (secrets redacted).
     Check(ConfigArgs),
@@ -135,7 +136,8 @@ pub struct LitefsConfigArgs {
 /// Ports are the first node's; node i uses port + i - 1.
 #[derive(Debug, Args, Clone)]
 pub struct DemoArgs {
-    /// Number of nodes (3 or 5).
+    /// Number of nodes: 1 to 7 (3 or 5 is what a real cluster runs: a quorum survives the
+    /// loss of one or two).
     #[arg(long, default_value_t = 3)]
     pub nodes: u16,
     /// Working directory (default: a fresh temporary directory, removed at exit).
@@ -240,6 +242,61 @@ pub struct ConfigArgs {
     /// [election] lease_lock_delay: LiteFS's lease.consul.lock-delay.
     #[arg(long, value_name = "DURATION", alias = "lock-delay")]
     pub lease_lock_delay: Option<String>,
+}
+
+/// The config keys that have a flag (see [`ConfigArgs::overrides`]).
+const FLAGGED_KEYS: &[&str] = &[
+    "proxy.addr",
+    "proxy.target",
+    "proxy.db",
+    "proxy.mount",
+    "proxy.node_name",
+    "proxy.litefs_api",
+    "proxy.txid_source",
+    "proxy.on_read_timeout",
+    "proxy.read_wait_timeout",
+    "proxy.primary_redirect_timeout",
+    "role.source",
+    "role.is_primary",
+    "role.primary_url",
+    "role.primary_name",
+    "role.primary_url_template",
+    "election.lease_ttl",
+    "election.lease_lock_delay",
+];
+
+/// `run --help`'s closing note: the keys without a flag, from the example config (which
+/// lists every key, set or commented out; a test in tests/cli.rs keeps it so).
+fn file_only_keys_help() -> String {
+    const EXAMPLE: &str = include_str!("../../../config/litefs-proxy.toml");
+    let mut tables: Vec<(String, Vec<String>)> = Vec::new();
+    for line in EXAMPLE.lines() {
+        let body = line.strip_prefix("# ").unwrap_or(line);
+        if let Some(t) = body.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            tables.push((t.to_owned(), Vec::new()));
+            continue;
+        }
+        let Some((key, _)) = body.split_once(" = ") else {
+            continue;
+        };
+        let plain = !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+        if let Some((table, keys)) = tables.last_mut() {
+            let name = format!("{table}.{key}");
+            if plain && !FLAGGED_KEYS.contains(&name.as_str()) && !keys.iter().any(|k| k == key) {
+                keys.push(key.to_owned());
+            }
+        }
+    }
+    let mut lines = vec![
+        "These keys have no flag; they are set only in the config file or the environment \
+         (LITEFS_PROXY_<TABLE>__<KEY>, e.g. LITEFS_PROXY_PROXY__SYNC_REPLICAS=1):"
+            .to_owned(),
+    ];
+    for (table, keys) in tables.iter().filter(|(_, k)| !k.is_empty()) {
+        lines.push(format!("  [{table}] {}", keys.join(", ")));
+    }
+    lines.push("`litefs-proxy check` prints every key with its effective value.".to_owned());
+    lines.join("\n")
 }
 
 impl ConfigArgs {

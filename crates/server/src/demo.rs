@@ -38,7 +38,7 @@ fn mount_of(dir: &Path, name: &str) -> PathBuf {
 pub fn supervise(args: DemoArgs) -> ExitCode {
     if !(1..=7).contains(&args.nodes) {
         eprintln!(
-            "litefs-proxy: invalid config: --nodes = {}: expected 1 to 7",
+            "litefs-proxy: invalid config: --nodes = {}: expected 1 to 7 (3 or 5 for a quorum that survives a failure)",
             args.nodes
         );
         return ExitCode::from(crate::EXIT_CONFIG);
