@@ -38,6 +38,53 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// A command line with what differs from run to run (ports, the pid, where the binary is)
+/// replaced by placeholders.
+fn normalized(cmd: &str) -> String {
+    let words: Vec<String> = cmd
+        .split_whitespace()
+        .map(|w| {
+            if w == "litefs-proxy" || w.ends_with("/litefs-proxy") {
+                return "litefs-proxy".to_owned();
+            }
+            match w.split_once("127.0.0.1:") {
+                Some((a, rest)) => {
+                    let tail = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+                    format!("{a}127.0.0.1:PORT{tail}")
+                }
+                None if w.bytes().all(|b| b.is_ascii_digit()) => "N".to_owned(),
+                None => w.to_owned(),
+            }
+        })
+        .collect();
+    words.join(" ")
+}
+
+/// README's demo session: its commands (`$ ` lines of the first console block after
+/// "## The demo") and the response header names of its first `curl -si`.
+fn readme_session() -> (Vec<String>, Vec<String>) {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .unwrap();
+    let demo = &readme[readme.find("## The demo").expect("a demo section")..];
+    let block = &demo[demo.find("```console\n").expect("a console block") + 11..];
+    let block = &block[..block.find("```").unwrap()];
+    let commands = block
+        .lines()
+        .filter_map(|l| l.strip_prefix("$ "))
+        .map(str::to_owned)
+        .collect();
+    let headers = block
+        .lines()
+        .skip_while(|l| !l.starts_with("HTTP/1.1 "))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(": ").map(|(name, _)| name.to_owned()))
+        .collect();
+    (commands, headers)
+}
+
 /// The next line the demo prints for which `want` holds (within 20 s of `since`).
 async fn next_line(
     lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
@@ -135,6 +182,17 @@ async fn demo_runs_the_printed_session_and_ctrl_c_stops_everything() {
         .collect();
     assert_eq!(pids.len(), 3, "{text}");
     assert!(text.contains("curl -si -c /tmp/demo.jar -X POST"), "{text}");
+    // README's session is the printed one: each of its commands is printed (ports, pid and
+    // the binary's path aside).
+    let (readme_commands, readme_headers) = readme_session();
+    assert!(readme_commands.len() >= 5, "{readme_commands:?}");
+    let printed: Vec<String> = lines.iter().map(|l| normalized(l)).collect();
+    for c in &readme_commands {
+        assert!(
+            printed.contains(&normalized(c)),
+            "README's {c:?} is not in the demo's session:\n{text}"
+        );
+    }
     let addr = |i: u16| std::net::SocketAddr::from(([127, 0, 0, 1], proxy + i - 1));
     let replicas: Vec<u16> = (1..=3).filter(|&i| i != leader).collect();
 
@@ -154,6 +212,15 @@ async fn demo_runs_the_printed_session_and_ctrl_c_stops_everything() {
         Some(format!("node-{leader}").as_str())
     );
     let token = litefs_proxy_tests::client::minted(&w).expect("token");
+    // The answer has the headers README shows.
+    for name in &readme_headers {
+        assert!(
+            w.header(name).is_some(),
+            "no {name} header: {:?}",
+            w.headers
+        );
+    }
+    assert!(readme_headers.len() >= 5, "{readme_headers:?}");
     // 2. The other replica, with the cookie, sees it (waiting if it is still behind).
     let cookie = format!("litefs-txid={token}");
     let r = get(addr(replicas[1]), "/items", &[("cookie", cookie.as_str())])

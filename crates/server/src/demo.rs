@@ -279,19 +279,24 @@ Replication lag is {lag} ms. Paste these in another terminal:
   time curl -s -b /tmp/demo.jar http://127.0.0.1:{pr}/items
   curl -s http://127.0.0.1:{pr}/items        # without it: may miss the write
 
-  # 3. who leads, TXIDs, held/waiting requests; Prometheus metrics
+  # 3. every node as one node sees it; one node's status; Prometheus metrics
+  {exe} cluster status --url http://127.0.0.1:{pw}
   curl -s http://127.0.0.1:{pw}/litefs/status; echo
   curl -s http://127.0.0.1:{pw}/litefs/metrics | grep -E '^litefs_(proxy_requests|election_term)'
 
   # 4. failover: kill the leader, then write again through a survivor (held, then served)
   kill -9 {leader_pid}
   time curl -si -c /tmp/demo.jar -X POST -d 'after failover' http://127.0.0.1:{pw}/items
-  curl -s http://127.0.0.1:{pw}/litefs/status; echo
+  {exe} cluster status --url http://127.0.0.1:{pw}
 
-Ctrl-C stops the whole cluster.
+This terminal reports each node that exits and each change of leader. Ctrl-C stops the
+whole cluster.
 demo ready: leader node-{leader} pid {leader_pid}
 "#,
         lag = args.lag_ms,
+        exe = std::env::current_exe()
+            .map(|e| e.display().to_string())
+            .unwrap_or_else(|_| "litefs-proxy".into()),
         pw = port(w),
         pr = port(r),
     );
