@@ -38,6 +38,71 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// A command line with what differs from run to run (ports, the pid, where the binary is)
+/// replaced by placeholders.
+fn normalized(cmd: &str) -> String {
+    let words: Vec<String> = cmd
+        .split_whitespace()
+        .map(|w| {
+            if w == "litefs-proxy" || w.ends_with("/litefs-proxy") {
+                return "litefs-proxy".to_owned();
+            }
+            match w.split_once("127.0.0.1:") {
+                Some((a, rest)) => {
+                    let tail = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+                    format!("{a}127.0.0.1:PORT{tail}")
+                }
+                None if w.bytes().all(|b| b.is_ascii_digit()) => "N".to_owned(),
+                None => w.to_owned(),
+            }
+        })
+        .collect();
+    words.join(" ")
+}
+
+/// README's demo session: its commands (`$ ` lines of the first console block after
+/// "## The demo") and the response header names of its first `curl -si`.
+fn readme_session() -> (Vec<String>, Vec<String>) {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .unwrap();
+    let demo = &readme[readme.find("## The demo").expect("a demo section")..];
+    let block = &demo[demo.find("```console\n").expect("a console block") + 11..];
+    let block = &block[..block.find("```").unwrap()];
+    let commands = block
+        .lines()
+        .filter_map(|l| l.strip_prefix("$ "))
+        .map(str::to_owned)
+        .collect();
+    let headers = block
+        .lines()
+        .skip_while(|l| !l.starts_with("HTTP/1.1 "))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(": ").map(|(name, _)| name.to_owned()))
+        .collect();
+    (commands, headers)
+}
+
+/// The next line the demo prints for which `want` holds (within 20 s of `since`).
+async fn next_line(
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    since: Instant,
+    want: impl Fn(&str) -> bool,
+) -> String {
+    let end = since + Duration::from_secs(20);
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, lines.recv()).await {
+            Ok(Some(l)) if want(&l) => return l,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the demo's stdout closed"),
+            Err(_) => panic!("the demo did not say it in time"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_the_printed_session_and_ctrl_c_stops_everything() {
     let dir = tempfile::tempdir().unwrap();
@@ -73,17 +138,25 @@ async fn demo_runs_the_printed_session_and_ctrl_c_stops_everything() {
     );
     let stdout = sup.0.stdout.take().unwrap();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    // Reads the session up to "demo ready", then keeps draining so the demo can print.
+    let (later_tx, mut later) = tokio::sync::mpsc::unbounded_channel::<String>();
+    // Reads the session up to "demo ready", then hands on every later line (what the demo
+    // reports while it runs), draining so the demo can always print.
     std::thread::spawn(move || {
         let mut out = Vec::new();
         let mut ready_tx = Some(ready_tx);
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            let done = line.starts_with("demo ready:");
-            out.push(line);
-            if done {
-                if let Some(tx) = ready_tx.take() {
+            match ready_tx.take() {
+                Some(tx) if line.starts_with("demo ready:") => {
+                    out.push(line);
                     let _ = tx.send(std::mem::take(&mut out));
+                }
+                Some(tx) => {
+                    out.push(line);
+                    ready_tx = Some(tx);
+                }
+                None => {
+                    let _ = later_tx.send(line);
                 }
             }
         }
@@ -109,6 +182,17 @@ async fn demo_runs_the_printed_session_and_ctrl_c_stops_everything() {
         .collect();
     assert_eq!(pids.len(), 3, "{text}");
     assert!(text.contains("curl -si -c /tmp/demo.jar -X POST"), "{text}");
+    // README's session is the printed one: each of its commands is printed (ports, pid and
+    // the binary's path aside).
+    let (readme_commands, readme_headers) = readme_session();
+    assert!(readme_commands.len() >= 5, "{readme_commands:?}");
+    let printed: Vec<String> = lines.iter().map(|l| normalized(l)).collect();
+    for c in &readme_commands {
+        assert!(
+            printed.contains(&normalized(c)),
+            "README's {c:?} is not in the demo's session:\n{text}"
+        );
+    }
     let addr = |i: u16| std::net::SocketAddr::from(([127, 0, 0, 1], proxy + i - 1));
     let replicas: Vec<u16> = (1..=3).filter(|&i| i != leader).collect();
 
@@ -128,6 +212,15 @@ async fn demo_runs_the_printed_session_and_ctrl_c_stops_everything() {
         Some(format!("node-{leader}").as_str())
     );
     let token = litefs_proxy_tests::client::minted(&w).expect("token");
+    // The answer has the headers README shows.
+    for name in &readme_headers {
+        assert!(
+            w.header(name).is_some(),
+            "no {name} header: {:?}",
+            w.headers
+        );
+    }
+    assert!(readme_headers.len() >= 5, "{readme_headers:?}");
     // 2. The other replica, with the cookie, sees it (waiting if it is still behind).
     let cookie = format!("litefs-txid={token}");
     let r = get(addr(replicas[1]), "/items", &[("cookie", cookie.as_str())])
@@ -152,6 +245,23 @@ async fn demo_runs_the_printed_session_and_ctrl_c_stops_everything() {
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    // The supervisor says so at once: the node, its signal; it reaped it (no zombie left).
+    let said = next_line(&mut later, killed, |l| l.contains("was killed by")).await;
+    assert!(
+        killed.elapsed() < Duration::from_secs(3),
+        "reported {:?} after the kill",
+        killed.elapsed()
+    );
+    assert!(
+        said.contains(&format!(
+            "node-{leader} (pid {leader_pid}) was killed by SIGKILL (signal 9); reaped, the demo keeps running on"
+        )),
+        "{said}"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{leader_pid}")).exists(),
+        "node-{leader} (pid {leader_pid}) was not reaped"
+    );
     let w = post(addr(replicas[0]), "/items", &[], "after failover")
         .await
         .unwrap();
@@ -173,6 +283,50 @@ async fn demo_runs_the_printed_session_and_ctrl_c_stops_everything() {
         "demo failover: first write after kill -9 in {:?}",
         killed.elapsed()
     );
+
+    // Then how to start the node again, and the change of leader.
+    let hint = next_line(&mut later, killed, |l| l.contains("Start it again")).await;
+    assert!(hint.contains("Ctrl-C stops it"), "{hint}");
+    let restart = next_line(&mut later, killed, |l| !l.trim().is_empty()).await;
+    let change = next_line(&mut later, killed, |l| {
+        l.contains("leader: node-") && l.contains("writes go to it")
+    })
+    .await;
+    let new_leader = w.header("x-sim-node").unwrap();
+    assert!(
+        change.contains(&format!("leader: {new_leader} (was ")),
+        "{change}"
+    );
+    // The printed command brings the node back, as a replica of the new leader.
+    let words: Vec<&str> = restart.split_whitespace().collect();
+    assert!(
+        words.len() > 2 && words[1] == "demo-node" && !restart.contains('\''),
+        "{restart}"
+    );
+    let mut back = Command::new(words[0])
+        .args(&words[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = get(addr(leader), "/litefs/status", &[]).await.ok();
+        let s: Option<serde_json::Value> = s.and_then(|a| serde_json::from_slice(&a.body).ok());
+        if s.is_some_and(|s| s["role"] == "replica" && s["primary"] == new_leader) {
+            break;
+        }
+        assert!(Instant::now() < end, "the restarted node did not rejoin");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // It stops when its stdin (here a pipe, by hand a terminal) closes.
+    drop(back.stdin.take());
+    let end = Instant::now() + Duration::from_secs(20);
+    while back.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < end, "the restarted node did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Ctrl-C: the supervisor stops every node and exits 0.
     assert!(Command::new("kill")

@@ -174,7 +174,7 @@ impl ProxyConfig {
     /// The listen address, accepting LiteFS's `:8080` form.
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
         parse_listen_addr(&self.addr).ok_or_else(|| {
-            ConfigError::new("proxy.addr", &self.addr, "expected host:port or :port")
+            ConfigError::new("proxy.addr", &self.addr, listen_addr_problem(&self.addr))
         })
     }
 
@@ -297,6 +297,21 @@ impl ProxyConfig {
     }
 }
 
+/// Why `s` is not a listen address: a port that is a number but not one a socket can have
+/// (`:99999`) is named as such.
+fn listen_addr_problem(s: &str) -> &'static str {
+    match s.rsplit_once(':') {
+        Some((_, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            if port.parse::<u16>().is_err() {
+                "port out of range (0 to 65535)"
+            } else {
+                "expected host:port or :port (host: an IP address or localhost)"
+            }
+        }
+        _ => "expected host:port or :port",
+    }
+}
+
 /// `host:port`, `[v6]:port` or LiteFS's `:port` (all interfaces).
 pub fn parse_listen_addr(s: &str) -> Option<SocketAddr> {
     if let Some(port) = s.strip_prefix(':') {
@@ -316,6 +331,27 @@ pub fn parse_listen_addr(s: &str) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listen_port_out_of_range_is_named() {
+        let bad = |addr: &str| {
+            ProxyConfig {
+                addr: addr.into(),
+                ..ProxyConfig::default()
+            }
+            .listen_addr()
+            .unwrap_err()
+            .to_string()
+        };
+        assert!(
+            bad(":99999").contains("port out of range"),
+            "{}",
+            bad(":99999")
+        );
+        assert!(bad("127.0.0.1:70000").contains("port out of range"));
+        assert!(bad(":http").contains("expected host:port or :port"));
+        assert!(bad("example.com:80").contains("an IP address or localhost"));
+    }
 
     #[test]
     fn defaults_are_valid() {

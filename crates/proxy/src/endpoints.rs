@@ -3,7 +3,10 @@
 
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::{error::text, handler::Shared, position::read_lag_ms, primary::Primary, ProxyBody};
+use crate::{
+    config::TxidSource, error::text, handler::Shared, position::read_lag_ms, primary::Primary,
+    txid::TxId, ProxyBody,
+};
 
 pub(crate) fn answer(s: &Shared, rest: &str) -> Response<ProxyBody> {
     match rest {
@@ -11,6 +14,22 @@ pub(crate) fn answer(s: &Shared, rest: &str) -> Response<ProxyBody> {
         "/status" => status(s),
         "/metrics" => metrics(s),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// The local TXID as the position file says now. The watcher re-reads the file only every
+/// 100 ms while idle (and the events source publishes only what LiteFS sends), so a status
+/// asked right after a write, on a primary just promoted, showed the TXID before the one
+/// the write minted. With the pos-file source the reading is also published, as the
+/// poller's would be.
+fn fresh_txid(s: &Shared) -> TxId {
+    let read = match s.cfg.txid_source {
+        TxidSource::PosFile => s.txid.refresh_now(),
+        TxidSource::Events => s.txid.read_position(),
+    };
+    match read {
+        Ok(Some(pos)) => pos.txid,
+        Ok(None) | Err(_) => s.txid.current(),
     }
 }
 
@@ -52,7 +71,7 @@ fn status(s: &Shared) -> Response<ProxyBody> {
         "primary": primary_node,
         "primary_url": primary_url,
         "db": s.cfg.db,
-        "txid": s.txid.current().to_string(),
+        "txid": fresh_txid(s).to_string(),
         "lag_ms": lag_ms(s),
         "held_requests": s.metrics.held.get(),
         "waiting_reads": s.metrics.waiting.get(),
@@ -78,7 +97,8 @@ fn status(s: &Shared) -> Response<ProxyBody> {
 fn metrics(s: &Shared) -> Response<ProxyBody> {
     let m = &s.metrics;
     m.local_txid
-        .set(i64::try_from(s.txid.current().0).unwrap_or(i64::MAX));
+        .set(i64::try_from(fresh_txid(s).0).unwrap_or(i64::MAX));
+    m.replication_lag.set(lag_ms(s) as f64 / 1000.0);
     m.is_primary
         .set(i64::from(*s.primary.borrow() == Primary::Local));
     let mut out = String::with_capacity(4096);
@@ -140,5 +160,64 @@ mod tests {
         let s: serde_json::Value =
             serde_json::from_str(&get(&followed, "/status").await.1).unwrap();
         assert_eq!(s["litefs"], "up");
+    }
+
+    /// Status and metrics show the position file's TXID at the moment they are asked, not
+    /// the watcher's last reading (no watcher runs here: without a fresh read both would
+    /// say 1 for good), with either TXID source.
+    #[tokio::test]
+    async fn status_and_metrics_show_the_txid_the_position_file_holds_now() {
+        for source in [TxidSource::PosFile, TxidSource::Events] {
+            let dir = tempfile::tempdir().unwrap();
+            let pos = dir.path().join("db.sqlite3-pos");
+            std::fs::write(&pos, "0000000000000001/0000000000000001\n").unwrap();
+            let cfg = ProxyConfig {
+                mount: dir.path().to_path_buf(),
+                txid_source: source,
+                ..ProxyConfig::default()
+            };
+            let (_ptx, prx) = watch::channel(Primary::Local);
+            let p = Proxy::new(cfg, prx).unwrap();
+            let s: serde_json::Value = serde_json::from_str(&get(&p, "/status").await.1).unwrap();
+            assert_eq!(s["txid"], "0000000000000001", "{source:?}");
+            // A write on this node minted 2.
+            std::fs::write(&pos, "0000000000000002/00000000000000f2\n").unwrap();
+            let s: serde_json::Value = serde_json::from_str(&get(&p, "/status").await.1).unwrap();
+            assert_eq!(s["txid"], "0000000000000002", "{source:?}");
+            let m = get(&p, "/metrics").await.1;
+            assert!(
+                m.lines()
+                    .any(|l| l.starts_with("litefs_proxy_local_txid") && l.ends_with(" 2")),
+                "{source:?}: {m}"
+            );
+            // An unreadable file: the last good value.
+            std::fs::write(&pos, "garbage").unwrap();
+            let s: serde_json::Value = serde_json::from_str(&get(&p, "/status").await.1).unwrap();
+            let want = match source {
+                TxidSource::PosFile => "0000000000000002",
+                TxidSource::Events => "0000000000000001",
+            };
+            assert_eq!(s["txid"], want, "{source:?}");
+        }
+    }
+
+    /// LiteFS's `.lag` is exported in seconds when scraped; absent, 0.
+    #[tokio::test]
+    async fn metrics_export_the_replication_lag() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ProxyConfig {
+            mount: dir.path().to_path_buf(),
+            ..ProxyConfig::default()
+        };
+        let (_ptx, prx) = watch::channel(Primary::Unknown);
+        let p = Proxy::new(cfg, prx).unwrap();
+        let lag = |m: String| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("litefs_proxy_replication_lag_seconds "))
+                .map(str::to_owned)
+        };
+        assert_eq!(lag(get(&p, "/metrics").await.1).as_deref(), Some("0.0"));
+        std::fs::write(dir.path().join(".lag"), "+000001500\n").unwrap();
+        assert_eq!(lag(get(&p, "/metrics").await.1).as_deref(), Some("1.5"));
     }
 }

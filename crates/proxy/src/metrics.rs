@@ -34,6 +34,8 @@ pub struct Metrics {
     /// Reads on a replica whose token's checksum this node never observed at its TXID.
     pub token_unverified: Counter<u64, AtomicU64>,
     pub local_txid: Gauge<i64, AtomicI64>,
+    /// LiteFS's replication lag (`<mount>/.lag`) in seconds, read when scraped.
+    pub replication_lag: Gauge<f64, AtomicU64>,
     pub is_primary: Gauge<i64, AtomicI64>,
     /// Client connections being served by hyper.
     pub conns_serving: Gauge<i64, AtomicI64>,
@@ -122,6 +124,12 @@ impl Default for Metrics {
             "Local TXID of the database",
             local_txid.clone(),
         );
+        let replication_lag = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "replication_lag_seconds",
+            "Replication lag LiteFS reports in its .lag file (0 on the primary, and while absent)",
+            replication_lag.clone(),
+        );
         let is_primary = Gauge::default();
         registry.register(
             "is_primary",
@@ -172,6 +180,7 @@ impl Default for Metrics {
             token_diverged,
             token_unverified,
             local_txid,
+            replication_lag,
             is_primary,
         }
     }

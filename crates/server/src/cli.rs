@@ -1,4 +1,4 @@
-//! Command line: `litefs-proxy run|check` and the flags that override every other
+//! Command line: `litefs-proxy run|check|cluster status|...` and the flags that override every other
 //! config layer.
 
 use std::path::PathBuf;
@@ -19,12 +19,16 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy.
+    #[command(after_help = file_only_keys_help())]
     Run(ConfigArgs),
     /// Validate the config and print the effective config as TOML (secrets redacted).
     Check(ConfigArgs),
     /// Print a litefs.yml for this node: fuse/data dirs, the lease (raft: LiteFS's consul
     /// lease against this node's lease endpoint; static: LiteFS's static lease), exec.
     LitefsConfig(LitefsConfigArgs),
+    /// Look at a running cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// A local demo cluster on 127.0.0.1: per node a process with litefs-proxy, Raft, a
     /// LiteFS stand-in and a demo app. Prints a curl session; Ctrl-C stops everything.
     Demo(DemoArgs),
@@ -35,6 +39,39 @@ pub enum Command {
     /// stream, LiteFS's consul lease loop, optionally the demo app. For the demo and tests.
     #[command(hide = true)]
     SimLitefs(SimLitefsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// One row per peer: its proxy role, Raft role, LiteFS role and whether LiteFS is up,
+    /// TXID, replication lag, term, leader, and when it last answered. A node that does not
+    /// answer is listed `down`. Exits 1 when nothing could be asked.
+    Status(ClusterStatusArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ClusterStatusArgs {
+    /// Any node's litefs-proxy URL, e.g. `http://10.0.0.1:8080`: the cluster as that node
+    /// sees it (it asks its peers every second), so only that node need be reachable.
+    #[arg(
+        long,
+        value_name = "URL",
+        required_unless_present = "config",
+        conflicts_with = "config"
+    )]
+    pub url: Option<String>,
+    /// A litefs-proxy config: every peer of its `[election]` table is asked directly.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// A JSON list of objects (`node`, `role`, `txid`, `lag_ms`, ...) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// The proxy's endpoint prefix (with `--url`; a config says its own).
+    #[arg(long, value_name = "PREFIX", default_value = "/litefs")]
+    pub prefix: String,
+    /// How long a node may take to answer.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 /// A LiteFS node of the sim (see `litefs_sim::litefs`).
@@ -99,7 +136,8 @@ pub struct LitefsConfigArgs {
 /// Ports are the first node's; node i uses port + i - 1.
 #[derive(Debug, Args, Clone)]
 pub struct DemoArgs {
-    /// Number of nodes (3 or 5).
+    /// Number of nodes: 1 to 7 (3 or 5 is what a real cluster runs: a quorum survives the
+    /// loss of one or two).
     #[arg(long, default_value_t = 3)]
     pub nodes: u16,
     /// Working directory (default: a fresh temporary directory, removed at exit).
@@ -204,6 +242,61 @@ pub struct ConfigArgs {
     /// [election] lease_lock_delay: LiteFS's lease.consul.lock-delay.
     #[arg(long, value_name = "DURATION", alias = "lock-delay")]
     pub lease_lock_delay: Option<String>,
+}
+
+/// The config keys that have a flag (see [`ConfigArgs::overrides`]).
+const FLAGGED_KEYS: &[&str] = &[
+    "proxy.addr",
+    "proxy.target",
+    "proxy.db",
+    "proxy.mount",
+    "proxy.node_name",
+    "proxy.litefs_api",
+    "proxy.txid_source",
+    "proxy.on_read_timeout",
+    "proxy.read_wait_timeout",
+    "proxy.primary_redirect_timeout",
+    "role.source",
+    "role.is_primary",
+    "role.primary_url",
+    "role.primary_name",
+    "role.primary_url_template",
+    "election.lease_ttl",
+    "election.lease_lock_delay",
+];
+
+/// `run --help`'s closing note: the keys without a flag, from the example config (which
+/// lists every key, set or commented out; a test in tests/cli.rs keeps it so).
+fn file_only_keys_help() -> String {
+    const EXAMPLE: &str = include_str!("../../../config/litefs-proxy.toml");
+    let mut tables: Vec<(String, Vec<String>)> = Vec::new();
+    for line in EXAMPLE.lines() {
+        let body = line.strip_prefix("# ").unwrap_or(line);
+        if let Some(t) = body.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            tables.push((t.to_owned(), Vec::new()));
+            continue;
+        }
+        let Some((key, _)) = body.split_once(" = ") else {
+            continue;
+        };
+        let plain = !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+        if let Some((table, keys)) = tables.last_mut() {
+            let name = format!("{table}.{key}");
+            if plain && !FLAGGED_KEYS.contains(&name.as_str()) && !keys.iter().any(|k| k == key) {
+                keys.push(key.to_owned());
+            }
+        }
+    }
+    let mut lines = vec![
+        "These keys have no flag; they are set only in the config file or the environment \
+         (LITEFS_PROXY_<TABLE>__<KEY>, e.g. LITEFS_PROXY_PROXY__SYNC_REPLICAS=1):"
+            .to_owned(),
+    ];
+    for (table, keys) in tables.iter().filter(|(_, k)| !k.is_empty()) {
+        lines.push(format!("  [{table}] {}", keys.join(", ")));
+    }
+    lines.push("`litefs-proxy check` prints every key with its effective value.".to_owned());
+    lines.join("\n")
 }
 
 impl ConfigArgs {

@@ -19,7 +19,9 @@ use litefs_sim::{Lag, LagControl};
 use crate::{
     cli::{DemoArgs, DemoNodeArgs},
     config::Config,
+    demo_watch::NodeProc,
     role::{RoleConfig, RoleSource},
+    say,
 };
 
 const DB: &str = "db.sqlite3";
@@ -36,7 +38,7 @@ fn mount_of(dir: &Path, name: &str) -> PathBuf {
 pub fn supervise(args: DemoArgs) -> ExitCode {
     if !(1..=7).contains(&args.nodes) {
         eprintln!(
-            "litefs-proxy: invalid config: --nodes = {}: expected 1 to 7",
+            "litefs-proxy: invalid config: --nodes = {}: expected 1 to 7 (3 or 5 for a quorum that survives a failure)",
             args.nodes
         );
         return ExitCode::from(crate::EXIT_CONFIG);
@@ -59,10 +61,10 @@ pub fn supervise(args: DemoArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut children: Vec<(String, Child)> = Vec::new();
+    let mut children: Vec<NodeProc> = Vec::new();
     for i in 1..=args.nodes {
         match spawn_node(&exe, &args, &dir, i) {
-            Ok(c) => children.push((node_name(i), c)),
+            Ok(c) => children.push(c),
             Err(e) => {
                 eprintln!("litefs-proxy: cannot start {}: {e}", node_name(i));
                 stop_all(&mut children);
@@ -72,8 +74,11 @@ pub fn supervise(args: DemoArgs) -> ExitCode {
     }
     let code = crate::block_on(async {
         let ready = wait_for_leader(&args, Duration::from_secs(30)).await;
-        match ready {
-            Some(leader) => print_session(&args, &dir, &children, leader),
+        let leader = match ready {
+            Some(leader) => {
+                print_session(&args, &dir, &children, leader);
+                leader
+            }
             None => {
                 eprintln!(
                     "litefs-proxy: the demo cluster did not elect a leader in 30 s; logs in {}",
@@ -81,9 +86,12 @@ pub fn supervise(args: DemoArgs) -> ExitCode {
                 );
                 return ExitCode::FAILURE;
             }
-        }
+        };
         match crate::signals::shutdown() {
-            Ok(signal) => signal.await,
+            Ok(signal) => {
+                let leader = Some(node_name(leader));
+                crate::demo_watch::watch(&mut children, leader, signal, say).await
+            }
             Err(e) => eprintln!("litefs-proxy: cannot wait for signals: {e}"),
         }
         ExitCode::SUCCESS
@@ -96,61 +104,90 @@ pub fn supervise(args: DemoArgs) -> ExitCode {
     code
 }
 
-fn spawn_node(exe: &Path, args: &DemoArgs, dir: &Path, i: u16) -> std::io::Result<Child> {
+/// The arguments of node `i`'s process (`demo-node ...`).
+fn node_args(args: &DemoArgs, dir: &Path, i: u16) -> Vec<std::ffi::OsString> {
+    let mut out: Vec<std::ffi::OsString> = vec!["demo-node".into()];
+    let mut pair = |k: &str, v: std::ffi::OsString| {
+        out.push(k.into());
+        out.push(v);
+    };
+    pair("--index", i.to_string().into());
+    pair("--nodes", args.nodes.to_string().into());
+    pair("--dir", dir.as_os_str().to_owned());
+    pair("--proxy-port", args.proxy_port.to_string().into());
+    pair("--app-port", args.app_port.to_string().into());
+    pair("--raft-port", args.raft_port.to_string().into());
+    pair("--api-port", args.api_port.to_string().into());
+    pair("--lease-port", args.lease_port.to_string().into());
+    pair("--lag-ms", args.lag_ms.to_string().into());
+    out
+}
+
+/// A command line a shell runs as written: each word single-quoted unless plainly safe.
+fn shell_line(exe: &Path, args: &[std::ffi::OsString]) -> String {
+    std::iter::once(exe.as_os_str())
+        .chain(args.iter().map(|a| a.as_os_str()))
+        .map(|w| {
+            let w = w.to_string_lossy();
+            let plain = !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "/._-=:".contains(c));
+            if plain {
+                w.into_owned()
+            } else {
+                format!("'{}'", w.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn spawn_node(exe: &Path, args: &DemoArgs, dir: &Path, i: u16) -> std::io::Result<NodeProc> {
     let log = std::fs::File::create(dir.join(format!("{}.log", node_name(i))))?;
-    Command::new(exe)
-        .arg("demo-node")
-        .args([
-            "--index",
-            &i.to_string(),
-            "--nodes",
-            &args.nodes.to_string(),
-        ])
-        .args(["--dir".as_ref(), dir.as_os_str()])
-        .args([
-            "--proxy-port",
-            &args.proxy_port.to_string(),
-            "--app-port",
-            &args.app_port.to_string(),
-        ])
-        .args([
-            "--raft-port",
-            &args.raft_port.to_string(),
-            "--api-port",
-            &args.api_port.to_string(),
-        ])
-        .args(["--lease-port", &args.lease_port.to_string()])
-        .args(["--lag-ms", &args.lag_ms.to_string()])
+    let argv = node_args(args, dir, i);
+    let child = Command::new(exe)
+        .args(&argv)
         // The node exits when this pipe closes, whatever way the supervisor ends.
         .stdin(Stdio::piped())
         .stdout(log.try_clone()?)
         .stderr(log)
-        .spawn()
+        .spawn()?;
+    // By hand, from a terminal: the same node, logging to that terminal.
+    Ok(NodeProc {
+        name: node_name(i),
+        port: args.proxy_port + i - 1,
+        child,
+        exited: false,
+        restart: shell_line(exe, &argv),
+    })
 }
 
-/// SIGTERM to every node (a leader hands over), then SIGKILL to whatever is left.
-fn stop_all(children: &mut Vec<(String, Child)>) {
-    for (_, c) in children.iter_mut() {
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
+/// SIGTERM to every node still running (a leader hands over), then SIGKILL to whatever is
+/// left. A node already reaped is left alone: its pid may be another process's by now.
+fn stop_all(nodes: &mut Vec<NodeProc>) {
+    for n in nodes.iter_mut() {
+        if !n.exited && matches!(n.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &n.child.id().to_string()])
+                .status();
+        }
     }
     let end = Instant::now() + Duration::from_secs(10);
-    for (name, c) in children.iter_mut() {
+    for n in nodes.iter_mut() {
         loop {
-            match c.try_wait() {
+            match n.child.try_wait() {
                 Ok(Some(_)) | Err(_) => break,
                 Ok(None) if Instant::now() > end => {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    eprintln!("{name} did not stop in time; killed");
+                    let _ = n.child.kill();
+                    let _ = n.child.wait();
+                    eprintln!("{} did not stop in time; killed", n.name);
                     break;
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             }
         }
     }
-    children.clear();
+    nodes.clear();
 }
 
 /// `GET path` on 127.0.0.1:port with a plain blocking socket (the demo needs nothing more).
@@ -194,7 +231,7 @@ async fn wait_for_leader(args: &DemoArgs, within: Duration) -> Option<u16> {
     None
 }
 
-fn print_session(args: &DemoArgs, dir: &Path, children: &[(String, Child)], leader: u16) {
+fn print_session(args: &DemoArgs, dir: &Path, children: &[NodeProc], leader: u16) {
     let port = |i: u16| args.proxy_port + i - 1;
     let replicas: Vec<u16> = (1..=args.nodes).filter(|&i| i != leader).collect();
     let (w, r) = match replicas[..] {
@@ -213,8 +250,8 @@ fn print_session(args: &DemoArgs, dir: &Path, children: &[(String, Child)], lead
         "raft",
         "litefs"
     );
-    for (k, (name, c)) in children.iter().enumerate() {
-        let k = k as u16;
+    for (k, n) in children.iter().enumerate() {
+        let (k, name, c) = (k as u16, &n.name, &n.child);
         let role = if k + 1 == leader {
             "primary (Raft leader)"
         } else {
@@ -229,7 +266,7 @@ fn print_session(args: &DemoArgs, dir: &Path, children: &[(String, Child)], lead
             args.api_port + k,
         );
     }
-    let leader_pid = children[(leader - 1) as usize].1.id();
+    let leader_pid = children[(leader - 1) as usize].child.id();
     out += &format!(
         r#"
 Replication lag is {lag} ms. Paste these in another terminal:
@@ -242,29 +279,28 @@ Replication lag is {lag} ms. Paste these in another terminal:
   time curl -s -b /tmp/demo.jar http://127.0.0.1:{pr}/items
   curl -s http://127.0.0.1:{pr}/items        # without it: may miss the write
 
-  # 3. who leads, TXIDs, held/waiting requests; Prometheus metrics
+  # 3. every node as one node sees it; one node's status; Prometheus metrics
+  {exe} cluster status --url http://127.0.0.1:{pw}
   curl -s http://127.0.0.1:{pw}/litefs/status; echo
   curl -s http://127.0.0.1:{pw}/litefs/metrics | grep -E '^litefs_(proxy_requests|election_term)'
 
   # 4. failover: kill the leader, then write again through a survivor (held, then served)
   kill -9 {leader_pid}
   time curl -si -c /tmp/demo.jar -X POST -d 'after failover' http://127.0.0.1:{pw}/items
-  curl -s http://127.0.0.1:{pw}/litefs/status; echo
+  {exe} cluster status --url http://127.0.0.1:{pw}
 
-Ctrl-C stops the whole cluster.
+This terminal reports each node that exits and each change of leader. Ctrl-C stops the
+whole cluster.
 demo ready: leader node-{leader} pid {leader_pid}
 "#,
         lag = args.lag_ms,
+        exe = std::env::current_exe()
+            .map(|e| e.display().to_string())
+            .unwrap_or_else(|_| "litefs-proxy".into()),
         pw = port(w),
         pr = port(r),
     );
     say(&out);
-}
-
-/// Writes to stdout; a closed stdout (piped into `head`, say) is not a reason to stop.
-fn say(s: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(s.as_bytes()).and_then(|()| out.flush());
 }
 
 /// One node: LiteFS stand-in, demo app, election and proxy, until the supervisor goes.

@@ -3,10 +3,13 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod cluster_status;
 pub mod config;
 pub mod demo;
+pub mod demo_watch;
 pub mod litefs_config;
 pub mod litefs_yml;
+pub mod peer_view;
 pub mod role;
 pub mod run;
 pub mod signals;
@@ -35,6 +38,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         }
     };
     match cli.command {
+        Command::Cluster(cli::ClusterCommand::Status(a)) => cluster_status::main(a),
         Command::Demo(a) => demo::supervise(a),
         Command::DemoNode(a) => demo::node(a),
         Command::SimLitefs(a) => demo::sim_litefs(a),
@@ -85,16 +89,28 @@ fn with_config(args: &ConfigArgs, then: impl FnOnce(config::Config) -> ExitCode)
 
 /// Runs `fut` on a multi-threaded runtime.
 pub fn block_on(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    block_on_value(fut).unwrap_or_else(|code| code)
+}
+
+/// Runs `fut` on a multi-threaded runtime; `Err` (said on stderr) when there is none.
+pub fn block_on_value<T>(fut: impl std::future::Future<Output = T>) -> Result<T, ExitCode> {
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(fut),
+        Ok(rt) => Ok(rt.block_on(fut)),
         Err(e) => {
             eprintln!("litefs-proxy: cannot start the runtime: {e}");
-            ExitCode::FAILURE
+            Err(ExitCode::FAILURE)
         }
     }
+}
+
+/// Writes to stdout; a closed stdout (piped into `head`, say) is not a reason to stop.
+pub fn say(s: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(s.as_bytes()).and_then(|()| out.flush());
 }
 
 /// The log filter when neither `--log` nor `RUST_LOG` is given. openraft logs every vote

@@ -12,7 +12,7 @@ use crate::{
         confirm,
         litefs_source::LitefsSource,
         promote,
-        raft_source::{self, RaftRole},
+        raft_source::{self, ClusterStatus, RaftRole},
         static_source, RoleSource,
     },
     signals, EXIT_CONFIG,
@@ -58,6 +58,9 @@ async fn serve(
     // and LiteFS's view, which shutdown waits on until the handoff is done.
     let mut promoter = None;
     let mut handing_off: Option<watch::Receiver<Primary>> = None;
+    // With Raft: every peer's status, for `/litefs/status` and `cluster status`.
+    let mut peer_view = None;
+    let mut litefs_view = None;
     let _role_task = match cfg.role.source {
         RoleSource::Static => {
             tx.send_replace(static_source::initial(&cfg.role)?);
@@ -89,6 +92,11 @@ async fn serve(
                 .into_iter()
                 .map(|p| (p.id, p.proxy))
                 .collect();
+            peer_view = Some(crate::peer_view::PeerView::start(
+                &election.node_id,
+                peers.clone(),
+                &cfg.proxy.endpoint_prefix,
+            ));
             // Writes go local only once LiteFS holds the lease too (see role::confirm), and
             // the node may lead only while its LiteFS is up.
             let source = confirm.then(|| {
@@ -117,6 +125,7 @@ async fn serve(
                     ))));
                     handing_off = Some(lrx.clone());
                 }
+                litefs_view = Some(lrx.clone());
                 confirmed_by = Some(lrx);
                 AbortOnDrop(tokio::spawn(source.run(ltx)))
             })
@@ -134,8 +143,15 @@ async fn serve(
         }
     };
     if let Some(role) = &raft {
+        let status = ClusterStatus {
+            raft: role.clone(),
+            peers: peer_view
+                .take()
+                .context("the peer view starts with the election")?,
+            litefs: litefs_view.take(),
+        };
         proxy = proxy
-            .with_extension(Arc::new(role.clone()))
+            .with_extension(Arc::new(status))
             .with_fence(role.fence())
             .with_replicas(role.replicas());
         role.follow_position(proxy.local_txid(), cfg.proxy.sync_replicas.unwrap_or(0) > 0);

@@ -189,6 +189,71 @@ fn flags_reach_every_table() {
     assert_eq!(get(&cfg, "role.primary_name").as_str(), Some("node-1"));
 }
 
+/// `:99999` is named for what is wrong with it, through the binary.
+#[test]
+fn a_port_out_of_range_is_named() {
+    let out = check(&["--addr", ":99999"], &[]);
+    assert_invalid(&out, "proxy.addr");
+    assert!(
+        out.stderr.contains("\":99999\": port out of range"),
+        "{}",
+        out.stderr
+    );
+}
+
+fn help(sub: &str) -> String {
+    let out = cmd()
+        .args([sub, "--help"])
+        .output()
+        .expect("running litefs-proxy");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `demo --help` says which node counts it accepts, and it refuses others (exit 64).
+#[test]
+fn demo_help_gives_the_node_counts() {
+    let h = help("demo");
+    assert!(h.contains("1 to 7"), "{h}");
+    let out = cmd()
+        .args(["demo", "--nodes", "9"])
+        .output()
+        .expect("running litefs-proxy");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 to 7"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `run --help` says that most keys have no flag and how to set them.
+#[test]
+fn run_help_says_which_keys_are_file_or_environment_only() {
+    let h = help("run");
+    for needle in [
+        "only in the config file or the environment",
+        "LITEFS_PROXY_PROXY__SYNC_REPLICAS",
+        "[election]",
+        "litefs-proxy check",
+    ] {
+        assert!(h.contains(needle), "{needle:?} missing from:\n{h}");
+    }
+    let proxy = h
+        .lines()
+        .find(|l| l.starts_with("  [proxy] "))
+        .unwrap_or_else(|| panic!("no [proxy] line in:\n{h}"));
+    let keys: Vec<&str> = proxy["  [proxy] ".len()..].split(", ").collect();
+    assert!(
+        keys.contains(&"sync_replicas") && keys.contains(&"shutdown_grace"),
+        "{proxy}"
+    );
+    assert!(
+        !keys.contains(&"read_wait_timeout"),
+        "it has a flag: {proxy}"
+    );
+}
+
 #[test]
 fn invalid_configs_exit_64_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();

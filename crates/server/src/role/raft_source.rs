@@ -209,6 +209,33 @@ fn relay_positions(
     rx
 }
 
+/// What `/litefs/status` says under `election`: the election's status, plus what this node's
+/// LiteFS says it is (`litefs_role`) and every peer's last answer (`peers`, see
+/// [`crate::peer_view`]).
+pub struct ClusterStatus {
+    pub raft: RaftRole,
+    pub peers: crate::peer_view::PeerView,
+    /// The local LiteFS's own view of the primary, when it is followed.
+    pub litefs: Option<watch::Receiver<Primary>>,
+}
+
+impl StatusExtension for ClusterStatus {
+    fn status(&self) -> serde_json::Value {
+        let mut v = self.raft.status();
+        if let Some(obj) = v.as_object_mut() {
+            if let Some(l) = &self.litefs {
+                obj.insert("litefs_role".into(), l.borrow().role().into());
+            }
+            obj.insert("peers".into(), self.peers.rows());
+        }
+        v
+    }
+
+    fn metrics(&self, out: &mut String) {
+        self.raft.metrics(out)
+    }
+}
+
 impl StatusExtension for RaftRole {
     fn status(&self) -> serde_json::Value {
         match self.election.lock().ok().as_ref().and_then(|e| e.as_ref()) {
