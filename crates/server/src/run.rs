@@ -3,7 +3,10 @@
 use std::{process::ExitCode, sync::Arc};
 
 use anyhow::Context;
-use litefs_proxy::{Primary, Proxy};
+use litefs_proxy::{
+    trust::{Cidrs, PeerAuth},
+    Primary, Proxy,
+};
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
@@ -58,6 +61,8 @@ async fn serve(
     // and LiteFS's view, which shutdown waits on until the handoff is done.
     let mut promoter = None;
     let mut handing_off: Option<watch::Receiver<Primary>> = None;
+    // Where peer proxies may forward from, when hop headers are not signed.
+    let mut peer_hosts: Vec<String> = Vec::new();
     let _role_task = match cfg.role.source {
         RoleSource::Static => {
             tx.send_replace(static_source::initial(&cfg.role)?);
@@ -84,11 +89,17 @@ async fn serve(
                 .confirm_litefs
                 .unwrap_or(election.lease_addr.is_some());
             // LiteFS names the primary by node id (litefs-config's lease.hostname).
-            let peers: Vec<(String, String)> = election
-                .resolve_peers(addr.port())
-                .into_iter()
-                .map(|p| (p.id, p.proxy))
-                .collect();
+            let resolved = election.resolve_peers(addr.port());
+            for p in &resolved {
+                peer_hosts.push(p.raft.clone());
+                if let Ok(uri) = p.proxy.parse::<http::Uri>() {
+                    if let Some(a) = uri.authority() {
+                        peer_hosts.push(format!("{}:{}", a.host(), a.port_u16().unwrap_or(80)));
+                    }
+                }
+            }
+            let peers: Vec<(String, String)> =
+                resolved.into_iter().map(|p| (p.id, p.proxy)).collect();
             // Writes go local only once LiteFS holds the lease too (see role::confirm), and
             // the node may lead only while its LiteFS is up.
             let source = confirm.then(|| {
@@ -143,6 +154,7 @@ async fn serve(
     if let Some(up) = litefs_up {
         proxy = proxy.with_litefs_up(up);
     }
+    proxy = proxy.with_peers(peer_auth(&cfg, &peer_hosts).await);
     let signal = signals::shutdown().context("installing signal handlers")?;
     // On a signal, a leader hands leadership over first, then the proxy stops accepting
     // and drains while the election keeps following the new leader (writes held here are
@@ -187,6 +199,33 @@ async fn serve(
     tracing::info!("drained; bye");
     drop(tx);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who the peer proxies are, for the hop header: with `election.cluster_secret` (whatever
+/// the role source), signed hop headers only; without, loopback and the addresses the peer
+/// table's hosts resolve to now (a name that later moves to another address is not
+/// followed: set the secret).
+async fn peer_auth(cfg: &Config, peer_hosts: &[String]) -> PeerAuth {
+    let secret = cfg
+        .election
+        .as_ref()
+        .and_then(|e| e.get("cluster_secret"))
+        .and_then(|v| v.as_str());
+    if secret.is_some() {
+        return PeerAuth::new(secret, Cidrs::default());
+    }
+    let mut addrs = Vec::new();
+    for host in peer_hosts {
+        match tokio::net::lookup_host(host.as_str()).await {
+            Ok(found) => addrs.extend(found.map(|a| a.ip())),
+            Err(e) => tracing::warn!(
+                peer = %host,
+                error = %e,
+                "cannot resolve a peer: its forwards' hop headers will be ignored (set election.cluster_secret to sign them)"
+            ),
+        }
+    }
+    PeerAuth::new(None, Cidrs::loopback().with_addrs(addrs))
 }
 
 /// Stops a background task when the run ends.

@@ -223,6 +223,14 @@ fn invalid_configs_exit_64_naming_the_key() {
             "[role]\nsource = \"litefs\"\nprimary_url_template = \"http://node-1:8080\"\n",
             "role.primary_url_template",
         ),
+        (
+            "[proxy]\ntrusted_proxies = [\"10.0.0.0/8\", \"lb.internal\"]\n",
+            "proxy.trusted_proxies",
+        ),
+        (
+            "[proxy]\nadmin_allow = [\"10.0.0.0/99\"]\n",
+            "proxy.admin_allow",
+        ),
         ("[proxy\n", "--config"),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
