@@ -236,3 +236,38 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use litefs_proxy::trust::Hop;
+
+    use super::*;
+
+    fn hop(value: &str) -> http::request::Parts {
+        let req = http::Request::post("/items").header("litefs-proxy-hop", value);
+        req.body(()).unwrap().into_parts().0
+    }
+
+    #[tokio::test]
+    async fn peers_sign_with_the_cluster_secret_or_are_known_by_address() {
+        let ip = |s: &str| s.parse().unwrap();
+        let mut cfg = Config::default();
+        let hosts = ["10.1.2.3:4321".to_owned(), "10.1.2.4:8080".to_owned()];
+        let unsigned = peer_auth(&cfg, &hosts).await;
+        for peer in ["127.0.0.1", "10.1.2.3", "10.1.2.4"] {
+            assert_eq!(unsigned.verify(ip(peer), &hop("2")), Hop::Peer(2), "{peer}");
+        }
+        assert_eq!(unsigned.verify(ip("10.1.2.5"), &hop("2")), Hop::Untrusted);
+
+        let mut election = toml::Table::new();
+        election.insert("cluster_secret".into(), "0123456789abcdef0123".into());
+        cfg.election = Some(election);
+        let signed = peer_auth(&cfg, &hosts).await;
+        assert_eq!(signed.verify(ip("127.0.0.1"), &hop("2")), Hop::Untrusted);
+        let head = hop("");
+        let value = signed.hop_value(2, &head);
+        let mut sent = head;
+        sent.headers.insert("litefs-proxy-hop", value);
+        assert_eq!(signed.verify(ip("192.0.2.1"), &sent), Hop::Peer(2));
+    }
+}
