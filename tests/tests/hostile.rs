@@ -11,6 +11,7 @@ use litefs_proxy::{
 };
 use litefs_proxy_tests::{
     client::{get, post},
+    cluster::{Cluster, Options},
     eventually,
     node::{pair, pair_with, test_config, ProxyNode},
 };
@@ -597,6 +598,45 @@ async fn without_a_secret_hop_headers_are_believed_from_peer_addresses_only() {
     assert_eq!(status(&resp), "508", "{resp}");
     assert_eq!(a.app.count(), 1);
     no_app_saw_a_hop_header(&[&a, &b]);
+}
+
+/// The binary wires `election.cluster_secret` into the proxy: a real forward between two
+/// processes is signed and served, and a loopback client's hop header (which an unsigned,
+/// loopback-trusting proxy would believe) is not.
+#[tokio::test]
+async fn the_binary_signs_forwards_with_the_cluster_secret() {
+    let c = Cluster::start(Options {
+        proxy_extra: "primary_redirect_timeout = \"1s\"\n".into(),
+        election_extra: format!("cluster_secret = \"{CLUSTER_SECRET}\"\n"),
+        ..Options::default()
+    })
+    .await;
+    let leader = c
+        .wait_leader(&[0, 1, 2], Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    let replica = (leader + 1) % 3;
+    let resp = post(c.nodes[replica].proxy, "/items", &[], "x")
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("x-app"), Some(c.nodes[leader].id.as_str()));
+    let resp = exchange(c.nodes[replica].proxy, write_with_hop("2").as_bytes()).await;
+    assert_eq!(status(&resp), "200", "{resp}");
+    assert!(
+        head(&resp).contains(&format!("x-app: {}", c.nodes[leader].id)),
+        "{resp}"
+    );
+    for n in &c.nodes {
+        for seen in n.app.seen() {
+            assert!(
+                !seen.headers.contains_key("litefs-proxy-hop"),
+                "{:?}",
+                seen.headers
+            );
+        }
+    }
+    assert_eq!(c.nodes[leader].app.count(), 2);
 }
 
 /// The request with every client-description header a client might forge.
