@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use litefs_proxy::{Primary, Proxy, ProxyConfig};
+use litefs_proxy::{trust::PeerAuth, Primary, Proxy, ProxyConfig};
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::app::TestApp;
@@ -48,6 +48,17 @@ impl ProxyNode {
         primary: Primary,
         cfg: ProxyConfig,
     ) -> ProxyNode {
+        Self::start_with(listener, name, primary, cfg, PeerAuth::default()).await
+    }
+
+    /// [`ProxyNode::start_on`] with `peers` deciding whose hop headers are believed.
+    pub async fn start_with(
+        listener: TcpListener,
+        name: &str,
+        primary: Primary,
+        cfg: ProxyConfig,
+        peers: PeerAuth,
+    ) -> ProxyNode {
         let dir = tempfile::tempdir().expect("tempdir");
         let mount: PathBuf = dir.path().join("litefs");
         let sim = litefs_sim::Node::new(litefs_sim::NodeConfig {
@@ -67,7 +78,7 @@ impl ProxyNode {
             ..cfg
         };
         let (tx, rx) = watch::channel(primary);
-        let proxy = Proxy::new(cfg, rx).expect("valid config");
+        let proxy = Proxy::new(cfg, rx).expect("valid config").with_peers(peers);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let served = tokio::spawn({
             let proxy = proxy.clone();
@@ -139,7 +150,27 @@ impl Drop for ProxyNode {
 
 /// A primary `node-a` and a replica `node-b` that forwards to it, both with `cfg`.
 pub async fn pair(cfg: ProxyConfig) -> (ProxyNode, ProxyNode) {
-    let a = ProxyNode::start("node-a", Primary::Local, cfg.clone()).await;
-    let b = ProxyNode::start("node-b", a.as_remote(), cfg).await;
+    pair_with(cfg, PeerAuth::default()).await
+}
+
+/// [`pair`] with `peers` deciding, on both, whose hop headers are believed.
+pub async fn pair_with(cfg: ProxyConfig, peers: PeerAuth) -> (ProxyNode, ProxyNode) {
+    let bind = || TcpListener::bind("127.0.0.1:0");
+    let a = ProxyNode::start_with(
+        bind().await.expect("bind proxy"),
+        "node-a",
+        Primary::Local,
+        cfg.clone(),
+        peers.clone(),
+    )
+    .await;
+    let b = ProxyNode::start_with(
+        bind().await.expect("bind proxy"),
+        "node-b",
+        a.as_remote(),
+        cfg,
+        peers,
+    )
+    .await;
     (a, b)
 }

@@ -3,15 +3,21 @@
 
 use std::time::Duration;
 
-use litefs_proxy::{Primary, Proxy, ProxyConfig};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use litefs_proxy::{
+    trust::{Cidrs, PeerAuth},
+    Primary, Proxy, ProxyConfig,
+};
 use litefs_proxy_tests::{
-    client::get,
+    client::{get, post},
+    cluster::{Cluster, Options},
     eventually,
-    node::{pair, test_config, ProxyNode},
+    node::{pair, pair_with, test_config, ProxyNode},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpSocket, TcpStream},
 };
 
 /// Sends `bytes` on a new connection and reads until the proxy closes it (every request
@@ -19,6 +25,17 @@ use tokio::{
 async fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     // The proxy may answer and close before it has read everything.
+    let _ = s.write_all(bytes).await;
+    read_to_close(&mut s, Duration::from_secs(10)).await
+}
+
+/// [`exchange`] from the local address `from` (any of 127.0.0.0/8 is this machine).
+async fn exchange_from(from: [u8; 4], addr: SocketAddr, bytes: &[u8]) -> String {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from((from, 0)))
+        .expect("bind the client's address");
+    let mut s = socket.connect(addr).await.expect("connect");
     let _ = s.write_all(bytes).await;
     read_to_close(&mut s, Duration::from_secs(10)).await
 }
@@ -427,4 +444,296 @@ async fn requests_past_max_in_flight_get_503() {
     }
     let resp = get(a.addr, "/items", &[]).await.unwrap();
     assert_eq!(resp.status, 200);
+}
+
+const CLUSTER_SECRET: &str = "a-cluster-secret-for-tests";
+/// A client on this machine that is not 127.0.0.1.
+const OUTSIDER: [u8; 4] = [127, 0, 0, 2];
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+fn signed_peers() -> PeerAuth {
+    PeerAuth::new(Some(CLUSTER_SECRET), Cidrs::default())
+}
+
+/// A write with `litefs-proxy-hop: <hop>`.
+fn write_with_hop(hop: &str) -> String {
+    format!(
+        "POST /items HTTP/1.1\r\nHost: x\r\nlitefs-proxy-hop: {hop}\r\nContent-Length: 1\r\nConnection: close\r\n\r\nw"
+    )
+}
+
+/// No app of `nodes` ever saw a hop header.
+fn no_app_saw_a_hop_header(nodes: &[&ProxyNode]) {
+    for n in nodes {
+        for seen in n.app.seen() {
+            assert!(
+                !seen.headers.contains_key("litefs-proxy-hop"),
+                "{}'s app saw {} {} with {:?}",
+                n.name,
+                seen.method,
+                seen.path,
+                seen.headers
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_clients_hop_header_gets_normal_treatment_and_never_reaches_an_app() {
+    let (a, b) = pair_with(test_config(), signed_peers()).await;
+    // Believed, `2` on a replica would hold the write (a request that made two hops is never
+    // sent on) and then 503; `3` or garbage would be a loop (508).
+    let forged = [
+        "2",
+        "1",
+        "3",
+        "garbage",
+        "2.1700000000000.00000000000000000000000000000000",
+    ];
+    for hop in forged {
+        let resp = exchange(b.addr, write_with_hop(hop).as_bytes()).await;
+        assert_eq!(status(&resp), "200", "hop {hop}: {resp}");
+        assert!(head(&resp).contains("x-app: node-a"), "hop {hop}: {resp}");
+    }
+    let resp = exchange(a.addr, write_with_hop("3").as_bytes()).await;
+    assert_eq!(status(&resp), "200", "{resp}");
+    assert_eq!(a.app.count(), forged.len() + 1);
+
+    // Believed, `1` on a read would skip its wait and go to the primary.
+    b.sim.set_txid(3);
+    let proxy = b.proxy.clone();
+    assert!(
+        eventually(Duration::from_secs(2), || proxy.local_txid().current().0
+            == 3)
+        .await
+    );
+    let addr = b.addr;
+    let read = tokio::spawn(async move {
+        exchange(
+            addr,
+            b"GET /items HTTP/1.1\r\nHost: x\r\nCookie: litefs-txid=0000000000000005\r\n\
+              litefs-proxy-hop: 1\r\nConnection: close\r\n\r\n",
+        )
+        .await
+    });
+    assert!(
+        eventually(Duration::from_secs(2), || proxy.waiting_reads() == 1).await,
+        "the read waits like any client's"
+    );
+    b.sim.set_txid(5);
+    let resp = read.await.unwrap();
+    assert_eq!(status(&resp), "200", "{resp}");
+    assert!(head(&resp).contains("x-app: node-b"), "{resp}");
+
+    no_app_saw_a_hop_header(&[&a, &b]);
+    let m = metrics(&b).await;
+    assert!(
+        m.contains(&format!(
+            "litefs_proxy_untrusted_hop_headers_total {}",
+            forged.len() + 1
+        )),
+        "{m}"
+    );
+    // b's own (signed) forwards were believed by a; only the direct one was not.
+    assert!(
+        metrics(&a)
+            .await
+            .contains("litefs_proxy_untrusted_hop_headers_total 1"),
+        "{}",
+        metrics(&a).await
+    );
+}
+
+/// Signed forwards between proxies are believed: the hop limit still ends a loop (each
+/// node thinks the other is primary), and a node that knows better sends a forward on once.
+#[tokio::test]
+async fn signed_forwards_keep_their_hop_count() {
+    let cfg = ProxyConfig {
+        primary_redirect_timeout: Duration::from_millis(400),
+        ..test_config()
+    };
+    let bind = || TcpListener::bind("127.0.0.1:0");
+    let start = |name: &'static str, primary: Primary, cfg: ProxyConfig| async move {
+        ProxyNode::start_with(bind().await.unwrap(), name, primary, cfg, signed_peers()).await
+    };
+    let a = start("node-a", Primary::Unknown, cfg.clone()).await;
+    let b = start("node-b", a.as_remote(), cfg.clone()).await;
+    a.primary.send_replace(b.as_remote());
+    let resp = post(b.addr, "/items", &[], "loop").await.unwrap();
+    assert_eq!(resp.status, 503, "{}", resp.text());
+    assert_eq!((a.app.count(), b.app.count()), (0, 0));
+    let m = metrics(&b).await;
+    assert!(
+        m.contains(r#"litefs_proxy_requests_total{class="write",outcome="no_primary"} 1"#),
+        "b held the write that came back after two hops:\n{m}"
+    );
+
+    let c = start("node-c", Primary::Local, cfg.clone()).await;
+    a.primary.send_replace(c.as_remote());
+    let d = start("node-d", a.as_remote(), cfg).await;
+    let resp = post(d.addr, "/items", &[], "stale view").await.unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("x-app"), Some("node-c"));
+    no_app_saw_a_hop_header(&[&a, &b, &c, &d]);
+    for n in [&a, &c] {
+        assert!(
+            metrics(n)
+                .await
+                .contains("litefs_proxy_untrusted_hop_headers_total 0"),
+            "{}",
+            n.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_a_secret_hop_headers_are_believed_from_peer_addresses_only() {
+    let peers = PeerAuth::new(None, Cidrs::default().with_addrs([LOCALHOST]));
+    let (a, b) = pair_with(test_config(), peers).await;
+    let resp = exchange_from(OUTSIDER, b.addr, write_with_hop("2").as_bytes()).await;
+    assert_eq!(status(&resp), "200", "{resp}");
+    assert!(head(&resp).contains("x-app: node-a"), "{resp}");
+    // From a peer's address the count is believed: three hops is a loop.
+    let resp = exchange(a.addr, write_with_hop("3").as_bytes()).await;
+    assert_eq!(status(&resp), "508", "{resp}");
+    assert_eq!(a.app.count(), 1);
+    no_app_saw_a_hop_header(&[&a, &b]);
+}
+
+/// The binary wires `election.cluster_secret` into the proxy: a real forward between two
+/// processes is signed and served, and a loopback client's hop header (which an unsigned,
+/// loopback-trusting proxy would believe) is not.
+#[tokio::test]
+async fn the_binary_signs_forwards_with_the_cluster_secret() {
+    let c = Cluster::start(Options {
+        proxy_extra: "primary_redirect_timeout = \"1s\"\n".into(),
+        election_extra: format!("cluster_secret = \"{CLUSTER_SECRET}\"\n"),
+        ..Options::default()
+    })
+    .await;
+    let leader = c
+        .wait_leader(&[0, 1, 2], Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    let replica = (leader + 1) % 3;
+    let resp = post(c.nodes[replica].proxy, "/items", &[], "x")
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("x-app"), Some(c.nodes[leader].id.as_str()));
+    let resp = exchange(c.nodes[replica].proxy, write_with_hop("2").as_bytes()).await;
+    assert_eq!(status(&resp), "200", "{resp}");
+    assert!(
+        head(&resp).contains(&format!("x-app: {}", c.nodes[leader].id)),
+        "{resp}"
+    );
+    for n in &c.nodes {
+        for seen in n.app.seen() {
+            assert!(
+                !seen.headers.contains_key("litefs-proxy-hop"),
+                "{:?}",
+                seen.headers
+            );
+        }
+    }
+    assert_eq!(c.nodes[leader].app.count(), 2);
+}
+
+/// The request with every client-description header a client might forge.
+const FORGED_FORWARDED: &[u8] = b"GET /items HTTP/1.1\r\nHost: shop.test\r\n\
+    X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: admin.test\r\n\
+    Forwarded: for=203.0.113.9;proto=https\r\nX-Real-IP: 203.0.113.9\r\nConnection: close\r\n\r\n";
+
+#[tokio::test]
+async fn x_forwarded_headers_are_believed_only_from_trusted_proxies() {
+    let cfg = ProxyConfig {
+        trusted_proxies: vec!["127.0.0.1/32".into()],
+        ..test_config()
+    };
+    let a = ProxyNode::start("node-a", Primary::Local, cfg).await;
+    // Not a trusted proxy: replaced with what the proxy saw.
+    let resp = exchange_from(OUTSIDER, a.addr, FORGED_FORWARDED).await;
+    assert_eq!(status(&resp), "200", "{resp}");
+    let seen = a.app.seen().pop().unwrap();
+    let h = &seen.headers;
+    assert_eq!(h["x-forwarded-for"], "127.0.0.2", "{h:?}");
+    assert_eq!(h["x-forwarded-proto"], "http", "{h:?}");
+    assert_eq!(h["x-forwarded-host"], "shop.test", "{h:?}");
+    assert!(
+        !h.contains_key("forwarded") && !h.contains_key("x-real-ip"),
+        "{h:?}"
+    );
+    // A trusted proxy's are kept, the client appended.
+    let resp = exchange(a.addr, FORGED_FORWARDED).await;
+    assert_eq!(status(&resp), "200", "{resp}");
+    let seen = a.app.seen().pop().unwrap();
+    let h = &seen.headers;
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1", "{h:?}");
+    assert_eq!(h["x-forwarded-proto"], "https", "{h:?}");
+    assert_eq!(h["x-forwarded-host"], "admin.test", "{h:?}");
+    assert_eq!(h["x-real-ip"], "203.0.113.9", "{h:?}");
+}
+
+#[tokio::test]
+async fn a_peer_proxys_forwarded_headers_are_kept_but_not_what_its_client_forged() {
+    // No trusted proxy at all: only the peer's forward is believed.
+    let cfg = ProxyConfig {
+        trusted_proxies: vec![],
+        ..test_config()
+    };
+    let (a, b) = pair_with(cfg, signed_peers()).await;
+    let write = b"POST /items HTTP/1.1\r\nHost: shop.test\r\nX-Forwarded-For: 203.0.113.9\r\n\
+        X-Forwarded-Proto: https\r\nX-Forwarded-Host: admin.test\r\nContent-Length: 1\r\n\
+        Connection: close\r\n\r\nw";
+    let resp = exchange(b.addr, write).await;
+    assert_eq!(status(&resp), "200", "{resp}");
+    let seen = a.app.seen().pop().unwrap();
+    let h = &seen.headers;
+    assert_eq!(
+        h["x-forwarded-for"], "127.0.0.1, 127.0.0.1",
+        "the client as b saw it, then b as a saw it: {h:?}"
+    );
+    assert_eq!(h["x-forwarded-proto"], "http", "{h:?}");
+    assert_eq!(h["x-forwarded-host"], "shop.test", "{h:?}");
+}
+
+#[tokio::test]
+async fn status_and_metrics_can_be_limited_to_admin_allow_health_stays_open() {
+    let get_from = |from: [u8; 4], addr: SocketAddr, path: &'static str| async move {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        exchange_from(from, addr, req.as_bytes()).await
+    };
+    // Default: everyone, as before.
+    let open = ProxyNode::start("node-o", Primary::Local, test_config()).await;
+    for path in ["/litefs/status", "/litefs/metrics", "/litefs/health"] {
+        let resp = get_from(OUTSIDER, open.addr, path).await;
+        assert_eq!(status(&resp), "200", "{path}: {resp}");
+    }
+    let cfg = ProxyConfig {
+        admin_allow: vec!["127.0.0.1/32".into()],
+        ..test_config()
+    };
+    let a = ProxyNode::start("node-a", Primary::Local, cfg).await;
+    for path in ["/litefs/status", "/litefs/metrics"] {
+        let resp = get_from(OUTSIDER, a.addr, path).await;
+        assert_eq!(status(&resp), "403", "{path}: {resp}");
+        assert!(!resp.contains("litefs_proxy_requests_total"), "{resp}");
+        assert!(!resp.contains("\"node\""), "{resp}");
+        let resp = get_from([127, 0, 0, 1], a.addr, path).await;
+        assert_eq!(status(&resp), "200", "{path}: {resp}");
+    }
+    let resp = get_from(OUTSIDER, a.addr, "/litefs/health").await;
+    assert_eq!(status(&resp), "200", "{resp}");
+    // Still 405 for other methods, whoever asks; and no app saw any of it.
+    let resp = exchange_from(
+        OUTSIDER,
+        a.addr,
+        b"DELETE /litefs/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status(&resp), "405", "{resp}");
+    assert_eq!((open.app.count(), a.app.count()), (0, 0));
+    assert!(metrics(&a)
+        .await
+        .contains(r#"litefs_proxy_requests_total{class="rejected",outcome="forbidden"} 2"#));
 }

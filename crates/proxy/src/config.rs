@@ -5,6 +5,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+use crate::trust::Cidrs;
+
 /// What a read does when its token is still ahead of the local position after
 /// `read_wait_timeout`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +114,13 @@ pub struct ProxyConfig {
     #[serde(with = "humantime_serde")]
     pub sync_timeout: Duration,
     pub on_sync_timeout: OnSyncTimeout,
+    /// Networks of the proxies in front (load balancers) whose `X-Forwarded-For/-Proto/-Host`
+    /// are believed: kept, the client appended. From anyone else (peer proxies aside, see
+    /// `crate::trust`) they are replaced with what this proxy saw. Default: loopback.
+    pub trusted_proxies: Vec<String>,
+    /// Networks that may read `/litefs/status` and `/litefs/metrics` (others get 403);
+    /// `/litefs/health` is open to all. Default: everyone.
+    pub admin_allow: Vec<String>,
 }
 
 impl Default for ProxyConfig {
@@ -147,6 +156,8 @@ impl Default for ProxyConfig {
             sync_replicas: None,
             sync_timeout: Duration::from_secs(5),
             on_sync_timeout: OnSyncTimeout::Fail,
+            trusted_proxies: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            admin_allow: vec!["0.0.0.0/0".into(), "::/0".into()],
         }
     }
 }
@@ -283,6 +294,8 @@ impl ProxyConfig {
                 "must be at least 1",
             ));
         }
+        Cidrs::parse("proxy.trusted_proxies", &self.trusted_proxies)?;
+        Cidrs::parse("proxy.admin_allow", &self.admin_allow)?;
         for (key, d) in [
             ("proxy.header_read_timeout", self.header_read_timeout),
             ("proxy.body_read_timeout", self.body_read_timeout),
@@ -404,6 +417,20 @@ mod tests {
                     ..Default::default()
                 },
                 "proxy.max_in_flight",
+            ),
+            (
+                ProxyConfig {
+                    trusted_proxies: vec!["10.0.0.0/8".into(), "lb.internal".into()],
+                    ..Default::default()
+                },
+                "proxy.trusted_proxies",
+            ),
+            (
+                ProxyConfig {
+                    admin_allow: vec!["10.0.0.1/40".into()],
+                    ..Default::default()
+                },
+                "proxy.admin_allow",
             ),
         ] {
             assert_eq!(cfg.validate().unwrap_err().key, key);

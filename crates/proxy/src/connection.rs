@@ -40,7 +40,7 @@ pub(crate) async fn connection<S>(
         activity: activity.clone(),
         unread: Bytes::new(),
     };
-    let client = crate::headers::client_value(peer.ip());
+    let client = crate::headers::Client::new(peer.ip());
     let busy = activity.clone();
     let handler = proxy.clone();
     let mut service = service_fn(move |req| {

@@ -8,9 +8,12 @@ use crate::{
     txid::TxId, ProxyBody,
 };
 
+/// The one endpoint open to every client whatever `admin_allow` says (load balancers).
+pub(crate) const HEALTH: &str = "/health";
+
 pub(crate) fn answer(s: &Shared, rest: &str) -> Response<ProxyBody> {
     match rest {
-        "/health" => health(s),
+        HEALTH => health(s),
         "/status" => status(s),
         "/metrics" => metrics(s),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),

@@ -45,6 +45,9 @@ pub enum ProxyError {
         method: http::Method,
         allow: Option<&'static str>,
     },
+    /// The client may not use this endpoint (`admin_allow`).
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
     /// More than `max_in_flight` requests at once on this node.
     #[error("overloaded: {0} requests in flight")]
     Overloaded(usize),
@@ -63,6 +66,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::ReadTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Loop(_) => StatusCode::LOOP_DETECTED,
         }
@@ -81,6 +85,7 @@ impl ProxyError {
             ProxyError::ClientBody(_) => "client_body_error",
             ProxyError::BodyTimeout(_) => "body_timeout",
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
+            ProxyError::Forbidden(_) => "forbidden",
             ProxyError::Overloaded(_) => "overloaded",
         }
     }

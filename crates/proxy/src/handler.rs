@@ -5,7 +5,7 @@
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
-use http::{header, request::Parts, HeaderValue, Method, Request, Response, Version};
+use http::{header, request::Parts, Method, Request, Response, Version};
 use http_body_util::Either;
 use hyper::{body::Incoming, upgrade::OnUpgrade};
 use tokio::{sync::watch, time::Instant};
@@ -16,7 +16,7 @@ use crate::{
     endpoints,
     error::ProxyError,
     forward::Forwarder,
-    headers::{self, HOP_HEADER},
+    headers::{self, Client, HOP_HEADER},
     litefs_api::LitefsApi,
     metrics::{GaugeGuard, Metrics, WaitOutcome},
     patterns::{self, Patterns},
@@ -24,6 +24,7 @@ use crate::{
     primary::Primary,
     sync::{ReplicaPos, ReplicaView, SyncOutcome, SyncWait},
     token::{self, Token, Tokens},
+    trust::{Cidrs, Hop, PeerAuth},
     txid::{Position, TxId},
     upstream::{SendError, Upstream},
     ProxyBody,
@@ -71,6 +72,12 @@ pub(crate) struct Shared {
     fence: Option<Fence>,
     /// `sync_replicas`: writes wait for replicas before they are answered.
     sync: SyncWait,
+    /// Who is a peer proxy (its hop header believed), and how to sign ours.
+    peers: PeerAuth,
+    /// `trusted_proxies`: whose `X-Forwarded-*` are kept.
+    trusted_proxies: Cidrs,
+    /// `admin_allow`: who may read `/litefs/status` and `/litefs/metrics`.
+    admin_allow: Cidrs,
 }
 
 /// See [`Proxy::with_fence`].
@@ -132,6 +139,8 @@ impl Proxy {
             cfg.token_secret.as_deref(),
         );
         let txid = LocalTxid::new(&cfg.mount, &cfg.db);
+        let trusted_proxies = Cidrs::parse("proxy.trusted_proxies", &cfg.trusted_proxies)?;
+        let admin_allow = Cidrs::parse("proxy.admin_allow", &cfg.admin_allow)?;
         Ok(Proxy {
             inner: Arc::new(Shared {
                 target,
@@ -152,6 +161,9 @@ impl Proxy {
                     on_timeout: cfg.on_sync_timeout,
                     replicas: None,
                 },
+                peers: PeerAuth::default(),
+                trusted_proxies,
+                admin_allow,
                 cfg,
             }),
         })
@@ -191,6 +203,16 @@ impl Proxy {
     pub fn with_replicas(mut self, replicas: watch::Receiver<ReplicaView>) -> Proxy {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.sync.replicas = Some(replicas);
+        }
+        self
+    }
+
+    /// Who the peer proxies are: with the cluster `secret`, hop headers are signed and only
+    /// signed ones are believed; without, they are believed from `addrs` only (default: a
+    /// loopback-only [`PeerAuth`]). Call before the proxy is shared.
+    pub fn with_peers(mut self, peers: PeerAuth) -> Proxy {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.peers = peers;
         }
         self
     }
@@ -245,14 +267,10 @@ impl Proxy {
             .await;
     }
 
-    /// Handles one request from `client` (its address from [`headers::client_value`]).
-    pub async fn handle(
-        &self,
-        req: Request<Incoming>,
-        client: &HeaderValue,
-    ) -> Response<ProxyBody> {
+    /// Handles one request from `client`.
+    pub async fn handle(&self, req: Request<Incoming>, client: &Client) -> Response<ProxyBody> {
         let s = &*self.inner;
-        if let Some(resp) = self.reject_or_answer(&req) {
+        if let Some(resp) = self.reject_or_answer(&req, client) {
             return resp;
         }
         let class = self.classify(req.method(), req.uri().path());
@@ -277,7 +295,11 @@ impl Proxy {
     }
 
     /// Requests answered before any routing: malformed ones, and the proxy's own endpoints.
-    fn reject_or_answer(&self, req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+    fn reject_or_answer(
+        &self,
+        req: &Request<Incoming>,
+        client: &Client,
+    ) -> Option<Response<ProxyBody>> {
         let s = &*self.inner;
         let reject = |e: ProxyError| {
             s.metrics.request("rejected", e.outcome());
@@ -308,6 +330,9 @@ impl Proxy {
                 allow: Some("GET, HEAD"),
             });
         }
+        if rest != endpoints::HEALTH && !s.admin_allow.contains(client.ip) {
+            return reject(ProxyError::Forbidden("not in proxy.admin_allow"));
+        }
         Some(endpoints::answer(s, rest))
     }
 
@@ -316,12 +341,24 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         class: Class,
-        client: &HeaderValue,
+        client: &Client,
     ) -> Result<(Response<ProxyBody>, &'static str), ProxyError> {
         let s = &*self.inner;
         let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut head, body) = req.into_parts();
-        let hops = headers::hops(&head.headers);
+        // The hop header is ours: believed only from a peer, never passed to an app (a
+        // forward gets a fresh one).
+        let hop = s.peers.verify(client.ip, &head);
+        head.headers.remove(HOP_HEADER);
+        let hops = match hop {
+            Hop::Peer(n) => n,
+            Hop::None => 0,
+            Hop::Untrusted => {
+                s.metrics.untrusted_hops.inc();
+                tracing::debug!(client = %client.ip, "hop header from a non-peer ignored");
+                0
+            }
+        };
         let found = match class {
             Class::Passthrough => Default::default(),
             _ => s.tokens.extract(&head.headers),
@@ -330,7 +367,8 @@ impl Proxy {
             s.metrics.invalid_tokens.inc_by(u64::from(found.invalid));
         }
         headers::strip_hop_by_hop(&mut head.headers);
-        headers::add_forwarded(&mut head.headers, client);
+        let trusted = matches!(hop, Hop::Peer(_)) || s.trusted_proxies.contains(client.ip);
+        headers::add_forwarded(&mut head.headers, client, trusted);
         let (body, fault) = ClientBody::new(body, s.cfg.body_read_timeout);
         let pending = Pending {
             head,
@@ -483,9 +521,8 @@ impl Proxy {
                     };
                     match connected {
                         Some(Ok(conn)) => {
-                            p.head
-                                .headers
-                                .insert(HOP_HEADER, HeaderValue::from(u16::from(hops) + 1));
+                            let hop = s.peers.hop_value(hops.saturating_add(1), &p.head);
+                            p.head.headers.insert(HOP_HEADER, hop);
                             let resp = conn
                                 .send(&url, &p.head, p.body, &mut p.upgrade)
                                 .await

@@ -1,5 +1,5 @@
 //! Header rewriting for a proxy hop: hop-by-hop headers out (both ways), the
-//! `X-Forwarded-*` headers and the loop-guard hop counter in.
+//! `X-Forwarded-*` headers in (see `crate::trust` for whom they are believed from).
 
 use std::net::IpAddr;
 
@@ -66,25 +66,56 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// A client address as an `X-Forwarded-For` entry; made once per connection.
-pub fn client_value(client: IpAddr) -> HeaderValue {
-    HeaderValue::try_from(client.to_canonical().to_string())
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+/// The headers a proxy in front describes the client with; believed only from a trusted
+/// proxy (see [`add_forwarded`]).
+pub const FORWARDED_HEADERS: [HeaderName; 3] =
+    [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST];
+/// Other client descriptions some apps read (RFC 7239's, nginx's): dropped unless trusted.
+const OTHER_CLIENT_HEADERS: [HeaderName; 2] = [header::FORWARDED, X_REAL_IP];
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// The other end of a client connection: its address, and that address as an
+/// `X-Forwarded-For` entry (made once per connection).
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub ip: IpAddr,
+    pub value: HeaderValue,
 }
 
-/// Appends the client (from [`client_value`]) to `X-Forwarded-For`, keeps an incoming
-/// `X-Forwarded-Proto/-Host` (set by the load balancer) or fills them in. Host itself is
-/// left untouched.
-pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue) {
-    let xff = match headers.get(&X_FORWARDED_FOR) {
-        Some(prev) if !prev.is_empty() => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + client.len());
-            v.extend_from_slice(prev.as_bytes());
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(client.as_bytes());
-            HeaderValue::from_bytes(&v).ok()
+impl Client {
+    pub fn new(ip: IpAddr) -> Client {
+        let ip = ip.to_canonical();
+        Client {
+            ip,
+            value: HeaderValue::try_from(ip.to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
         }
-        _ => Some(client.clone()),
+    }
+}
+
+/// Sets the `X-Forwarded-*` headers. From a `trusted` proxy (a load balancer in
+/// `trusted_proxies`, or a peer proxy) the client is appended to `X-Forwarded-For` and an
+/// incoming `X-Forwarded-Proto/-Host` is kept (or filled in). From anyone else, what the
+/// client claims is replaced with what this proxy saw: its address, `http`, its Host; and
+/// `Forwarded` / `X-Real-IP` are dropped. Host itself is left untouched.
+pub fn add_forwarded(headers: &mut HeaderMap, client: &Client, trusted: bool) {
+    if !trusted {
+        for name in FORWARDED_HEADERS.iter().chain(&OTHER_CLIENT_HEADERS) {
+            headers.remove(name);
+        }
+    }
+    let mut xff = Vec::new();
+    for prev in headers.get_all(&X_FORWARDED_FOR) {
+        if !prev.is_empty() {
+            xff.extend_from_slice(prev.as_bytes());
+            xff.extend_from_slice(b", ");
+        }
+    }
+    let xff = if xff.is_empty() {
+        Some(client.value.clone())
+    } else {
+        xff.extend_from_slice(client.value.as_bytes());
+        HeaderValue::from_bytes(&xff).ok()
     };
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
@@ -96,18 +127,6 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue) {
         if let Some(host) = headers.get(header::HOST).cloned() {
             headers.insert(X_FORWARDED_HOST, host);
         }
-    }
-}
-
-/// The hop count a request arrived with (0 from a client; garbage counts as the limit).
-pub fn hops(headers: &HeaderMap) -> u8 {
-    match headers.get(&HOP_HEADER) {
-        None => 0,
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(u8::MAX),
     }
 }
 
@@ -167,19 +186,26 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_headers() {
+    fn forwarded_headers_from_a_trusted_proxy() {
         let mut h = map(&[
             ("host", "example.com"),
             ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "5.6.7.8"),
             ("x-forwarded-proto", "https"),
+            ("x-real-ip", "1.2.3.4"),
         ]);
-        add_forwarded(&mut h, &client_value("10.0.0.9".parse().unwrap()));
-        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
+        add_forwarded(&mut h, &Client::new("10.0.0.9".parse().unwrap()), true);
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "example.com");
+        assert_eq!(h["x-real-ip"], "1.2.3.4");
         assert_eq!(h["host"], "example.com");
         let mut h = map(&[]);
-        add_forwarded(&mut h, &client_value("::ffff:10.0.0.9".parse().unwrap()));
+        add_forwarded(
+            &mut h,
+            &Client::new("::ffff:10.0.0.9".parse().unwrap()),
+            true,
+        );
         assert_eq!(
             h["x-forwarded-for"], "10.0.0.9",
             "IPv4-mapped addresses are shown as IPv4"
@@ -187,9 +213,28 @@ mod tests {
     }
 
     #[test]
-    fn hop_counts() {
-        assert_eq!(hops(&map(&[])), 0);
-        assert_eq!(hops(&map(&[("litefs-proxy-hop", "1")])), 1);
-        assert_eq!(hops(&map(&[("litefs-proxy-hop", "lots")])), u8::MAX);
+    fn forwarded_headers_from_anyone_else_are_what_this_proxy_saw() {
+        let mut h = map(&[
+            ("host", "example.com"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "admin.internal"),
+            ("forwarded", "for=1.2.3.4;proto=https"),
+            ("x-real-ip", "1.2.3.4"),
+        ]);
+        add_forwarded(&mut h, &Client::new("10.0.0.9".parse().unwrap()), false);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+        assert!(
+            !h.contains_key("forwarded") && !h.contains_key("x-real-ip"),
+            "{h:?}"
+        );
+        let mut h = map(&[("x-forwarded-host", "admin.internal")]);
+        add_forwarded(&mut h, &Client::new("10.0.0.9".parse().unwrap()), false);
+        assert!(
+            !h.contains_key("x-forwarded-host"),
+            "no Host, no forwarded host"
+        );
     }
 }

@@ -6,7 +6,8 @@
 //! - `serve`, `connection`, `activity`: accept, serve and time out client connections.
 //! - `handler`: the request path (classify, stall reads, send writes to the primary, mint);
 //!   `patterns` the globs, `headers` hop-by-hop and forwarded headers, `body` the client's
-//!   body with its read timer.
+//!   body with its read timer; `trust` whom the hop header, `X-Forwarded-*` and the admin
+//!   endpoints are believed from or open to.
 //! - `token`: the token's format; `position`, `history`, `txid`: the local position, the
 //!   positions observed (a token names one history), the pos-file format; `litefs_api` the
 //!   LiteFS `/events` client.
@@ -34,6 +35,7 @@ pub mod primary;
 mod serve;
 pub mod sync;
 pub mod token;
+pub mod trust;
 pub mod txid;
 pub mod upstream;
 

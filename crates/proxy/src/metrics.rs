@@ -29,6 +29,8 @@ pub struct Metrics {
     pub in_flight: Gauge<i64, AtomicI64>,
     pub waiting: Gauge<i64, AtomicI64>,
     pub invalid_tokens: Counter<u64, AtomicU64>,
+    /// Hop headers from clients that are no peer (unsigned, forged, stale): ignored.
+    pub untrusted_hops: Counter<u64, AtomicU64>,
     /// Reads on a replica whose token named another history than this node's.
     pub token_diverged: Counter<u64, AtomicU64>,
     /// Reads on a replica whose token's checksum this node never observed at its TXID.
@@ -105,6 +107,12 @@ impl Default for Metrics {
             "Malformed, unsigned or forged tokens ignored",
             invalid_tokens.clone(),
         );
+        let untrusted_hops = Counter::default();
+        registry.register(
+            "untrusted_hop_headers",
+            "litefs-proxy-hop headers from clients that are no peer proxy, ignored",
+            untrusted_hops.clone(),
+        );
         let token_checks = Family::<[(&'static str, &'static str); 1], Counter>::default();
         registry.register(
             "token_checks",
@@ -177,6 +185,7 @@ impl Default for Metrics {
             in_flight,
             waiting,
             invalid_tokens,
+            untrusted_hops,
             token_diverged,
             token_unverified,
             local_txid,

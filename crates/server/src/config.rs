@@ -80,8 +80,11 @@ impl From<ConfigError> for InvalidConfig {
     }
 }
 
+/// Keys never echoed: in errors and in `check`'s output.
+const SECRET_KEYS: [&str; 3] = ["token_secret", "cluster_secret", "lease_token"];
+
 fn is_secret(key: &str) -> bool {
-    key.ends_with("token_secret") || key.ends_with("cluster_secret")
+    SECRET_KEYS.iter().any(|k| key.ends_with(k))
 }
 
 /// A provider under a name that says where its values came from, for error messages.
@@ -392,8 +395,10 @@ pub fn to_redacted_toml(cfg: &Config) -> String {
         cfg.proxy.token_secret = Some(REDACTED.into());
     }
     if let Some(election) = &mut cfg.election {
-        if election.contains_key("cluster_secret") {
-            election.insert("cluster_secret".into(), REDACTED.into());
+        for key in SECRET_KEYS {
+            if election.contains_key(key) {
+                election.insert(key.into(), REDACTED.into());
+            }
         }
     }
     toml::to_string(&cfg).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))

@@ -3,7 +3,10 @@
 use std::{process::ExitCode, sync::Arc};
 
 use anyhow::Context;
-use litefs_proxy::{Primary, Proxy};
+use litefs_proxy::{
+    trust::{Cidrs, PeerAuth},
+    Primary, Proxy,
+};
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
@@ -61,6 +64,8 @@ async fn serve(
     // With Raft: every peer's status, for `/litefs/status` and `cluster status`.
     let mut peer_view = None;
     let mut litefs_view = None;
+    // Where peer proxies may forward from, when hop headers are not signed.
+    let mut peer_hosts: Vec<String> = Vec::new();
     let _role_task = match cfg.role.source {
         RoleSource::Static => {
             tx.send_replace(static_source::initial(&cfg.role)?);
@@ -87,11 +92,17 @@ async fn serve(
                 .confirm_litefs
                 .unwrap_or(election.lease_addr.is_some());
             // LiteFS names the primary by node id (litefs-config's lease.hostname).
-            let peers: Vec<(String, String)> = election
-                .resolve_peers(addr.port())
-                .into_iter()
-                .map(|p| (p.id, p.proxy))
-                .collect();
+            let resolved = election.resolve_peers(addr.port());
+            for p in &resolved {
+                peer_hosts.push(p.raft.clone());
+                if let Ok(uri) = p.proxy.parse::<http::Uri>() {
+                    if let Some(a) = uri.authority() {
+                        peer_hosts.push(format!("{}:{}", a.host(), a.port_u16().unwrap_or(80)));
+                    }
+                }
+            }
+            let peers: Vec<(String, String)> =
+                resolved.into_iter().map(|p| (p.id, p.proxy)).collect();
             peer_view = Some(crate::peer_view::PeerView::start(
                 &election.node_id,
                 peers.clone(),
@@ -159,6 +170,7 @@ async fn serve(
     if let Some(up) = litefs_up {
         proxy = proxy.with_litefs_up(up);
     }
+    proxy = proxy.with_peers(peer_auth(&cfg, &peer_hosts).await);
     let signal = signals::shutdown().context("installing signal handlers")?;
     // On a signal, a leader hands leadership over first, then the proxy stops accepting
     // and drains while the election keeps following the new leader (writes held here are
@@ -205,11 +217,73 @@ async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Who the peer proxies are, for the hop header: with `election.cluster_secret` (whatever
+/// the role source), signed hop headers only; without, loopback and the addresses the peer
+/// table's hosts resolve to now (a name that later moves to another address is not
+/// followed: set the secret).
+async fn peer_auth(cfg: &Config, peer_hosts: &[String]) -> PeerAuth {
+    let secret = cfg
+        .election
+        .as_ref()
+        .and_then(|e| e.get("cluster_secret"))
+        .and_then(|v| v.as_str());
+    if secret.is_some() {
+        return PeerAuth::new(secret, Cidrs::default());
+    }
+    let mut addrs = Vec::new();
+    for host in peer_hosts {
+        match tokio::net::lookup_host(host.as_str()).await {
+            Ok(found) => addrs.extend(found.map(|a| a.ip())),
+            Err(e) => tracing::warn!(
+                peer = %host,
+                error = %e,
+                "cannot resolve a peer: its forwards' hop headers will be ignored (set election.cluster_secret to sign them)"
+            ),
+        }
+    }
+    PeerAuth::new(None, Cidrs::loopback().with_addrs(addrs))
+}
+
 /// Stops a background task when the run ends.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use litefs_proxy::trust::Hop;
+
+    use super::*;
+
+    fn hop(value: &str) -> http::request::Parts {
+        let req = http::Request::post("/items").header("litefs-proxy-hop", value);
+        req.body(()).unwrap().into_parts().0
+    }
+
+    #[tokio::test]
+    async fn peers_sign_with_the_cluster_secret_or_are_known_by_address() {
+        let ip = |s: &str| s.parse().unwrap();
+        let mut cfg = Config::default();
+        let hosts = ["10.1.2.3:4321".to_owned(), "10.1.2.4:8080".to_owned()];
+        let unsigned = peer_auth(&cfg, &hosts).await;
+        for peer in ["127.0.0.1", "10.1.2.3", "10.1.2.4"] {
+            assert_eq!(unsigned.verify(ip(peer), &hop("2")), Hop::Peer(2), "{peer}");
+        }
+        assert_eq!(unsigned.verify(ip("10.1.2.5"), &hop("2")), Hop::Untrusted);
+
+        let mut election = toml::Table::new();
+        election.insert("cluster_secret".into(), "0123456789abcdef0123".into());
+        cfg.election = Some(election);
+        let signed = peer_auth(&cfg, &hosts).await;
+        assert_eq!(signed.verify(ip("127.0.0.1"), &hop("2")), Hop::Untrusted);
+        let head = hop("");
+        let value = signed.hop_value(2, &head);
+        let mut sent = head;
+        sent.headers.insert("litefs-proxy-hop", value);
+        assert_eq!(signed.verify(ip("192.0.2.1"), &sent), Hop::Peer(2));
     }
 }

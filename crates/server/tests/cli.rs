@@ -152,6 +152,30 @@ token_secret = "0123456789abcdef-secret"
     assert_eq!(get(&cfg, "proxy.token_secret").as_str(), Some("(redacted)"));
 }
 
+/// Every secret of the config (README's production checklist) is redacted by `check`.
+#[test]
+fn check_redacts_every_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "secrets.toml",
+        "[proxy]\ntoken_secret = \"token-secret-0123456789\"\n\
+         [election]\ncluster_secret = \"cluster-secret-0123456789\"\n\
+         lease_token = \"lease-token-0123456789\"\n",
+    );
+    let out = check(&["--config", path.to_str().unwrap()], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stdout.contains("0123456789"), "{}", out.stdout);
+    let cfg: toml::Table = out.stdout.parse().unwrap();
+    for key in [
+        "proxy.token_secret",
+        "election.cluster_secret",
+        "election.lease_token",
+    ] {
+        assert_eq!(get(&cfg, key).as_str(), Some("(redacted)"), "{key}");
+    }
+}
+
 #[test]
 fn flags_reach_every_table() {
     let cfg = ok_config(
@@ -287,6 +311,14 @@ fn invalid_configs_exit_64_naming_the_key() {
         (
             "[role]\nsource = \"litefs\"\nprimary_url_template = \"http://node-1:8080\"\n",
             "role.primary_url_template",
+        ),
+        (
+            "[proxy]\ntrusted_proxies = [\"10.0.0.0/8\", \"lb.internal\"]\n",
+            "proxy.trusted_proxies",
+        ),
+        (
+            "[proxy]\nadmin_allow = [\"10.0.0.0/99\"]\n",
+            "proxy.admin_allow",
         ),
         ("[proxy\n", "--config"),
     ];
