@@ -16,7 +16,7 @@ async fn with_sync_replicas_1_no_fault_loses_an_acknowledged_write_or_a_read() {
     let o = run(1).await;
     eprintln!("sync_replicas 1: {o:?}");
     assert!(
-        o.acked > 40 && o.reads_answered > 20,
+        o.acked > 20 && o.reads_answered > 10,
         "the run did work: {o:?}"
     );
     assert!(o.lost.is_empty(), "lost acknowledged writes: {:?}", o.lost);
