@@ -2,20 +2,29 @@
 //! request may have left: only one that surely did not (connect failed) comes back to be
 //! sent again. (The primary's proxy is reached by [`crate::forward`].)
 
-use std::{pin::Pin, time::Duration};
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use http::{request::Parts, uri::PathAndQuery, Request, Response, Uri, Version};
 use hyper::{body::Incoming, upgrade::OnUpgrade};
 use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
+    client::legacy::{
+        connect::{Connected, Connection, HttpConnector},
+        Client,
+    },
     rt::{TokioExecutor, TokioIo},
 };
+
+use tokio::net::TcpStream;
 
 use crate::body::{ClientBody, OutBody};
 
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, OutBody>,
+    client: Client<QuickAckConnector, OutBody>,
 }
 
 /// Why a send failed.
@@ -31,7 +40,7 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
-            .build(connector(connect_timeout));
+            .build(QuickAckConnector(connector(connect_timeout)));
         Upstream { client }
     }
 
@@ -70,6 +79,87 @@ pub(crate) fn connector(connect_timeout: Duration) -> HttpConnector {
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http
+}
+
+/// The app's connections, acknowledging every segment at once (`TCP_QUICKACK`, set again
+/// before each read: Linux leaves quick-ACK mode by itself). An app that writes its answer's
+/// head and body in two writes without `TCP_NODELAY` (Python's `http.server`, Django's
+/// `runserver`) holds the body back (Nagle) until the head is acknowledged; on a pooled
+/// connection a delayed ACK costs every such answer 40 ms. One `setsockopt` per read.
+#[derive(Clone)]
+pub(crate) struct QuickAckConnector(HttpConnector);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Uri> for QuickAckConnector {
+    type Response = QuickAck;
+    type Error = BoxError;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<QuickAck, BoxError>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        tower_service::Service::<Uri>::poll_ready(&mut self.0, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let connecting = tower_service::Service::call(&mut self.0, dst);
+        Box::pin(async move {
+            let io = connecting.await?;
+            Ok(QuickAck(io))
+        })
+    }
+}
+
+/// A connection to the app (see [`QuickAckConnector`]).
+pub(crate) struct QuickAck(TokioIo<TcpStream>);
+
+impl hyper::rt::Read for QuickAck {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let io = &mut self.get_mut().0;
+        // Best effort: a socket that refuses it only costs latency.
+        let _ = socket2::SockRef::from(io.inner()).set_tcp_quickack(true);
+        Pin::new(io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for QuickAck {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+}
+
+impl Connection for QuickAck {
+    fn connected(&self) -> Connected {
+        self.0.connected()
+    }
 }
 
 fn join(base: &Uri, pq: Option<&PathAndQuery>) -> Uri {
