@@ -1,6 +1,13 @@
 //! A recording app standing in for Django: remembers every request it got, commits to
 //! the LiteFS stand-in before answering a write (as a real app's COMMIT does through
 //! FUSE), and offers streaming, upload and upgrade routes.
+//!
+//! Test headers a request may carry: `x-test-status: <code>` (the answer's status),
+//! `x-test-commit: 1` (commit on any method where the database is the primary's, as a GET
+//! that saves a session does),
+//! `x-test-answer-header: <name>: <value>` (repeatable; added to the answer, e.g.
+//! `litefs-replay: primary`), and `x-test-answer-on: <app name>,...` (only those apps add
+//! the answer headers; default every app).
 
 use std::{
     convert::Infallible,
@@ -166,13 +173,45 @@ async fn handle(
         headers: parts.headers.clone(),
         body,
     });
-    if is_write(&parts.method) {
-        if let Some(node) = &node {
+    // Whether the `x-test-answer-*` / `x-test-commit` behaviour applies to this app.
+    let this_app = match parts.headers.get("x-test-answer-on") {
+        None => true,
+        Some(v) => v
+            .to_str()
+            .is_ok_and(|names| names.split(',').any(|n| n.trim() == name)),
+    };
+    if let Some(node) = &node {
+        // A GET that writes can only commit where the database is writable.
+        let commit_anyway = parts.headers.contains_key("x-test-commit") && node.is_primary();
+        if is_write(&parts.method) || commit_anyway {
             node.commit();
         }
     }
+    let answer_headers: Vec<(String, String)> = if this_app {
+        parts
+            .headers
+            .get_all("x-test-answer-header")
+            .iter()
+            .filter_map(|v| v.to_str().ok()?.split_once(':'))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect()
+    } else {
+        Vec::new()
+    };
     if path == "/stream" {
-        return Ok(stream(state));
+        let mut resp = stream(state);
+        if let Ok(v) = http::HeaderValue::from_str(&name) {
+            resp.headers_mut().insert("x-app", v);
+        }
+        for (k, v) in &answer_headers {
+            if let (Ok(k), Ok(v)) = (
+                http::HeaderName::from_bytes(k.as_bytes()),
+                http::HeaderValue::from_str(v),
+            ) {
+                resp.headers_mut().append(k, v);
+            }
+        }
+        return Ok(resp);
     }
     if path == "/slow" {
         state.release.notified().await;
@@ -184,6 +223,9 @@ async fn handle(
         .unwrap_or(StatusCode::OK);
     let text = format!("{name} {} {path} {len}", parts.method);
     let mut resp = Response::builder();
+    for (k, v) in &answer_headers {
+        resp = resp.header(k.as_str(), v.as_str());
+    }
     if path == "/hop" {
         // Hop-by-hop headers a proxy must not pass on.
         resp = resp

@@ -230,6 +230,24 @@ fn nginx_round_robin_without_stickiness_and_no_write_retries() {
     assert!(duration(read_timeout.trim_end_matches(';')) > Duration::from_secs(7));
 }
 
+/// The client's Host, port included, reaches Django: `$host` drops the port, and then
+/// Django's absolute URLs and its CSRF origin check (a browser's `Origin:
+/// http://localhost:8080`) see another origin than the browser's.
+#[test]
+fn nginx_keeps_the_clients_port_in_host() {
+    let d = nginx_directives();
+    assert!(
+        d.contains(&"proxy_set_header Host $http_host;".to_string()),
+        "{d:?}"
+    );
+    assert!(d.contains(&"proxy_set_header X-Forwarded-Host $http_host;".to_string()));
+    assert!(
+        !d.iter()
+            .any(|l| l.starts_with("proxy_set_header") && l.ends_with(" $host;")),
+        "no header set from $host (it has no port)"
+    );
+}
+
 // ---------------------------------------------------------------- compose
 
 fn compose() -> Value {
@@ -465,6 +483,129 @@ fn example_django_app_checks() {
             .output()
             .expect("python3");
         ok(&out, &format!("manage.py {args:?}"));
+    }
+}
+
+/// Whether python3 can import Django; under CI (`.ci/run`) it must.
+fn django_installed(what: &str) -> bool {
+    let django = Command::new("python3")
+        .args(["-c", "import django"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !django {
+        assert!(
+            !litefs_proxy_tests::django::under_ci(),
+            "{what} needs Django for python3 (CI is set)"
+        );
+        skip(what, "Django not installed for python3");
+    }
+    django
+}
+
+/// The example's `CSRF_TRUSTED_ORIGINS` come from `DJANGO_CSRF_TRUSTED_ORIGINS`, and every
+/// recipe that runs the example sets it.
+#[test]
+fn example_csrf_trusted_origins_come_from_the_environment() {
+    let c = compose();
+    for node in ["node-1", "node-2", "node-3"] {
+        let env = &c["services"][node]["environment"];
+        assert!(
+            env["DJANGO_CSRF_TRUSTED_ORIGINS"].as_str().is_some(),
+            "{node} sets DJANGO_CSRF_TRUSTED_ORIGINS: {env:?}"
+        );
+    }
+    let sts = read(&deploy("k8s/statefulset.yaml"));
+    assert!(sts.contains("DJANGO_CSRF_TRUSTED_ORIGINS"));
+    if !django_installed("example CSRF_TRUSTED_ORIGINS") {
+        return;
+    }
+    let print = "import django; from django.conf import settings; django.setup(); \
+                 print(repr(settings.CSRF_TRUSTED_ORIGINS))";
+    for (value, expected) in [
+        (
+            Some("https://notes.example.com, http://localhost:8080"),
+            "['https://notes.example.com', 'http://localhost:8080']",
+        ),
+        (Some(""), "[]"),
+        (None, "[]"),
+    ] {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", print])
+            .current_dir(deploy("example"))
+            .env("DJANGO_SETTINGS_MODULE", "mysite.settings")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env_remove("DJANGO_CSRF_TRUSTED_ORIGINS");
+        if let Some(v) = value {
+            cmd.env("DJANGO_CSRF_TRUSTED_ORIGINS", v);
+        }
+        let out = cmd.output().expect("python3");
+        ok(&out, "print CSRF_TRUSTED_ORIGINS");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            expected,
+            "{value:?}"
+        );
+    }
+}
+
+/// `run-app.sh` with stub `python` and `gunicorn` that log their arguments: `migrate` runs
+/// where `.primary` is absent (the primary) and never on a replica; gunicorn starts on both.
+#[cfg(unix)]
+#[test]
+fn run_app_migrates_on_the_primary_only() {
+    use std::os::unix::fs::PermissionsExt;
+    for (role, primary_file) in [("primary", None), ("replica", Some("node-1\n"))] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (bin, mount, app) = (
+            dir.path().join("bin"),
+            dir.path().join("litefs"),
+            dir.path().join("app"),
+        );
+        for d in [&bin, &mount, &app] {
+            fs::create_dir(d).expect("mkdir");
+        }
+        if let Some(content) = primary_file {
+            fs::write(mount.join(".primary"), content).expect(".primary");
+        }
+        let log = dir.path().join("log");
+        for name in ["python", "gunicorn"] {
+            let path = bin.join(name);
+            fs::write(
+                &path,
+                format!("#!/bin/sh\necho \"{name} $*\" >> \"$STUB_LOG\"\n"),
+            )
+            .expect("stub");
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out = Command::new("sh")
+            .arg(deploy("run-app.sh"))
+            .env("PATH", path)
+            .env("STUB_LOG", &log)
+            .env("LITEFS_MOUNT", &mount)
+            .env("APP_DIR", &app)
+            .output()
+            .expect("run-app.sh");
+        ok(&out, &format!("run-app.sh as {role}"));
+        let lines: Vec<String> = fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let migrated = lines
+            .iter()
+            .any(|l| l == "python manage.py migrate --noinput");
+        assert_eq!(migrated, role == "primary", "{role}: {lines:?}");
+        assert!(
+            lines
+                .last()
+                .is_some_and(|l| l.starts_with("gunicorn --bind 127.0.0.1:8000 ")),
+            "{role}: gunicorn last: {lines:?}"
+        );
     }
 }
 

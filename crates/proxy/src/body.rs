@@ -128,7 +128,8 @@ pin_project_lite::pin_project! {
     /// connection), so a client trickling or stalling its body cannot hold the app's
     /// connection. Failures are recorded in its [`FaultCell`].
     pub struct ClientBody {
-        inner: Incoming,
+        // `None`: no body at all (a replayed read's; see `crate::replay`).
+        inner: Option<Incoming>,
         timeout: Duration,
         #[pin]
         timer: Sleep,
@@ -142,7 +143,22 @@ impl ClientBody {
         let fault = FaultCell::default();
         (
             ClientBody {
-                inner,
+                inner: Some(inner),
+                timeout,
+                timer: tokio::time::sleep(timeout),
+                armed: false,
+                fault: fault.clone(),
+            },
+            fault,
+        )
+    }
+
+    /// A body that ends at once: what a replayed read (which had none) is sent with.
+    pub fn empty(timeout: Duration) -> (ClientBody, FaultCell) {
+        let fault = FaultCell::default();
+        (
+            ClientBody {
+                inner: None,
                 timeout,
                 timer: tokio::time::sleep(timeout),
                 armed: false,
@@ -162,7 +178,10 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let mut this = self.project();
-        match Pin::new(&mut *this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 *this.armed = false;
                 Poll::Ready(Some(Ok(frame)))
@@ -190,10 +209,15 @@ impl Body for ClientBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Some(b) => b.is_end_stream(),
+            None => true,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
     }
 }

@@ -6,6 +6,7 @@
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use http::{header, request::Parts, Method, Request, Response, Version};
+use http_body::Body as _;
 use http_body_util::Either;
 use hyper::{body::Incoming, upgrade::OnUpgrade};
 use tokio::{sync::watch, time::Instant};
@@ -18,10 +19,11 @@ use crate::{
     forward::Forwarder,
     headers::{self, Client, HOP_HEADER},
     litefs_api::LitefsApi,
-    metrics::{GaugeGuard, Metrics, WaitOutcome},
+    metrics::{GaugeGuard, Metrics, ReplayOutcome, WaitOutcome},
     patterns::{self, Patterns},
     position::{LocalTxid, TokenCheck},
     primary::Primary,
+    replay::{self, Ask, REPLAY_MARK, REPLAY_MARK_VALUE},
     sync::{ReplicaPos, ReplicaView, SyncOutcome, SyncWait},
     token::{self, Token, Tokens},
     trust::{Cidrs, Hop, PeerAuth},
@@ -113,6 +115,23 @@ struct Pending {
     upgrade: Option<OnUpgrade>,
     /// Token the client brought; a write mints only above it.
     token: Option<Token>,
+    /// A read replayed on the primary (the app asked for it, see `crate::replay`): sent on
+    /// with [`REPLAY_MARK`], and the primary serves it as a write (mints, syncs).
+    replay: bool,
+}
+
+/// What a local app's answer asking for a replay on the primary may lead to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Replay {
+    /// A client's read (no hop) on a replica: replayed once if it had no body.
+    Allowed,
+    /// A read that arrived forwarded by another proxy: never sent on again.
+    Forwarded,
+    /// A write, or a read this node serves as the primary: the header is removed, the
+    /// answer kept.
+    Never,
+    /// A passthrough path: no routing logic, the header is removed all the same.
+    Passthrough,
 }
 
 impl Proxy {
@@ -350,6 +369,8 @@ impl Proxy {
         // forward gets a fresh one).
         let hop = s.peers.verify(client.ip, &head);
         head.headers.remove(HOP_HEADER);
+        // A replay's mark, like the hop header, is a peer's claim only.
+        let replayed = head.headers.remove(REPLAY_MARK).is_some() && matches!(hop, Hop::Peer(_));
         let hops = match hop {
             Hop::Peer(n) => n,
             Hop::None => 0,
@@ -376,12 +397,21 @@ impl Proxy {
             fault,
             upgrade,
             token: found.token,
+            replay: false,
         };
         if hops > MAX_HOPS {
             return Err(ProxyError::Loop(hops));
         }
         match class {
-            Class::Passthrough => self.to_app(pending, false).await,
+            Class::Passthrough => self.to_app(pending, false, Replay::Passthrough).await,
+            Class::Read if replayed => {
+                // Another proxy's app asked for the primary: served as the write it is.
+                let pending = Pending {
+                    replay: true,
+                    ..pending
+                };
+                self.to_primary(pending, hops, true).await
+            }
             Class::Read => self.read(pending, hops).await,
             Class::Write => self.to_primary(pending, hops, true).await,
         }
@@ -413,14 +443,19 @@ impl Proxy {
         hops: u8,
     ) -> Result<(Response<ProxyBody>, &'static str), ProxyError> {
         let s = &*self.inner;
+        let replay = if hops == 0 {
+            Replay::Allowed
+        } else {
+            Replay::Forwarded
+        };
         let Some(token) = p.token else {
-            return self.to_app(p, false).await;
+            return self.to_app(p, false, replay).await;
         };
         if self.local_primary() {
-            return self.to_app(p, false).await;
+            return self.to_app(p, false, Replay::Never).await;
         }
         match s.txid.check(token) {
-            TokenCheck::Satisfied => return self.to_app(p, false).await,
+            TokenCheck::Satisfied => return self.to_app(p, false, replay).await,
             TokenCheck::Behind => {}
             off => return self.off_history(p, hops, off).await,
         }
@@ -442,7 +477,7 @@ impl Proxy {
         if caught_up {
             s.metrics.read_wait(WaitOutcome::CaughtUp, waited);
             return match s.txid.check(token) {
-                TokenCheck::Satisfied => self.to_app(p, false).await,
+                TokenCheck::Satisfied => self.to_app(p, false, replay).await,
                 off => self.off_history(p, hops, off).await,
             };
         }
@@ -508,7 +543,7 @@ impl Proxy {
                 t => t,
             };
             match target {
-                None => return self.to_app(p, is_write).await,
+                None => return self.to_app(p, is_write, Replay::Never).await,
                 Some(Some(url)) => {
                     let start = Instant::now();
                     // Nothing has left while connecting: a new primary (or the deadline)
@@ -521,6 +556,9 @@ impl Proxy {
                     };
                     match connected {
                         Some(Ok(conn)) => {
+                            if p.replay {
+                                p.head.headers.insert(REPLAY_MARK, REPLAY_MARK_VALUE);
+                            }
                             let hop = s.peers.hop_value(hops.saturating_add(1), &p.head);
                             p.head.headers.insert(HOP_HEADER, hop);
                             let resp = conn
@@ -530,7 +568,14 @@ impl Proxy {
                             s.metrics
                                 .forward_latency
                                 .observe(start.elapsed().as_secs_f64());
-                            return Ok((response(resp), "forwarded"));
+                            let mut resp = response(resp);
+                            // The primary's proxy removed any replay header; one that got
+                            // through (an older proxy) is not acted on a second time.
+                            let ask = replay::take(resp.headers_mut(), &primary.borrow());
+                            if p.replay && ask == Ask::Primary {
+                                resp.extensions_mut().insert(AskedAgain);
+                            }
+                            return Ok((resp, "forwarded"));
                         }
                         Some(Err(why)) => {
                             tracing::debug!(error = %why, primary = %url, "primary unreachable; holding");
@@ -562,18 +607,55 @@ impl Proxy {
     }
 
     /// Sends to the local app, retrying refused connections briefly while it boots.
-    /// After a write, mints the token from the position file.
+    /// After a write, mints the token from the position file. An answer asking for a
+    /// replay on the primary is replayed there once when `replay` allows (see
+    /// [`Proxy::replay`]); its replay header never reaches the client.
     async fn to_app(
         &self,
         mut p: Pending,
         mint: bool,
+        replay: Replay,
     ) -> Result<(Response<ProxyBody>, &'static str), ProxyError> {
         let s = &*self.inner;
         let deadline = Instant::now() + s.cfg.target_connect_retry;
+        // Only a request without a body may be sent twice: nothing of it can be half-read.
+        let bodyless = p.body.is_end_stream();
         loop {
             match s.app.send(&s.target, &p.head, p.body, &mut p.upgrade).await {
                 Ok(resp) => {
                     let mut resp = response(resp);
+                    let ask = replay::take(resp.headers_mut(), &s.primary.borrow());
+                    if ask != Ask::None {
+                        let outcome = match (ask, replay) {
+                            (Ask::Elsewhere, _) | (_, Replay::Passthrough) => {
+                                ReplayOutcome::Ignored
+                            }
+                            (Ask::Primary, Replay::Never) => ReplayOutcome::OnPrimary,
+                            (Ask::Primary, Replay::Forwarded) => ReplayOutcome::RefusedForwarded,
+                            (Ask::Primary, Replay::Allowed) if !bodyless => {
+                                ReplayOutcome::RefusedBody
+                            }
+                            (Ask::Primary, Replay::Allowed) if self.local_primary() => {
+                                // Became the primary meanwhile: its app's answer stands.
+                                ReplayOutcome::OnPrimary
+                            }
+                            (Ask::Primary, Replay::Allowed) | (Ask::None, _) => {
+                                replay::discard(resp.into_body());
+                                let again = Pending {
+                                    head: p.head,
+                                    body: Box::pin(ClientBody::empty(s.cfg.body_read_timeout).0),
+                                    fault: FaultCell::default(),
+                                    upgrade: p.upgrade,
+                                    token: p.token,
+                                    replay: true,
+                                };
+                                // Boxed: a replay goes through `to_primary`, which calls `to_app`.
+                                return Box::pin(self.replay(again)).await;
+                            }
+                        };
+                        tracing::debug!(outcome = outcome.label(), "replay header removed");
+                        s.metrics.replay(outcome);
+                    }
                     if mint {
                         let pos = self.mint(p.token, resp.headers_mut());
                         if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
@@ -592,6 +674,28 @@ impl Proxy {
                 Err(SendError::MaybeSent(why)) => {
                     return Err(blame(&p.fault, ProxyError::App(why), s))
                 }
+            }
+        }
+    }
+
+    /// Sends a client's read, which the local app asked to be served by the primary, to the
+    /// primary once, as a write is sent (held while none is reachable); the primary serves
+    /// it as a write. Counted by outcome.
+    async fn replay(&self, p: Pending) -> Result<(Response<ProxyBody>, &'static str), ProxyError> {
+        let s = &*self.inner;
+        tracing::debug!(path = %p.head.uri.path(), "app asked for the primary; replaying there");
+        match self.to_primary(p, 0, true).await {
+            Ok((resp, _)) => {
+                s.metrics
+                    .replay(match resp.extensions().get::<AskedAgain>() {
+                        Some(_) => ReplayOutcome::Again,
+                        None => ReplayOutcome::Replayed,
+                    });
+                Ok((resp, "replayed"))
+            }
+            Err(e) => {
+                s.metrics.replay(ReplayOutcome::Failed);
+                Err(e)
             }
         }
     }
@@ -677,6 +781,10 @@ fn blame(fault: &FaultCell, upstream: ProxyError, s: &Shared) -> ProxyError {
         None => upstream,
     }
 }
+
+/// On a replay's answer whose replay header asked for the primary again (answered as is).
+#[derive(Clone, Copy)]
+struct AskedAgain;
 
 /// Counts a request in `in_flight` until it is answered.
 struct InFlight<'a>(&'a Metrics);

@@ -14,6 +14,7 @@
 //! - `sync`: `sync_replicas`, writes waiting for their replicas.
 //! - `upstream`, `forward`: the app's pooled connections, a connection per forward to the
 //!   primary; `primary`: who the primary is.
+//! - `replay`: the app's signal that a read must be served by the primary.
 //! - `endpoints`, `metrics`, `error`: `/litefs/*`, Prometheus, errors to status codes.
 #![forbid(unsafe_code)]
 
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod patterns;
 pub mod position;
 pub mod primary;
+pub mod replay;
 mod serve;
 pub mod sync;
 pub mod token;

@@ -48,6 +48,51 @@ pub struct Metrics {
     /// Seconds writes on the primary waited for `sync_replicas` replicas.
     pub sync_wait: Histogram,
     pub syncs: Family<[(&'static str, &'static str); 1], Counter>,
+    /// App answers that asked for a replay on the primary, by what became of them.
+    pub replays: Family<[(&'static str, &'static str); 1], Counter>,
+}
+
+/// What became of an app's answer asking for a replay on the primary (`crate::replay`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplayOutcome {
+    /// Sent to the primary; its answer went to the client.
+    Replayed,
+    /// Replayed, and the primary's answer asked again: answered as is (never replayed twice).
+    Again,
+    /// The request had a body (it may not be sent twice): the app's answer, as is.
+    RefusedBody,
+    /// The request had arrived forwarded by another proxy: never replayed on.
+    RefusedForwarded,
+    /// Asked on the primary itself: the header removed, the answer kept.
+    OnPrimary,
+    /// A `fly-replay` naming no primary (`region=`, another instance): removed, not acted on.
+    Ignored,
+    /// The replay could not be delivered (no primary in time, or it failed).
+    Failed,
+}
+
+impl ReplayOutcome {
+    pub const ALL: [ReplayOutcome; 7] = [
+        ReplayOutcome::Replayed,
+        ReplayOutcome::Again,
+        ReplayOutcome::RefusedBody,
+        ReplayOutcome::RefusedForwarded,
+        ReplayOutcome::OnPrimary,
+        ReplayOutcome::Ignored,
+        ReplayOutcome::Failed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ReplayOutcome::Replayed => "replayed",
+            ReplayOutcome::Again => "again",
+            ReplayOutcome::RefusedBody => "refused_body",
+            ReplayOutcome::RefusedForwarded => "refused_forwarded",
+            ReplayOutcome::OnPrimary => "on_primary",
+            ReplayOutcome::Ignored => "ignored",
+            ReplayOutcome::Failed => "failed",
+        }
+    }
 }
 
 /// How a stalled read ended.
@@ -170,7 +215,18 @@ impl Default for Metrics {
             "Writes on the primary by replication outcome: replicated, failed (503), degraded (answered without enough replicas)",
             syncs.clone(),
         );
+        let replays = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        registry.register(
+            "replays",
+            "App answers on reads that asked for the primary (litefs-replay: primary, or a \
+             fly-replay naming it), by outcome",
+            replays.clone(),
+        );
+        for o in ReplayOutcome::ALL {
+            let _ = replays.get_or_create(&[("outcome", o.label())]);
+        }
         Metrics {
+            replays,
             sync_wait,
             syncs,
             parks,
@@ -207,6 +263,12 @@ impl Metrics {
             .get_or_create(&[("outcome", outcome.label())])
             .inc();
         self.sync_wait.observe(seconds);
+    }
+
+    pub fn replay(&self, outcome: ReplayOutcome) {
+        self.replays
+            .get_or_create(&[("outcome", outcome.label())])
+            .inc();
     }
 
     pub fn read_wait(&self, outcome: WaitOutcome, seconds: f64) {

@@ -19,7 +19,7 @@ use http::{request::Parts, HeaderMap, HeaderValue};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use sha2::Sha256;
 
-use crate::{config::ConfigError, headers::HOP_HEADER};
+use crate::{config::ConfigError, headers::HOP_HEADER, replay::REPLAY_MARK};
 
 /// How far a signed hop header's timestamp may be from this node's clock (as for Raft RPCs).
 pub const MAX_SKEW_MS: u64 = 30_000;
@@ -219,6 +219,12 @@ fn mac_for(key: &[u8], hops: u8, ts: u64, head: &Parts) -> Hmac<Sha256> {
     for name in &crate::headers::FORWARDED_HEADERS {
         signed_values(&mut m, &head.headers, name);
     }
+    // A replay's mark (the primary mints for it) is signed too, when present; without it the
+    // MAC is what it always was.
+    if head.headers.contains_key(&REPLAY_MARK) {
+        m.update(b"litefs-proxy-replay\n");
+        signed_values(&mut m, &head.headers, &REPLAY_MARK);
+    }
     m
 }
 
@@ -327,6 +333,16 @@ mod tests {
                 T,
             ),
             (
+                "replay mark added",
+                with(
+                    "POST",
+                    "/items?a=1",
+                    &[xff[0], xff[1], ("litefs-proxy-replay", "1")],
+                    &v,
+                ),
+                T,
+            ),
+            (
                 "forwarded-host added",
                 with(
                     "POST",
@@ -361,6 +377,18 @@ mod tests {
         // A proxy with another secret is no peer.
         let other = PeerAuth::new(Some("fedcba9876543210"), Cidrs::loopback());
         assert_eq!(other.verify_at(ip("127.0.0.1"), &got, T), Hop::Untrusted);
+    }
+
+    #[test]
+    fn a_signed_replay_mark_verifies_and_cannot_be_stripped() {
+        let auth = PeerAuth::new(Some("0123456789abcdef"), Cidrs::default());
+        let sent = head("GET", "/p", &[("litefs-proxy-replay", "1")]);
+        let v = auth.hop_value_at(1, &sent, T);
+        let mut got = sent.clone();
+        got.headers.insert(HOP_HEADER, v.clone());
+        assert_eq!(auth.verify_at(ip(PEER), &got, T), Hop::Peer(1));
+        got.headers.remove("litefs-proxy-replay");
+        assert_eq!(auth.verify_at(ip(PEER), &got, T), Hop::Untrusted);
     }
 
     #[test]

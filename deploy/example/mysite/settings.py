@@ -28,6 +28,12 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # litefs-proxy and the load balancer set X-Forwarded-Host/-Proto.
 USE_X_FORWARDED_HOST = True
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# The origins browsers post forms from, scheme and port included (comma-separated), e.g.
+# "https://notes.example.com,http://localhost:8080": behind a load balancer Django's CSRF
+# check compares a POST's Origin with these (and with the Host nginx passes on, port kept).
+CSRF_TRUSTED_ORIGINS = [
+    o.strip() for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
+]
 
 USE_TZ = True
 TIME_ZONE = "UTC"
