@@ -12,6 +12,7 @@ mod forward;
 mod hello;
 mod load;
 mod memory;
+mod nagle;
 mod procs;
 mod report;
 mod stall;
@@ -122,13 +123,14 @@ async fn run(quick: bool, only: Option<Vec<u32>>, nofile: u64) -> Result<()> {
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Section>> + 'a>,
     >;
-    let scenarios: [(u32, &str, Scenario); 6] = [
+    let scenarios: [(u32, &str, Scenario); 7] = [
         (1, "throughput", |c| Box::pin(throughput::run(c))),
         (2, "forwarded_write", |c| Box::pin(forward::run(c))),
         (3, "stalled_reads", |c| Box::pin(stall::run(c))),
         (4, "failover", |c| Box::pin(failover::run(c))),
         (5, "memory", |c| Box::pin(memory::run(c))),
         (6, "durability", |c| Box::pin(durability::run(c))),
+        (7, "nagle_app", |c| Box::pin(nagle::run(c))),
     ];
     for (n, name, f) in scenarios {
         if !want(n) {
