@@ -552,3 +552,91 @@ async fn writes_every_20_ms_through_nginx_survive_kill_9_of_the_leader() {
     assert!(ok > 100, "most writes acknowledged");
     assert!(first_after.is_some(), "writes work again after the kill");
 }
+
+/// Issue 15, items 1 and 2: a view that writes on GET (a hit counter) fails on every
+/// replica, whose database is read-only (500), and works only on the primary; with
+/// contrib/django's `ReplayOnPrimaryMiddleware` first in MIDDLEWARE the failed write becomes
+/// the replay signal, the replica's proxy sends the read once to the primary, and every GET,
+/// through any node, is answered by the primary's Django and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_that_writes_on_get_fails_on_replicas_unless_the_helper_replays_it() {
+    if !django::available() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    for helper in [false, true] {
+        let c = if helper {
+            DjangoCluster::start_with_helper(LAGS_MS, "").await
+        } else {
+            DjangoCluster::start(LAGS_MS, "").await
+        };
+        let l = c.wait_leader(Duration::from_secs(30)).await;
+        let path = format!("/hits/p{}/", run_tag());
+        let mut answers = Vec::new();
+        for round in 0..2 {
+            for i in 0..3 {
+                let a = client::get(c.procs.nodes[i].proxy, &path, &[])
+                    .await
+                    .expect("answer");
+                answers.push((round, i, a));
+            }
+        }
+        let seen: Vec<(usize, u16)> = answers
+            .iter()
+            .map(|(_, i, a)| (*i, a.status.as_u16()))
+            .collect();
+        println!(
+            "helper {helper}: leader {}, (node, status) {seen:?}",
+            c.id(l)
+        );
+        for (_, i, a) in &answers {
+            if *i == l || helper {
+                assert_eq!(
+                    a.status,
+                    200,
+                    "helper {helper}, through {}: {}",
+                    c.id(*i),
+                    a.text()
+                );
+                assert_eq!(json(a)["node"], c.id(l), "answered by the primary's Django");
+                assert!(
+                    a.headers.get("litefs-replay").is_none(),
+                    "the signal reached the client"
+                );
+            } else {
+                assert_eq!(
+                    a.status,
+                    500,
+                    "a replica wrote on GET without the helper: {}",
+                    a.text()
+                );
+            }
+        }
+        let ok: Vec<&Answer> = answers
+            .iter()
+            .filter(|(_, _, a)| a.status == 200)
+            .map(|(_, _, a)| a)
+            .collect();
+        let last = ok.last().expect("the primary answered");
+        assert_eq!(
+            json(last)["count"],
+            ok.len() as u64,
+            "every answered GET counted once"
+        );
+        if helper {
+            // The replicas' proxies replayed their reads: 2 rounds each.
+            for i in (0..3).filter(|&i| i != l) {
+                let m = client::get(c.procs.nodes[i].proxy, "/litefs/metrics", &[])
+                    .await
+                    .expect("metrics");
+                let line = "litefs_proxy_replays_total{outcome=\"replayed\"} 2";
+                assert!(
+                    m.text().contains(&line),
+                    "{}: no `{line}` in\n{}",
+                    c.id(i),
+                    m.text()
+                );
+            }
+        }
+    }
+}

@@ -14,3 +14,10 @@ class Upload(models.Model):
     size = models.BigIntegerField()
     sha256 = models.CharField(max_length=64)
     node = models.CharField(max_length=100)
+
+
+class Hit(models.Model):
+    """A page counter: `GET /hits/<page>/` writes (a view that writes on GET)."""
+
+    page = models.CharField(max_length=100, unique=True)
+    count = models.BigIntegerField(default=0)

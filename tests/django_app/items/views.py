@@ -9,7 +9,10 @@ from django.conf import settings
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from .models import Item, Upload
+from django.db import transaction
+from django.db.models import F
+
+from .models import Hit, Item, Upload
 
 CHUNK = 256 * 1024
 
@@ -101,3 +104,13 @@ def stream(request):
     resp["X-Accel-Buffering"] = "no"
     resp["Cache-Control"] = "no-cache"
     return resp
+
+
+def hits(request, page):
+    """Counts a visit on GET (a view that writes on every GET, as hit counters and "last
+    seen" updates do): on a replica the write fails, the database being read-only."""
+    with transaction.atomic():
+        hit, _ = Hit.objects.get_or_create(page=page)
+        Hit.objects.filter(pk=hit.pk).update(count=F("count") + 1)
+        hit.refresh_from_db()
+    return JsonResponse({"page": page, "count": hit.count, "node": settings.NODE_NAME})

@@ -10,6 +10,10 @@ ALLOWED_HOSTS = ["*"]
 
 INSTALLED_APPS = ["items"]
 MIDDLEWARE = ["django.middleware.common.CommonMiddleware"]
+# contrib/django's helper, first (LITEFS_PROXY_DJANGO_HELPER=1; the harness puts the package
+# on PYTHONPATH): a read that tries to write on a replica is replayed on the primary.
+if os.environ.get("LITEFS_PROXY_DJANGO_HELPER") == "1":
+    MIDDLEWARE.insert(0, "litefs_proxy_django.middleware.ReplayOnPrimaryMiddleware")
 ROOT_URLCONF = "testsite.urls"
 WSGI_APPLICATION = "testsite.wsgi.application"
 

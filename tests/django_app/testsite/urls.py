@@ -8,4 +8,5 @@ urlpatterns = [
     path("items/<int:item_id>/", views.item),
     path("upload/", views.upload),
     path("stream/", views.stream),
+    path("hits/<slug:page>/", views.hits),
 ]

@@ -44,6 +44,8 @@ pub struct DjangoCluster {
     pub flag_dir: PathBuf,
     gunicorns: Vec<Option<Group>>,
     nginx_proc: Option<Group>,
+    /// `contrib/django`'s middleware is in the project's MIDDLEWARE ([`DjangoCluster::start_with_helper`]).
+    helper: bool,
     dir: tempfile::TempDir,
 }
 
@@ -53,6 +55,16 @@ impl DjangoCluster {
     /// gunicorns, nginx. LiteFS's lease settings are `litefs-config`'s. Panics with the logs
     /// if anything does not come up.
     pub async fn start(lags_ms: [u64; 3], proxy_extra: &str) -> DjangoCluster {
+        Self::start_with(lags_ms, proxy_extra, false).await
+    }
+
+    /// [`DjangoCluster::start`] with `contrib/django`'s `ReplayOnPrimaryMiddleware` first in
+    /// the project's MIDDLEWARE (loaded from the source folder).
+    pub async fn start_with_helper(lags_ms: [u64; 3], proxy_extra: &str) -> DjangoCluster {
+        Self::start_with(lags_ms, proxy_extra, true).await
+    }
+
+    async fn start_with(lags_ms: [u64; 3], proxy_extra: &str, helper: bool) -> DjangoCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let n = lags_ms.len();
         let apps: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
@@ -80,6 +92,7 @@ impl DjangoCluster {
             flag_dir,
             gunicorns: (0..n).map(|_| None).collect(),
             nginx_proc: None,
+            helper,
             dir,
         };
         // Schema: `migrate` on the primary's database while its LiteFS watches it (the
@@ -242,6 +255,11 @@ impl DjangoCluster {
             .env("STREAM_FLAG_DIR", &self.flag_dir)
             .env("UPLOAD_TEMP_DIR", self.dir.path())
             .stdin(Stdio::null());
+        if self.helper {
+            let contrib = app_dir().join("../../contrib/django");
+            cmd.env("LITEFS_PROXY_DJANGO_HELPER", "1")
+                .env("PYTHONPATH", contrib);
+        }
         cmd
     }
 
