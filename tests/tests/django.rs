@@ -631,7 +631,7 @@ async fn a_view_that_writes_on_get_fails_on_replicas_unless_the_helper_replays_i
                     .expect("metrics");
                 let line = "litefs_proxy_replays_total{outcome=\"replayed\"} 2";
                 assert!(
-                    m.text().contains(&line),
+                    m.text().contains(line),
                     "{}: no `{line}` in\n{}",
                     c.id(i),
                     m.text()
