@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod cpu;
 mod durability;
 mod failover;
 mod forward;
@@ -123,7 +124,7 @@ async fn run(quick: bool, only: Option<Vec<u32>>, nofile: u64) -> Result<()> {
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Section>> + 'a>,
     >;
-    let scenarios: [(u32, &str, Scenario); 7] = [
+    let scenarios: [(u32, &str, Scenario); 8] = [
         (1, "throughput", |c| Box::pin(throughput::run(c))),
         (2, "forwarded_write", |c| Box::pin(forward::run(c))),
         (3, "stalled_reads", |c| Box::pin(stall::run(c))),
@@ -131,6 +132,7 @@ async fn run(quick: bool, only: Option<Vec<u32>>, nofile: u64) -> Result<()> {
         (5, "memory", |c| Box::pin(memory::run(c))),
         (6, "durability", |c| Box::pin(durability::run(c))),
         (7, "nagle_app", |c| Box::pin(nagle::run(c))),
+        (8, "cpu_per_request", |c| Box::pin(cpu::run(c))),
     ];
     for (n, name, f) in scenarios {
         if !want(n) {
