@@ -11,10 +11,6 @@ use anyhow::Result;
 use bytes::Bytes;
 use http::Method;
 use serde_json::json;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-};
 
 use crate::{
     client,
@@ -22,41 +18,6 @@ use crate::{
     report::{median, ms, percentile, Group, Panel, Row},
     Ctx, Section,
 };
-
-/// Serves keep-alive GETs, each answered in two writes (head, then body), Nagle on.
-async fn nagle_app() -> Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = l.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(serve(s));
-        }
-    });
-    Ok(addr)
-}
-
-async fn serve(mut s: TcpStream) {
-    let body = b"{\"ok\":true}\n";
-    let head = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
-        buf.drain(..end);
-        if s.write_all(head.as_bytes()).await.is_err() || s.write_all(body).await.is_err() {
-            return;
-        }
-    }
-}
 
 /// Per-request latencies (µs) of `n` sequential GETs: on one keep-alive connection, or on
 /// a fresh connection each (`fresh`).
@@ -80,7 +41,7 @@ async fn sample(addr: SocketAddr, n: usize, fresh: bool) -> Result<Vec<f64>> {
 }
 
 pub async fn run(ctx: &Ctx) -> Result<Section> {
-    let app = nagle_app().await?;
+    let app = litefs_proxy_tests::nagle_app::start().await?;
     let mount = ctx.dir.path().join("s7-mount");
     std::fs::create_dir_all(&mount)?;
     litefs_sim::write_pos(&mount, "db.sqlite3", 1, 0)?;

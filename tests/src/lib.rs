@@ -7,6 +7,7 @@ pub mod chaos;
 pub mod client;
 pub mod cluster;
 pub mod django;
+pub mod nagle_app;
 pub mod netns;
 pub mod node;
 pub mod relay;

@@ -9,47 +9,7 @@ use std::{net::SocketAddr, time::Duration, time::Instant};
 
 use litefs_proxy::{Primary, Proxy, ProxyConfig};
 use litefs_proxy_tests::client::get;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::watch,
-};
-
-/// Serves keep-alive GETs with a 2-write answer (head, then body), Nagle on.
-async fn nagle_app() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(serve(s));
-        }
-    });
-    addr
-}
-
-async fn serve(mut s: TcpStream) {
-    let body = b"{\"ok\":true}\n";
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        // One request head at a time (GETs: no body).
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
-        buf.drain(..end);
-        let head = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-            body.len()
-        );
-        if s.write_all(head.as_bytes()).await.is_err() || s.write_all(body).await.is_err() {
-            return;
-        }
-    }
-}
+use tokio::{net::TcpListener, sync::watch};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -58,7 +18,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_through_the_proxy_do_not_wait_for_a_nagle_apps_delayed_ack() {
-    let app = nagle_app().await;
+    let app = litefs_proxy_tests::nagle_app::start().await.expect("app");
     let dir = tempfile::tempdir().expect("tempdir");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
