@@ -5,7 +5,7 @@
 //! master and workers summed) over the run, divided by the requests wrk completed; the table
 //! keeps wrk's throughput too. Skipped (a row says so) without wrk or nginx.
 
-use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
+use std::{net::SocketAddr, path::Path, process::Command};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -129,7 +129,6 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
                     "requests": n, "rps": rps, "cpu_us_per_request": us}));
                 res[ti].push((rps, us));
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let med = |ti: usize, f: fn(&(f64, f64)) -> f64| {
             median(&res[ti].iter().map(f).collect::<Vec<_>>())
