@@ -28,10 +28,21 @@ pub const LAG_MS: u64 = 100;
 /// Per request: a paused node's socket accepts and never answers.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
 
+/// One acknowledged write.
+#[derive(Debug)]
+struct Acked {
+    body: String,
+    /// For the log: the node it was sent to, the time of the answer, the token.
+    how: String,
+    /// When the client sent it.
+    sent: std::time::Instant,
+    /// The node whose app applied it (the app's answer names it).
+    applied_by: String,
+}
+
 #[derive(Default, Debug)]
 struct History {
-    /// Acknowledged writes: body, and for the log the node, token and time of the answer.
-    acked: Vec<(String, String)>,
+    acked: Vec<Acked>,
     /// Acknowledged writes whose read through another node, with their token, answered
     /// without them (404 or another item).
     ryw_violations: Vec<String>,
@@ -57,6 +68,10 @@ pub struct Outcome {
     pub reads_answered: usize,
     /// Writes not acknowledged, by status (or "timeout"/"error").
     pub unacked: HashMap<String, usize>,
+    /// Writes sent while their node was paused or cut off (from 50 ms into the fault, so
+    /// none was already at the app) and acknowledged as applied by that node's app: a
+    /// leader that a newer one superseded (or was about to) answered them.
+    pub by_superseded: Vec<String>,
 }
 
 /// One client: write `c<id>-<n>` through node `n % 3`, then read it back through the next
@@ -73,6 +88,7 @@ async fn client(
         let body = format!("c{id}-{n}");
         let w = c[(n + id) % c.len()];
         let r = c[(n + id + 1) % c.len()];
+        let sent = std::time::Instant::now();
         let a = match tokio::time::timeout(REQUEST_TIMEOUT, post(w, "/items", &[], &body)).await {
             Ok(Ok(a)) if a.status.is_success() => a,
             other => {
@@ -93,7 +109,12 @@ async fn client(
             utc_now(),
             token.unwrap_or("-")
         );
-        h.lock().unwrap().acked.push((body.clone(), how));
+        h.lock().unwrap().acked.push(Acked {
+            body: body.clone(),
+            how,
+            sent,
+            applied_by: item["node"].as_str().unwrap_or_default().to_owned(),
+        });
         let (Some(item_id), Some(token)) = (item["id"].as_i64(), token) else {
             continue;
         };
@@ -154,9 +175,12 @@ pub async fn run(sync_replicas: usize) -> Outcome {
     let clients: Vec<_> = (0..6)
         .map(|id| tokio::spawn(client(id, addrs.clone(), stop.clone(), history.clone())))
         .collect();
+    // (node, start, end) of each pause and partition.
+    let mut cut_off = Vec::new();
     for round in 0..2 {
         for fault in ["kill", "partition", "pause"] {
             let l = settled(&c).await;
+            let start = std::time::Instant::now();
             eprintln!(
                 "{} chaos round {round}: {fault} {}",
                 utc_now(),
@@ -186,6 +210,9 @@ pub async fn run(sync_replicas: usize) -> Outcome {
                     c.signal(l, "CONT");
                 }
             }
+            if fault != "kill" {
+                cut_off.push((c.nodes[l].id.clone(), start, std::time::Instant::now()));
+            }
         }
     }
     let l = settled(&c).await;
@@ -209,8 +236,20 @@ pub async fn run(sync_replicas: usize) -> Outcome {
         lost: h
             .acked
             .iter()
-            .filter(|(b, _)| !count.contains_key(b))
-            .map(|(b, how)| format!("{b} {how}"))
+            .filter(|a| !count.contains_key(&a.body))
+            .map(|a| format!("{} {}", a.body, a.how))
+            .collect(),
+        by_superseded: h
+            .acked
+            .iter()
+            .filter(|a| {
+                cut_off.iter().any(|(node, start, end)| {
+                    a.applied_by == *node
+                        && a.sent > *start + Duration::from_millis(50)
+                        && a.sent < *end
+                })
+            })
+            .map(|a| format!("{} applied by {} {}", a.body, a.applied_by, a.how))
             .collect(),
         duplicated: count
             .iter()

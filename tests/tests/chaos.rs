@@ -22,6 +22,11 @@ async fn with_sync_replicas_1_no_fault_loses_an_acknowledged_write_or_a_read() {
     assert!(o.lost.is_empty(), "lost acknowledged writes: {:?}", o.lost);
     assert!(o.duplicated.is_empty(), "duplicated: {:?}", o.duplicated);
     assert!(
+        o.by_superseded.is_empty(),
+        "answered by a paused or cut-off leader: {:?}",
+        o.by_superseded
+    );
+    assert!(
         o.ryw_violations.is_empty(),
         "read-your-writes: {:?}",
         o.ryw_violations
