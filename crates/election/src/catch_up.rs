@@ -87,14 +87,7 @@ impl CatchUp {
 
     async fn check(&self) -> Verdict {
         let pv = &self.handover.pre_vote;
-        let voters = pv
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .voter_ids()
-            .count();
-        let quorum = voters / 2 + 1;
+        let (voters, quorum) = pv.voters_and_quorum();
         if voters <= 1 {
             return Verdict::Passed;
         }

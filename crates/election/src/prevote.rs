@@ -213,6 +213,18 @@ impl PreVoteCtx {
         }
     }
 
+    /// How many voters there are, and how many make a quorum.
+    pub(crate) fn voters_and_quorum(&self) -> (usize, usize) {
+        let voters = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .voter_ids()
+            .count();
+        (voters, voters / 2 + 1)
+    }
+
     /// This node's request, as a candidate for the next term (or as a probe).
     pub(crate) fn request(&self, probe: bool) -> PreVoteRequest {
         PreVoteRequest {
@@ -340,14 +352,7 @@ pub(crate) async fn ask(
 
 /// One pre-vote round as candidate: true when a quorum of voters (this node included) grants.
 pub(crate) async fn round(ctx: &PreVoteCtx, client: &RpcClient) -> bool {
-    let voters = ctx
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .voter_ids()
-        .count();
-    let quorum = voters / 2 + 1;
+    let (_, quorum) = ctx.voters_and_quorum();
     let req = ctx.request(false);
     let granted =
         |a: &BTreeMap<NodeId, PreVoteResponse>| 1 + a.values().filter(|r| r.granted).count();
