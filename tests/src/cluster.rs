@@ -520,8 +520,11 @@ peers = [{peers}]
         within: Duration,
     ) -> Option<usize> {
         let end = Instant::now() + within;
-        let l = self.wait_leader(all, within).await?;
         while Instant::now() < end {
+            // Asked again each time: leadership may move meanwhile (a leader elected behind a
+            // voter's LiteFS position hands over to it), and LiteFS follows the new one.
+            let left = end.saturating_duration_since(Instant::now());
+            let l = self.wait_leader(all, left).await?;
             let primaries: Vec<usize> = self
                 .litefs_primaries()
                 .await
