@@ -67,14 +67,6 @@ async fn cluster_status_lists_every_peer_through_one_node_and_shows_a_dead_one_d
         ..Options::default()
     })
     .await;
-    let leader = c
-        .wait_litefs_settled(Duration::from_secs(30))
-        .await
-        .expect("a settled leader");
-    let leader_id = c.nodes[leader].id.clone();
-    let asked = (leader + 1) % 3;
-    let url = format!("http://{}", c.nodes[asked].proxy);
-
     // Through one node: every peer, once that node has heard from each since LiteFS
     // settled (its view is up to a poll interval old).
     let all_up = |rows: &[serde_json::Value]| {
@@ -83,7 +75,23 @@ async fn cluster_status_lists_every_peer_through_one_node_and_shows_a_dead_one_d
                 .iter()
                 .all(|r| r["role"] != "down" && r["term"].is_u64() && r["litefs_role"] != "unknown")
     };
-    let rows = json_until(&["--url", &url], all_up).await;
+    // Leadership may still move just after the cluster settled (a new leader hands over to
+    // a more caught-up voter): settle and ask again until the view names the settled leader.
+    let mut attempt = 0;
+    let (leader, leader_id, asked, url, rows) = loop {
+        attempt += 1;
+        let leader = c
+            .wait_litefs_settled(Duration::from_secs(30))
+            .await
+            .expect("a settled leader");
+        let leader_id = c.nodes[leader].id.clone();
+        let asked = (leader + 1) % 3;
+        let url = format!("http://{}", c.nodes[asked].proxy);
+        let rows = json_until(&["--url", &url], all_up).await;
+        if rows.iter().all(|r| r["leader"] == leader_id.as_str()) || attempt == 3 {
+            break (leader, leader_id, asked, url, rows);
+        }
+    };
     let nodes: Vec<&str> = rows.iter().filter_map(|r| r["node"].as_str()).collect();
     assert_eq!(nodes, ["node-1", "node-2", "node-3"], "{rows:#?}");
     for r in &rows {
