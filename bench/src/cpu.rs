@@ -90,17 +90,8 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
             panels: vec![],
         });
     };
-    let mount = ctx.dir.path().join("s8-mount");
-    std::fs::create_dir_all(&mount)?;
-    litefs_sim::write_pos(&mount, "db.sqlite3", 1, 0)?;
-    let paddr = free_port();
-    let proxy = procs::spawn_proxy(
-        &ctx.bin,
-        ctx.dir.path(),
-        "s8-proxy",
-        &procs::static_toml(paddr, ctx.hello, &mount, "s8", None, ""),
-    )?;
-    proxy.wait_ready(paddr, "/litefs/health").await?;
+    let (proxy, paddr) =
+        procs::spawn_static_primary(&ctx.bin, ctx.dir.path(), "s8", ctx.hello).await?;
     let naddr = free_port();
     let nginx = procs::spawn_nginx(nginx_bin, ctx.dir.path(), naddr, ctx.hello, ctx.cores)?;
     nginx.wait_ready(naddr, "/").await?;

@@ -42,17 +42,7 @@ async fn sample(addr: SocketAddr, n: usize, fresh: bool) -> Result<Vec<f64>> {
 
 pub async fn run(ctx: &Ctx) -> Result<Section> {
     let app = litefs_proxy_tests::nagle_app::start().await?;
-    let mount = ctx.dir.path().join("s7-mount");
-    std::fs::create_dir_all(&mount)?;
-    litefs_sim::write_pos(&mount, "db.sqlite3", 1, 0)?;
-    let paddr = free_port();
-    let _proxy = procs::spawn_proxy(
-        &ctx.bin,
-        ctx.dir.path(),
-        "s7-proxy",
-        &procs::static_toml(paddr, app, &mount, "s7", None, ""),
-    )?;
-    _proxy.wait_ready(paddr, "/litefs/health").await?;
+    let (_proxy, paddr) = procs::spawn_static_primary(&ctx.bin, ctx.dir.path(), "s7", app).await?;
     // (name, address, a fresh connection per request)
     let mut targets = vec![
         ("direct, fresh conn", app, true),

@@ -113,6 +113,29 @@ pub fn spawn_proxy(bin: &Path, dir: &Path, name: &str, toml: &str) -> Result<Pro
     Proc::spawn(name, &mut cmd, dir.join(format!("{name}.log")), None)
 }
 
+/// A static primary `<tag>-proxy` in front of `target`, on a mount at TXID 1, ready to
+/// serve; its process (stopped on drop) and address.
+pub async fn spawn_static_primary(
+    bin: &Path,
+    dir: &Path,
+    tag: &str,
+    target: SocketAddr,
+) -> Result<(Proc, SocketAddr)> {
+    let mount = dir.join(format!("{tag}-mount"));
+    std::fs::create_dir_all(&mount)?;
+    litefs_sim::write_pos(&mount, "db.sqlite3", 1, 0)?;
+    let addr = free_port();
+    let name = format!("{tag}-proxy");
+    let proxy = spawn_proxy(
+        bin,
+        dir,
+        &name,
+        &static_toml(addr, target, &mount, tag, None, ""),
+    )?;
+    proxy.wait_ready(addr, "/litefs/health").await?;
+    Ok((proxy, addr))
+}
+
 /// `[proxy]` + static `[role]` config. `primary_url` None = this node is the primary.
 pub fn static_toml(
     addr: SocketAddr,

@@ -16,17 +16,8 @@ use crate::{
 };
 
 pub async fn run(ctx: &Ctx) -> Result<Section> {
-    let mount = ctx.dir.path().join("s1-mount");
-    std::fs::create_dir_all(&mount)?;
-    litefs_sim::write_pos(&mount, "db.sqlite3", 1, 0)?;
-    let paddr = free_port();
-    let _proxy = procs::spawn_proxy(
-        &ctx.bin,
-        ctx.dir.path(),
-        "s1-proxy",
-        &procs::static_toml(paddr, ctx.hello, &mount, "s1", None, ""),
-    )?;
-    _proxy.wait_ready(paddr, "/litefs/health").await?;
+    let (_proxy, paddr) =
+        procs::spawn_static_primary(&ctx.bin, ctx.dir.path(), "s1", ctx.hello).await?;
     let mut targets = vec![("direct", ctx.hello), ("litefs-proxy", paddr)];
     let _nginx = match &ctx.nginx {
         Some(bin) => {
