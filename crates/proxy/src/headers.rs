@@ -130,6 +130,19 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: &Client, trusted: bool) {
     }
 }
 
+/// A header map from `(name, value)` pairs, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_map(pairs: &[(&str, &str)]) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

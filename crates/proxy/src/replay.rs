@@ -114,16 +114,7 @@ pub fn discard(body: ProxyBody) {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        h
-    }
+    use crate::headers::test_map as headers;
 
     fn remote(node: &str) -> Primary {
         Primary::remote(node, "http://127.0.0.1:1").unwrap()

@@ -217,16 +217,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::headers::test_map as headers;
 
     fn plain() -> Tokens {
         Tokens::new("litefs-txid", Duration::from_secs(300), None)
