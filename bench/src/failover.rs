@@ -270,10 +270,7 @@ async fn litefs_trial(c: &mut Cluster, fault: Fault) -> Result<LitefsTrial> {
         Fault::Sigterm => c.signal(l, "TERM"),
         Fault::ProxyKill => c.kill(l),
         Fault::LitefsKill => c.kill_litefs(l),
-        Fault::NodeKill => {
-            c.kill(l);
-            c.kill_litefs(l);
-        }
+        Fault::NodeKill => c.kill_node(l),
         Fault::Partition => c.isolate(l, true),
     }
     let end = t0 + Duration::from_secs(20);

@@ -10,6 +10,7 @@
 
 use std::{
     net::SocketAddr,
+    os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::OnceLock,
@@ -145,6 +146,9 @@ pub struct ProcNode {
     /// With [`Options::litefs`]: the node's LiteFS process.
     pub litefs: Option<LiteFsProc>,
     child: Option<Child>,
+    /// The process group of every run of this node's litefs-proxy: with it, its lease
+    /// keeper, which outlives a kill -9 of the proxy ([`Cluster::kill_node`], drop).
+    groups: Vec<u32>,
 }
 
 impl ProcNode {
@@ -405,6 +409,7 @@ peers = [{peers}]
                 config,
                 litefs,
                 child: None,
+                groups: Vec::new(),
             });
         }
         let mut c = Cluster {
@@ -597,8 +602,10 @@ peers = [{peers}]
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
+            .process_group(0)
             .spawn()
             .expect("spawn litefs-proxy");
+        node.groups.push(child.id());
         node.child = Some(child);
     }
 
@@ -607,6 +614,23 @@ peers = [{peers}]
         if let Some(mut c) = self.nodes[i].child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// kill -9 of the whole node: its litefs-proxy with its lease keeper, and its LiteFS.
+    pub fn kill_node(&mut self, i: usize) {
+        self.kill(i);
+        self.kill_groups(i);
+        self.kill_litefs(i);
+    }
+
+    /// kill -9 of every process left of node `i`'s litefs-proxy runs (lease keepers).
+    fn kill_groups(&mut self, i: usize) {
+        for g in self.nodes[i].groups.drain(..) {
+            let _ = Command::new("kill")
+                .args(["-9", "--", &format!("-{g}")])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 
@@ -756,6 +780,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..self.nodes.len() {
             self.kill(i);
+            self.kill_groups(i);
             self.kill_litefs(i);
         }
         if std::env::var_os("LITEFS_TEST_KEEP").is_some() {

@@ -262,14 +262,15 @@ async fn sigterm_hands_litefs_over_before_the_old_proxy_exits_and_no_write_fails
     assert!(writes.len() > 5);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_of_the_leaders_proxy_moves_litefs_to_the_new_leader() {
-    let mut c = start().await;
-    let (old, survivors, sampler, writer) = under_writes(&c).await;
+/// Kills the settled leader's proxy (kill -9; its LiteFS and lease keeper live on), waits
+/// for LiteFS's primary to move to the new Raft leader under writes; the old and the new
+/// primary's LiteFS logs.
+async fn kill_the_leaders_proxy(c: &mut Cluster) -> (String, String) {
+    let (old, survivors, sampler, writer) = under_writes(c).await;
     let killed = Instant::now();
     c.kill(old);
-    let new = new_raft_leader(&c, &survivors).await;
-    primary_moves_to(&c, new, Duration::from_secs(10)).await;
+    let new = new_raft_leader(c, &survivors).await;
+    primary_moves_to(c, new, Duration::from_secs(10)).await;
     let info = c.litefs_info(old).await.expect("the old LiteFS still runs");
     assert_eq!(info["isPrimary"], false, "the old LiteFS stepped down");
     writer.acked(5).await;
@@ -280,14 +281,51 @@ async fn kill_9_of_the_leaders_proxy_moves_litefs_to_the_new_leader() {
         after.iter().any(|(_, r)| *r == Ok(201)),
         "writes land again: {after:?}"
     );
+    (c.litefs_log(old), c.litefs_log(new))
+}
+
+/// Issue 9, B2: the crashed proxy's lease keeper still serves its node's lease endpoint and
+/// forwards to the surviving voters, so the old LiteFS renews once more and hands its lease
+/// to the new leader's LiteFS (LiteFS's handoff), instead of waiting for it to lapse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_leaders_proxy_hands_litefs_over_through_its_lease_keeper() {
+    let mut c = start().await;
+    let (old_log, new_log) = kill_the_leaders_proxy(&mut c).await;
+    assert!(
+        old_log.contains("exiting primary, preserving lease for handoff"),
+        "the old LiteFS handed its lease over:\n{old_log}"
+    );
+    assert!(
+        new_log.contains("acquiring existing lease from handoff"),
+        "the new LiteFS took the handed lease:\n{new_log}"
+    );
+}
+
+/// The same without the keeper (`lease_keeper = false`: the endpoint dies with the proxy):
+/// the old LiteFS's last renewal fails, so it cannot hand over, and the lock moves only once
+/// its session lapsed. The check above fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_lease_keeper_a_killed_proxys_litefs_cannot_hand_over() {
+    let mut c = Cluster::start(Options {
+        proxy_extra: "primary_redirect_timeout = \"5s\"\nshutdown_grace = \"2s\"\n".into(),
+        litefs: Some(LiteFsOptions::with_lag(0)),
+        election_extra: "lease_keeper = false\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let (old_log, new_log) = kill_the_leaders_proxy(&mut c).await;
+    assert!(
+        !old_log.contains("exiting primary, preserving lease for handoff"),
+        "{old_log}"
+    );
+    assert!(new_log.contains("primary lease acquired"), "{new_log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_whole_leader_node_moves_litefs_to_the_new_leader() {
     let mut c = start().await;
     let (old, survivors, sampler, writer) = under_writes(&c).await;
-    c.kill(old);
-    c.kill_litefs(old);
+    c.kill_node(old);
     let new = new_raft_leader(&c, &survivors).await;
     primary_moves_to(&c, new, Duration::from_secs(10)).await;
     // The dead node's lock was not handed to anyone before it lapsed: the new primary's

@@ -46,6 +46,11 @@ pub struct Config {
     /// Required when `lease_addr` is not loopback: requests must carry it as
     /// `X-Consul-Token` (LiteFS sends `CONSUL_HTTP_TOKEN`).
     pub lease_token: Option<String>,
+    /// `lease_addr` is served by a lease keeper, a process of its own that outlives this one
+    /// and forwards every request here (`lease::keeper`), so LiteFS can still hand its lease
+    /// over after this process crashed; the election then does not bind `lease_addr`.
+    /// `litefs-proxy run` starts the keeper, and defaults this to true; false here.
+    pub lease_keeper: bool,
     /// LiteFS's session TTL (`lease.consul.ttl`), printed by `litefs-proxy litefs-config`;
     /// the endpoint itself takes each session's TTL from the create request.
     #[serde(with = "humantime_serde")]
@@ -73,6 +78,7 @@ impl Default for Config {
             on_demote: None,
             lease_addr: None,
             lease_token: None,
+            lease_keeper: false,
             lease_ttl: Duration::from_secs(1),
             lease_lock_delay: Duration::ZERO,
             peers: Vec::new(),
@@ -130,7 +136,7 @@ impl<'de> Deserialize<'de> for PeerSpec {
 }
 
 /// A peer with every field resolved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
     pub id: String,
     /// `host:port` of its Raft listener (resolved at connect time, so names work).

@@ -2,6 +2,7 @@
 //! together, bootstraps the cluster from the config, and shuts down with a handover.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -86,6 +87,8 @@ pub struct Election {
     reaper_task: JoinHandle<()>,
     /// The lease HTTP endpoint, when `lease_addr` is set.
     lease_server: Option<(SocketAddr, oneshot::Sender<()>, JoinHandle<()>)>,
+    /// `lease_addr`, when a lease keeper serves it (`lease_keeper`).
+    lease_kept: Option<SocketAddr>,
     /// The lease state (also when no endpoint is served; then nobody asks for it).
     lease_shared: LeaseShared,
     /// This node's LiteFS position, set by the server.
@@ -127,6 +130,8 @@ impl Election {
         })?;
         let store = Store::open(&cfg.data_dir)?;
         let lease_listener = match cfg.lease_addr {
+            // Served by the keeper, which forwards here over the RPC transport.
+            Some(_) if cfg.lease_keeper => None,
             Some(addr) => {
                 let l = TcpListener::bind(addr)
                     .await
@@ -313,8 +318,23 @@ impl Election {
             reports.clone(),
             cfg.election_timeout_min,
         ));
+        let lease_http = Arc::new(lease::http::HttpCtx {
+            shared: lease_shared.clone(),
+            writer: LeaseWriter {
+                raft: raft.clone(),
+                me,
+                client: client.clone(),
+                shared: lease_shared.clone(),
+            },
+            raft: raft.clone(),
+            me_name: cfg.node_id.clone(),
+            peers: peers.clone(),
+            token: cfg.lease_token.clone(),
+            renew_within: lease::http::RENEW_ANSWER_WITHIN,
+        });
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let state = RpcState {
+            lease_http: lease_http.clone(),
             raft: raft.clone(),
             auth,
             faults: faults.clone(),
@@ -334,19 +354,7 @@ impl Election {
         ));
         let lease_server = match lease_listener {
             Some((l, addr)) => {
-                let ctx = lease::http::HttpCtx {
-                    shared: lease_shared.clone(),
-                    writer: LeaseWriter {
-                        raft: raft.clone(),
-                        me,
-                        client: client.clone(),
-                        shared: lease_shared.clone(),
-                    },
-                    raft: raft.clone(),
-                    me_name: cfg.node_id.clone(),
-                    peers: peers.clone(),
-                    token: cfg.lease_token.clone(),
-                };
+                let ctx = (*lease_http).clone();
                 let (tx, rx) = oneshot::channel::<()>();
                 let task = tokio::spawn(lease::http::serve(l, ctx, async move {
                     let _ = rx.await;
@@ -394,6 +402,7 @@ impl Election {
             eligibility_task,
             reaper_task,
             lease_server,
+            lease_kept: cfg.lease_addr.filter(|_| cfg.lease_keeper),
             lease_shared,
             position,
             fence,
@@ -447,14 +456,15 @@ impl Election {
 
     /// The lease endpoint's state, when `lease_addr` is set (to open a handoff window).
     pub fn lease(&self) -> Option<LeaseShared> {
-        self.lease_server
-            .as_ref()
-            .map(|_| self.lease_shared.clone())
+        self.lease_local_addr().map(|_| self.lease_shared.clone())
     }
 
-    /// The bound lease endpoint address, when `lease_addr` is set.
+    /// The lease endpoint's address, when `lease_addr` is set (bound here, or the keeper's).
     pub fn lease_local_addr(&self) -> Option<SocketAddr> {
-        self.lease_server.as_ref().map(|(a, _, _)| *a)
+        self.lease_server
+            .as_ref()
+            .map(|(a, _, _)| *a)
+            .or(self.lease_kept)
     }
 
     /// openraft's own metrics (term, state, vote), for tests and diagnostics.
@@ -482,12 +492,20 @@ impl Election {
     /// running as a follower (and never leads again), so a proxy draining after the handover
     /// still learns who leads. No-op on a follower.
     pub async fn hand_over(&self) -> Option<Duration> {
+        self.hand_over_after(std::future::ready(())).await
+    }
+
+    /// [`Election::hand_over`], waiting for `quiesced` between the moment this node stops
+    /// acting as primary (no new write reaches its app) and the probe of the followers'
+    /// positions: the writes already at the app then count in the position it hands over.
+    pub async fn hand_over_after(&self, quiesced: impl Future<Output = ()>) -> Option<Duration> {
         let was_leader = self.raft.metrics().borrow().state == openraft::ServerState::Leader;
         // Once only: a second call (the drain's, then the shutdown's) would wait again for a
         // successor that the first one already asked for.
         if !was_leader || self.stepping_down.swap(true, Ordering::SeqCst) {
             return None;
         }
+        quiesced.await;
         let mut rx = self.leadership.clone();
         handover::step_down(&self.handover, &self.client, &self.wake, &mut rx).await
     }

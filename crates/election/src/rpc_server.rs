@@ -33,6 +33,9 @@ pub const PATH_LEASE: &str = "/raft/lease";
 /// A follower asks the leader for its read index before answering a lease read (answer:
 /// `lease::http::ReadIndex`).
 pub const PATH_READ_INDEX: &str = "/raft/read-index";
+/// A node's lease keeper forwards a request its LiteFS sent to `lease_addr`, as it came
+/// (`lease::keeper::Forwarded`, answer: `lease::keeper::Answer`).
+pub const PATH_LEASE_HTTP: &str = "/raft/lease-http";
 
 /// A replica reports its LiteFS position to the leader (answer: `reports::ReportAck`).
 pub const PATH_POSITION: &str = "/raft/position";
@@ -56,6 +59,8 @@ pub struct RpcState {
     pub lease: lease::LeaseShared,
     /// The leader's table of replicas' position reports.
     pub reports: ReportTable,
+    /// The lease endpoint's handlers, for requests a lease keeper forwards.
+    pub lease_http: Arc<lease::http::HttpCtx>,
 }
 
 /// Serve Raft RPCs on `listener` until `shutdown` completes; then every open connection is
@@ -106,6 +111,7 @@ async fn handle(state: &RpcState, req: Request<Incoming>) -> Response<Full<Bytes
         PATH_SNAPSHOT,
         PATH_TIMEOUT_NOW,
         PATH_LEASE,
+        PATH_LEASE_HTTP,
         PATH_READ_INDEX,
         PATH_POSITION,
         PATH_PRE_VOTE,
@@ -177,6 +183,14 @@ async fn handle(state: &RpcState, req: Request<Incoming>) -> Response<Full<Bytes
             Ok(req) => {
                 json(&lease::propose_local(&state.raft, state.handover.me, &state.lease, req).await)
             }
+            Err(e) => text(StatusCode::BAD_REQUEST, e),
+        },
+        PATH_LEASE_HTTP => match decode::<lease::keeper::Forwarded>(&body) {
+            // A keeper speaks for its own node only: the signed `from`.
+            Ok(req) if state.handover.peers.values().any(|p| p.id == from) => {
+                json(&lease::keeper::answer(&state.lease_http, &from, req).await)
+            }
+            Ok(_) => text(StatusCode::FORBIDDEN, format!("{from:?} is not a member")),
             Err(e) => text(StatusCode::BAD_REQUEST, e),
         },
         PATH_READ_INDEX => json(&lease::http::read_index_local(&state.raft).await),

@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     /// The primary's proxy: a connection of its own per request (see `crate::forward`).
     to_primary: Forwarder,
     pub(crate) metrics: Metrics,
+    /// Writes sent to the local app as the primary's and not yet answered to the client.
+    writes: WritesInFlight,
     pub(crate) extension: Option<Arc<dyn StatusExtension>>,
     /// Whether the local LiteFS is up, when the server follows it: down, `/litefs/health`
     /// answers 503 (a load balancer stops sending here).
@@ -84,6 +86,46 @@ pub(crate) struct Shared {
 
 /// See [`Proxy::with_fence`].
 pub type Fence = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// A count of writes in flight at the local app ([`Proxy::writes_in_flight`]).
+#[derive(Clone)]
+pub struct WritesInFlight(Arc<watch::Sender<usize>>);
+
+impl Default for WritesInFlight {
+    fn default() -> Self {
+        WritesInFlight(Arc::new(watch::channel(0).0))
+    }
+}
+
+impl WritesInFlight {
+    fn enter(&self) -> InFlightGuard {
+        self.0.send_modify(|n| *n += 1);
+        InFlightGuard(self.0.clone())
+    }
+
+    /// How many there are now.
+    pub fn count(&self) -> usize {
+        *self.0.borrow()
+    }
+
+    /// Waits until none is in flight, at most `within`; false when some still are.
+    pub async fn drained(&self, within: Duration) -> bool {
+        let mut rx = self.0.subscribe();
+        let drained = matches!(
+            tokio::time::timeout(within, rx.wait_for(|n| *n == 0)).await,
+            Ok(Ok(_))
+        );
+        drained
+    }
+}
+
+struct InFlightGuard(Arc<watch::Sender<usize>>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
 
 /// How often a write held by a failing fence checks it again.
 const FENCE_RECHECK: Duration = Duration::from_millis(10);
@@ -171,6 +213,7 @@ impl Proxy {
                 app: Upstream::new(Duration::from_secs(1)),
                 to_primary: Forwarder::new(Duration::from_secs(1)),
                 metrics: Metrics::default(),
+                writes: WritesInFlight::default(),
                 extension: None,
                 litefs_up: None,
                 fence: None,
@@ -248,6 +291,12 @@ impl Proxy {
 
     pub fn local_txid(&self) -> &LocalTxid {
         &self.inner.txid
+    }
+
+    /// The writes this node's app is serving as the primary's (a planned step-down waits
+    /// for them, so their positions are in what it hands over).
+    pub fn writes_in_flight(&self) -> WritesInFlight {
+        self.inner.writes.clone()
     }
 
     /// Requests currently held waiting for a primary.
@@ -617,6 +666,9 @@ impl Proxy {
         replay: Replay,
     ) -> Result<(Response<ProxyBody>, &'static str), ProxyError> {
         let s = &*self.inner;
+        // A write, from the moment it may reach the app until it is answered (its replicas
+        // included, with `sync_replicas`).
+        let _in_flight = mint.then(|| s.writes.enter());
         let deadline = Instant::now() + s.cfg.target_connect_retry;
         // Only a request without a body may be sent twice: nothing of it can be half-read.
         let bodyless = p.body.is_end_stream();

@@ -44,7 +44,7 @@ pub mod upstream;
 pub use config::{ConfigError, OnReadTimeout, OnSyncTimeout, ProxyConfig, TxidSource};
 pub use connection::PARK_AFTER;
 pub use error::ProxyError;
-pub use handler::{Fence, Proxy, StatusExtension};
+pub use handler::{Fence, Proxy, StatusExtension, WritesInFlight};
 pub use primary::Primary;
 pub use serve::serve;
 pub use token::Token;

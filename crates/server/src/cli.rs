@@ -39,6 +39,10 @@ pub enum Command {
     /// stream, LiteFS's consul lease loop, optionally the demo app. For the demo and tests.
     #[command(hide = true)]
     SimLitefs(SimLitefsArgs),
+    /// The node's lease endpoint as a process of its own (started by `run`, configured on
+    /// stdin), so that it outlives a crash of `run`.
+    #[command(hide = true)]
+    LeaseKeeper,
 }
 
 #[derive(Debug, Subcommand)]

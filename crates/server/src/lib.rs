@@ -7,6 +7,7 @@ pub mod cluster_status;
 pub mod config;
 pub mod demo;
 pub mod demo_watch;
+pub mod lease_keeper;
 pub mod litefs_config;
 pub mod litefs_yml;
 pub mod peer_view;
@@ -42,6 +43,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Demo(a) => demo::supervise(a),
         Command::DemoNode(a) => demo::node(a),
         Command::SimLitefs(a) => demo::sim_litefs(a),
+        Command::LeaseKeeper => lease_keeper::main(),
         Command::Check(args) => with_config(&args, |cfg| {
             for w in config::warnings(&cfg) {
                 eprintln!("litefs-proxy: warning: {w}");

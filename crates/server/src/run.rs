@@ -11,6 +11,7 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     config::Config,
+    lease_keeper,
     role::{
         confirm,
         litefs_source::LitefsSource,
@@ -20,6 +21,9 @@ use crate::{
     },
     signals, EXIT_CONFIG,
 };
+
+/// How long a planned step-down waits for the writes already at the app to be answered.
+const QUIESCE_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs the proxy to completion. Exit codes: 0 after a clean drain, 64 for a config the
 /// proxy refuses, 1 when the address cannot be bound or serving fails.
@@ -61,6 +65,8 @@ async fn serve(
     // and LiteFS's view, which shutdown waits on until the handoff is done.
     let mut promoter = None;
     let mut handing_off: Option<watch::Receiver<Primary>> = None;
+    // With `election.lease_keeper`: the process serving `lease_addr` (told to stop last).
+    let mut keeper = None;
     // With Raft: every peer's status, for `/litefs/status` and `cluster status`.
     let mut peer_view = None;
     let mut litefs_view = None;
@@ -119,6 +125,11 @@ async fn serve(
                 .with_peers(peers)
             });
             litefs_up = source.as_ref().map(LitefsSource::up);
+            if election.lease_addr.is_some() && election.lease_keeper {
+                let k = lease_keeper::start(&election, addr.port()).await?;
+                tracing::info!(pid = k.pid(), "lease keeper started");
+                keeper = Some(k);
+            }
             let role = RaftRole::start(election, addr.port(), tx.clone(), litefs_up.clone())
                 .await
                 .context("starting the election")?;
@@ -176,13 +187,25 @@ async fn serve(
     // and drains while the election keeps following the new leader (writes held here are
     // sent on to it); the election stops last.
     let handing_over = raft.clone();
+    let writes = proxy.writes_in_flight();
     let shutdown = async move {
         tokio::select! {
             _ = signal => {}
             _ = stop => tracing::info!("stop requested; draining"),
         }
         if let Some(role) = handing_over {
-            role.hand_over().await;
+            // Writes already at the app (and waiting for their replicas) are answered
+            // before the followers' positions are probed, so the successor holds them.
+            role.hand_over_after(async move {
+                if !writes.drained(QUIESCE_WITHIN).await {
+                    tracing::warn!(
+                        writes = writes.count(),
+                        within = ?QUIESCE_WITHIN,
+                        "handing over with writes still in flight at the app"
+                    );
+                }
+            })
+            .await;
         }
     };
     let listener = TcpListener::bind(addr)
@@ -211,6 +234,9 @@ async fn serve(
     drop(promoter);
     if let Some(role) = raft {
         role.shutdown().await;
+    }
+    if let Some(k) = keeper {
+        k.stop().await;
     }
     tracing::info!("drained; bye");
     drop(tx);

@@ -37,9 +37,11 @@ mod session;
 use consistent::consistent;
 pub(crate) use consistent::read_index_local;
 use kv::{kv_delete, kv_get, kv_put};
+pub(crate) use session::RENEW_ANSWER_WITHIN;
 use session::{session_create, session_destroy, session_list, session_renew};
 
 /// What the handlers need.
+#[derive(Clone)]
 pub(crate) struct HttpCtx {
     pub shared: LeaseShared,
     pub writer: LeaseWriter,
@@ -50,6 +52,9 @@ pub(crate) struct HttpCtx {
     /// With `lease_token`: every request must carry it (`X-Consul-Token`, as LiteFS's Consul
     /// client sends `CONSUL_HTTP_TOKEN`, or `?token=`).
     pub token: Option<String>,
+    /// A renewal not committed within this is answered "session gone"
+    /// ([`RENEW_ANSWER_WITHIN`]; a keeper whose own election is gone asks for longer).
+    pub renew_within: Duration,
 }
 
 mod subtle_eq {
@@ -71,7 +76,7 @@ pub(crate) async fn serve(listener: TcpListener, ctx: HttpCtx, shutdown: impl Fu
     .await;
 }
 
-fn text(status: StatusCode, msg: impl Into<String>) -> Resp {
+pub(crate) fn text(status: StatusCode, msg: impl Into<String>) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(msg.into())));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -103,42 +108,79 @@ fn with_meta(mut r: Resp, index: u64, known_leader: bool) -> Resp {
     r
 }
 
-async fn handle(ctx: &HttpCtx, req: Request<Incoming>) -> Resp {
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let query = parse_query(req.uri().query().unwrap_or(""));
-    if let Some(want) = &ctx.token {
-        let given = req
-            .headers()
-            .get("x-consul-token")
-            .and_then(|v| v.to_str().ok())
-            .or(query.get("token").map(String::as_str));
-        let ok = given.is_some_and(|g| {
-            use subtle_eq::eq;
-            eq(g.as_bytes(), want.as_bytes())
-        });
-        if !ok {
-            return text(
-                StatusCode::FORBIDDEN,
-                "Permission denied: ACL token missing or wrong",
-            );
-        }
-    }
-    let body = match tokio::time::timeout(
+/// Whether the request carries the lease token (`X-Consul-Token`, or `?token=`), compared
+/// without stopping at the first difference; always true without one configured.
+pub(crate) fn token_ok(want: Option<&str>, headers: &http::HeaderMap, query: Option<&str>) -> bool {
+    let Some(want) = want else { return true };
+    let from_query = query.map(parse_query);
+    let given = headers
+        .get("x-consul-token")
+        .and_then(|v| v.to_str().ok())
+        .or(from_query
+            .as_ref()
+            .and_then(|q| q.get("token"))
+            .map(String::as_str));
+    given.is_some_and(|g| subtle_eq::eq(g.as_bytes(), want.as_bytes()))
+}
+
+fn token_refused() -> Resp {
+    text(
+        StatusCode::FORBIDDEN,
+        "Permission denied: ACL token missing or wrong",
+    )
+}
+
+/// A request's body, bounded in size and time; the error is the answer.
+pub(crate) async fn read_body(body: Incoming) -> Result<Bytes, Resp> {
+    match tokio::time::timeout(
         crate::http_server::BODY_TIMEOUT,
-        Limited::new(req.into_body(), MAX_VALUE).collect(),
+        Limited::new(body, MAX_VALUE).collect(),
     )
     .await
     {
-        Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "body too slow"),
-        Ok(Err(_)) => {
-            return text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("Request body too large, max size: {MAX_VALUE} bytes"),
-            )
-        }
-        Ok(Ok(c)) => c.to_bytes(),
+        Err(_) => Err(text(StatusCode::REQUEST_TIMEOUT, "body too slow")),
+        Ok(Err(_)) => Err(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Request body too large, max size: {MAX_VALUE} bytes"),
+        )),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+async fn handle(ctx: &HttpCtx, req: Request<Incoming>) -> Resp {
+    if !token_ok(ctx.token.as_deref(), req.headers(), req.uri().query()) {
+        return token_refused();
+    }
+    let (parts, body) = req.into_parts();
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
+    route(ctx, &parts.method, &parts.uri, body).await
+}
+
+/// A request a node's lease keeper forwarded (`/raft/lease-http`): answered as this node's
+/// endpoint would answer it had `origin`'s LiteFS sent it to its own endpoint.
+pub(crate) async fn handle_forwarded(
+    ctx: &HttpCtx,
+    origin: &str,
+    renew_within: Option<Duration>,
+    method: &Method,
+    uri: &http::Uri,
+    body: Bytes,
+) -> Resp {
+    let ctx = HttpCtx {
+        me_name: origin.to_owned(),
+        renew_within: renew_within.unwrap_or(ctx.renew_within),
+        ..ctx.clone()
+    };
+    route(&ctx, method, uri, body).await
+}
+
+async fn route(ctx: &HttpCtx, method: &Method, uri: &http::Uri, body: Bytes) -> Resp {
+    let method = method.clone();
+    let path = uri.path().to_string();
+    let query = parse_query(uri.query().unwrap_or(""));
     let Some(rest) = path.strip_prefix("/v1/") else {
         return text(StatusCode::NOT_FOUND, "not found");
     };

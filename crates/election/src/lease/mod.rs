@@ -20,6 +20,7 @@
 //!   LiteFS with `promote: false`; the lock follows Raft, not LiteFS handoffs.
 
 pub(crate) mod http;
+pub mod keeper;
 pub mod state;
 
 use std::sync::{Arc, RwLock};
@@ -31,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::auth::now_ms;
-use crate::network::RpcClient;
+use crate::network::{RpcClient, TransportError};
 use crate::rpc_server::PATH_LEASE;
 use crate::types::{NodeId, Raft};
 use state::{Command, LeaseRequest, LeaseResponse, LeaseState};
@@ -217,6 +218,9 @@ impl LeaseWriter {
                         .await
                     {
                         Ok(o) => o,
+                        // Never sent (the leader's process is gone, say): retry once
+                        // another leader is known, within the same deadline.
+                        Err(TransportError::Connect { .. }) => ProposeOutcome::NotLeader(None),
                         // It may or may not have been applied: do not send it again.
                         Err(e) => ProposeOutcome::Failed(e.to_string()),
                     }

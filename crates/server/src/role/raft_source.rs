@@ -25,8 +25,13 @@ pub fn election_config(
             "raft needs the [election] table",
         ));
     };
+    let mut table = table.clone();
+    // The proxy serves LiteFS's lease endpoint from a keeper process unless told not to.
+    table
+        .entry("lease_keeper")
+        .or_insert(toml::Value::Boolean(true));
     let cfg: litefs_election::Config =
-        toml::Value::Table(table.clone())
+        toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| {
                 ConfigError::new("election", "{…}", e.message().to_owned())
@@ -157,9 +162,14 @@ impl RaftRole {
     /// Hands leadership over (if leader); the election keeps following the new leader, so
     /// requests held while the proxy drains are sent on to it.
     pub async fn hand_over(&self) {
+        self.hand_over_after(std::future::ready(())).await
+    }
+
+    /// [`RaftRole::hand_over`], once `quiesced` (see `Election::hand_over_after`).
+    pub async fn hand_over_after(&self, quiesced: impl std::future::Future<Output = ()>) {
         let election = self.election.lock().ok().and_then(|mut e| e.take());
         if let Some(e) = election {
-            match e.hand_over().await {
+            match e.hand_over_after(quiesced).await {
                 Some(took) => {
                     tracing::info!(ms = took.as_millis() as u64, "leadership handed over")
                 }

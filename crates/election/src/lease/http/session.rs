@@ -71,7 +71,7 @@ pub(super) async fn session_renew(ctx: &HttpCtx, id: String) -> Resp {
     // No leader known (an election, e.g. a planned handover, takes tens of ms): the write
     // waits for one within the same bound instead of answering "gone" at once, which would
     // make a LiteFS that is about to hand its lease over drop it instead.
-    match tokio::time::timeout(RENEW_ANSWER_WITHIN, ctx.writer.write(req)).await {
+    match tokio::time::timeout(ctx.renew_within, ctx.writer.write(req)).await {
         Ok(Ok(LeaseResponse::Renewed(Some(s)))) => json_resp(&json!([session_json(&s)])),
         Ok(Ok(LeaseResponse::Renewed(None))) => gone(),
         Ok(Ok(other)) => unexpected(other),
@@ -80,7 +80,7 @@ pub(super) async fn session_renew(ctx: &HttpCtx, id: String) -> Resp {
             gone()
         }
         Err(_) => {
-            tracing::info!(session = %id, within = ?RENEW_ANSWER_WITHIN, "lease: renewal not committed in time; answering session gone");
+            tracing::info!(session = %id, within = ?ctx.renew_within, "lease: renewal not committed in time; answering session gone");
             gone()
         }
     }

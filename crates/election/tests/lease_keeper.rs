@@ -1,0 +1,140 @@
+//! The lease keeper (`lease::keeper`): a node's lease endpoint served apart from its election,
+//! forwarding to it while it runs and, once it is gone, to the other voters; never longer
+//! than LiteFS can afford to wait for a renewal.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{http_call, json_of, Cluster, GO_CREATE, PROXY_PORT};
+use litefs_election::lease::keeper::{self, ORPHAN_RENEW_WITHIN};
+use litefs_election::lease::state::{believed_ms, CLOCK_MARGIN_MS};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const KEY: &str = "litefs/primary";
+
+/// Three nodes, each with `lease_keeper` on (the election binds no lease port) and its keeper
+/// serving in this process; the keepers' addresses and stop switches.
+async fn kept_cluster() -> (Cluster, Vec<SocketAddr>, Vec<oneshot::Sender<()>>) {
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+    }
+    let addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr"))
+        .collect();
+    let mut c = Cluster::new(3, Some("keeper-test-cluster-secret"), |_| {});
+    for (slot, addr) in c.slots.iter_mut().zip(&addrs) {
+        slot.cfg.lease_addr = Some(*addr);
+        slot.cfg.lease_keeper = true;
+    }
+    let mut stops = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let cfg = c.slots[i].cfg.clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        stops.push(tx);
+        tokio::spawn(async move {
+            keeper::serve(&cfg, PROXY_PORT, l, async move {
+                let _ = rx.await;
+            })
+            .await
+        });
+    }
+    c.start_all().await;
+    (c, addrs, stops)
+}
+
+async fn create(addr: SocketAddr) -> String {
+    let (st, _, b) = http_call(addr, "PUT", "/v1/session/create", GO_CREATE).await;
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+    json_of(&b)["ID"].as_str().expect("ID").to_owned()
+}
+
+#[test]
+fn a_held_renewal_is_answered_before_the_lock_may_move() {
+    // LiteFS renews TTL/2 after its last granted renewal and stops being primary as soon as
+    // it is told "session gone"; the lock moves at the earliest `believed_ms + margin` after
+    // that grant. For the shortest TTL the endpoint accepts (1 s), the keeper's longest wait
+    // (plus the hops, 100 ms) must end before.
+    let ttl = 1_000;
+    let hops = 100;
+    assert!(
+        ttl / 2 + ORPHAN_RENEW_WITHIN.as_millis() as u64 + hops
+            < believed_ms(ttl) + CLOCK_MARGIN_MS
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keeper_serves_its_node_then_the_others_once_its_election_is_gone() {
+    common::init_tracing();
+    let (mut c, keepers, _stops) = kept_cluster().await;
+    let l = c.wait_agreed(Duration::from_secs(5)).await;
+    let lname = c.slots[l].name.clone();
+    let ka = keepers[l];
+
+    // Who it serves.
+    let (st, _, b) = http_call(ka, "GET", keeper::PATH_WHO, b"").await;
+    assert_eq!(st, 200);
+    assert_eq!(json_of(&b)["node"], lname.as_str());
+
+    // Through the leader's keeper, as LiteFS on the leader would: a session of the leader's
+    // node, which takes the lock.
+    let sid = create(ka).await;
+    let (st, _, b) = http_call(ka, "PUT", &format!("/v1/kv/{KEY}?acquire={sid}"), b"{}").await;
+    assert_eq!(
+        (st, b.as_slice()),
+        (200, b"true".as_slice()),
+        "acquire through the leader's keeper"
+    );
+    let (_, _, b) = http_call(ka, "GET", &format!("/v1/session/info/{sid}"), b"").await;
+    assert_eq!(json_of(&b)[0]["Node"], lname.as_str());
+
+    // The leader's election dies (its process crashed); its keeper lives on.
+    c.kill(l).await;
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != l).collect();
+    let l2 = loop {
+        if let Some(n) = c.agreed_leader().filter(|n| survivors.contains(n)) {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // The new leader's LiteFS asks the old primary for a handoff: its window is open, so
+    // the old holder's last renewal, which can only go through its own node's keeper, is
+    // granted by the other voters.
+    let lease = c.slots[l2]
+        .node
+        .as_ref()
+        .and_then(|n| n.lease())
+        .expect("lease");
+    lease.open_handoff(Duration::from_secs(3));
+    let (st, _, b) = http_call(ka, "PUT", &format!("/v1/session/renew/{sid}"), b"").await;
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(json_of(&b)[0]["ID"], sid.as_str());
+    // Reads too (LiteFS looks up the primary through it once it is a replica).
+    let (st, _, b) = http_call(ka, "GET", &format!("/v1/kv/{KEY}"), b"").await;
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+    // It still speaks for its own node only: a session made through it is that node's.
+    let other = create(ka).await;
+    let (_, _, b) = http_call(ka, "GET", &format!("/v1/session/info/{other}"), b"").await;
+    assert_eq!(json_of(&b)[0]["Node"], lname.as_str());
+    lease.close_handoff();
+
+    // With nobody left to answer, a renewal is answered "session gone", in bounded time, so
+    // LiteFS stops being primary instead of waiting on it; other requests fail with 500.
+    for i in survivors {
+        c.kill(i).await;
+    }
+    let asked = Instant::now();
+    let (st, _, _) = http_call(ka, "PUT", &format!("/v1/session/renew/{sid}"), b"").await;
+    assert_eq!(st, 404);
+    assert!(
+        asked.elapsed() < ORPHAN_RENEW_WITHIN + Duration::from_millis(500),
+        "answered after {:?}",
+        asked.elapsed()
+    );
+    let (st, _, b) = http_call(ka, "GET", &format!("/v1/kv/{KEY}"), b"").await;
+    assert_eq!((st, b.as_slice()), (500, b"No cluster leader".as_slice()));
+}
