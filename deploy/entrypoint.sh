@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Container entrypoint: litefs-proxy (Raft election, lease endpoint, :8080) and LiteFS (FUSE
-# mount, replication on :20202; it starts the app through litefs.yml `exec`). Whichever of the
-# two exits first takes the container down, so the orchestrator restarts it whole.
+# mount, replication on :20202; it starts the app through litefs.yml `exec`). When LiteFS
+# exits, the container goes down (the orchestrator restarts it whole). When litefs-proxy
+# crashes, it is started again in place a second later, while LiteFS runs on: its lease
+# keeper (a process of its own) still serves LiteFS's lease endpoint meanwhile, so LiteFS
+# can hand its primary over to the new leader at once. Exit 64 (a bad config) is final.
 # Stop order on SIGTERM: litefs-proxy first (it hands Raft leadership over and finishes the
 # in-flight requests while the app still runs), then LiteFS (it stops the app and unmounts).
 set -euo pipefail
@@ -40,8 +43,18 @@ litefs=$!
 echo "entrypoint: started litefs-proxy (pid $proxy) and litefs (pid $litefs)" >&2
 
 set +e
-wait -n "$proxy" "$litefs"
-status=$?
+while true; do
+  wait -n "$proxy" "$litefs"
+  status=$?
+  if kill -0 "$litefs" 2>/dev/null && [ "$status" -ne 0 ] && [ "$status" -ne 64 ]; then
+    echo "entrypoint: litefs-proxy exited with status $status; starting it again" >&2
+    sleep 1
+    litefs-proxy run --config "$config" &
+    proxy=$!
+    continue
+  fi
+  break
+done
 echo "entrypoint: a child exited with status $status, stopping the other" >&2
 stop
 exit "$status"

@@ -632,7 +632,12 @@ wait $sp
             fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
         }
     };
-    stub("litefs-proxy", "");
+    stub(
+        "litefs-proxy",
+        r#"if [ -n "${STUB_PROXY_CRASH_ONCE:-}" ] && [ ! -e "$log.crashed" ]; then
+  touch "$log.crashed"; kill $sp; echo litefs-proxy:crash >> "$log"; exit 137
+fi"#,
+    );
     stub(
         "litefs",
         r#"if [ -n "${STUB_LITEFS_EXIT:-}" ]; then
@@ -738,6 +743,47 @@ fn entrypoint_exits_when_litefs_exits() {
     let log = log_lines(dir.path());
     assert!(log.contains(&"litefs-proxy:term".into()), "{log:?}");
     assert!(log.contains(&"litefs-proxy:exit".into()), "{log:?}");
+}
+
+/// A crashed litefs-proxy is started again in place while LiteFS runs on (its lease keeper
+/// keeps LiteFS's endpoint meanwhile), and the container still stops in order afterwards.
+#[cfg(unix)]
+#[test]
+fn entrypoint_restarts_a_crashed_proxy_and_keeps_litefs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    stubs(dir.path());
+    let mut child = entrypoint(dir.path(), &[("STUB_PROXY_CRASH_ONCE", "1")]);
+    wait_for("the proxy to be started again", || {
+        let l = log_lines(dir.path());
+        l.contains(&"litefs-proxy:crash".into())
+            && l.iter().filter(|x| *x == "litefs-proxy:ready").count() == 2
+            && l.contains(&"litefs:ready".into())
+    });
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "the container stayed up"
+    );
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
+    let log: Vec<String> = log_lines(dir.path())
+        .into_iter()
+        .filter(|l| !l.ends_with(":ready"))
+        .collect();
+    assert_eq!(
+        log,
+        [
+            "litefs-proxy:crash",
+            "litefs-proxy:term",
+            "litefs-proxy:exit",
+            "litefs:term",
+            "litefs:exit"
+        ],
+        "LiteFS lived through the crash; stop order"
+    );
 }
 
 // ---------------------------------------------------------------- Kubernetes

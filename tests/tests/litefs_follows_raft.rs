@@ -15,7 +15,7 @@ use std::{
 };
 
 use litefs_proxy_tests::{
-    client::{get, post},
+    client::{self, get, post},
     cluster::{Cluster, LiteFsOptions, Options},
 };
 
@@ -260,6 +260,66 @@ async fn sigterm_hands_litefs_over_before_the_old_proxy_exits_and_no_write_fails
         "writes failed during the handover: {failed:?}"
     );
     assert!(writes.len() > 5);
+}
+
+/// How long the slow write below stays at the app after the SIGTERM (under the step-down's
+/// 1 s wait for writes in flight; a handover without it is over in about 100 ms).
+const SLOW_WRITE_MS: u64 = 300;
+
+/// A streamed request body fed from a channel.
+fn channel_body(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> client::ReqBody {
+    use http_body_util::BodyExt as _;
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        let b = rx.recv().await?;
+        Some((
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(b)),
+            rx,
+        ))
+    });
+    http_body_util::StreamBody::new(frames).boxed()
+}
+
+/// `litefs_proxy_writes_at_app` of node `i`.
+async fn writes_at_app(c: &Cluster, i: usize) -> Option<u64> {
+    let m = get(c.nodes[i].proxy, "/litefs/metrics", &[]).await.ok()?;
+    m.text()
+        .lines()
+        .find_map(|l| l.strip_prefix("litefs_proxy_writes_at_app "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A write already at the primary's app when its proxy is SIGTERMed (an upload whose body
+/// is still coming) is acknowledged: the step-down waits for it before it probes the
+/// followers' positions and hands over, so the successor holds it (sync_replicas 1). Without
+/// that wait the handover is done before the app commits, and the write fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_at_the_app_when_the_leader_is_sigtermed_is_acknowledged() {
+    let mut c = start().await;
+    let old = settled_leader(&c).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let req = client::request("POST", "/upload")
+        .body(channel_body(rx))
+        .expect("request");
+    let write = tokio::spawn(client::send(c.nodes[old].proxy, req));
+    tx.send(bytes::Bytes::from_static(b"first half "))
+        .await
+        .expect("send");
+    let end = Instant::now() + Duration::from_secs(5);
+    while writes_at_app(&c, old).await != Some(1) {
+        assert!(Instant::now() < end, "the write never reached the app");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    c.signal(old, "TERM");
+    tokio::time::sleep(Duration::from_millis(SLOW_WRITE_MS)).await;
+    tx.send(bytes::Bytes::from_static(b"second half"))
+        .await
+        .expect("send");
+    drop(tx);
+    let answer = write.await.expect("task").expect("answer");
+    assert_eq!(answer.status, 201, "{}", answer.text());
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let new = new_raft_leader(&c, &survivors).await;
+    primary_moves_to(&c, new, Duration::from_secs(5)).await;
 }
 
 /// Kills the settled leader's proxy (kill -9; its LiteFS and lease keeper live on), waits

@@ -668,7 +668,8 @@ impl Proxy {
         let s = &*self.inner;
         // A write, from the moment it may reach the app until it is answered (its replicas
         // included, with `sync_replicas`).
-        let _in_flight = mint.then(|| s.writes.enter());
+        let _in_flight =
+            mint.then(|| (s.writes.enter(), GaugeGuard::new(&s.metrics.writes_at_app)));
         let deadline = Instant::now() + s.cfg.target_connect_retry;
         // Only a request without a body may be sent twice: nothing of it can be half-read.
         let bodyless = p.body.is_end_stream();

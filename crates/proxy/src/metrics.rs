@@ -25,6 +25,8 @@ pub struct Metrics {
     /// Seconds from sending to the primary's proxy until its response head.
     pub forward_latency: Histogram,
     pub held: Gauge<i64, AtomicI64>,
+    /// Writes at the local app as the primary's, not yet answered to the client.
+    pub writes_at_app: Gauge<i64, AtomicI64>,
     /// Requests being handled (response head not yet sent), against `max_in_flight`.
     pub in_flight: Gauge<i64, AtomicI64>,
     pub waiting: Gauge<i64, AtomicI64>,
@@ -134,6 +136,12 @@ impl Default for Metrics {
             "Requests held waiting for a primary",
             held.clone(),
         );
+        let writes_at_app = Gauge::default();
+        registry.register(
+            "writes_at_app",
+            "Writes at the local app as the primary's, not yet answered (replicas included with sync_replicas); a planned step-down waits for them",
+            writes_at_app.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register(
             "in_flight_requests",
@@ -238,6 +246,7 @@ impl Default for Metrics {
             read_waits,
             forward_latency,
             held,
+            writes_at_app,
             in_flight,
             waiting,
             invalid_tokens,
