@@ -294,7 +294,7 @@ async fn writes_at_app(c: &Cluster, i: usize) -> Option<u64> {
 /// that wait the handover is done before the app commits, and the write fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_at_the_app_when_the_leader_is_sigtermed_is_acknowledged() {
-    let mut c = start().await;
+    let c = start().await;
     let old = settled_leader(&c).await;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let req = client::request("POST", "/upload")
