@@ -63,7 +63,12 @@ impl TransportError {
         match self {
             TransportError::UnknownPeer(_)
             | TransportError::Blocked(_)
-            | TransportError::Connect { .. } => true,
+            | TransportError::Connect { .. }
+            // Accepted, then reset or closed without an answer (a dying process, a
+            // middlebox), or answered garbage: retried at once, that was a few hundred
+            // connections a second.
+            | TransportError::Send { .. }
+            | TransportError::Decode { .. } => true,
             // 401/403: a misconfigured secret will not fix itself; 503: peer shutting down.
             TransportError::Status { status, .. } => matches!(status, 401 | 403 | 503),
             _ => false,

@@ -194,3 +194,50 @@ async fn garbage_and_unauthenticated_rpcs_are_refused_and_harmless() {
     assert_eq!(c.wait_agreed(Duration::from_secs(1)).await, leader);
     c.stop_all().await;
 }
+
+/// A voter whose port accepts connections, reads the request and drops them without an
+/// answer (a dying process, a middlebox): the leader backs off from it as from a refused
+/// connection, instead of retrying every few milliseconds. Counted: connections it makes to
+/// that port in one second while the other two lead and follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_accepts_and_resets_is_backed_off_from() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    common::init_tracing();
+    let mut c = common::Cluster::new(3, None, |_| {});
+    // Node 3's Raft port: taken by a listener that accepts and closes.
+    let fake = tokio::net::TcpListener::bind(c.slots[2].cfg.raft_addr)
+        .await
+        .expect("bind node 3's port");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = fake.accept().await {
+            count.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                // Reads the request, then goes without a word.
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.set_linger(Some(Duration::ZERO));
+                drop(s);
+            });
+        }
+    });
+    c.start(0).await;
+    c.start(1).await;
+    let l = c.wait_agreed(Duration::from_secs(10)).await;
+    assert!(l < 2, "one of the two live nodes leads");
+    let before = accepted.load(Ordering::Relaxed);
+    let window = Duration::from_secs(1);
+    tokio::time::sleep(window).await;
+    let tries = accepted.load(Ordering::Relaxed) - before;
+    // The backoff is election_timeout_min (150 ms): about 7 tries a second from the leader,
+    // plus the follower's probes; a retry at once would be hundreds.
+    assert!(
+        tries < 40,
+        "{tries} connections to a resetting peer in {window:?}"
+    );
+    c.stop_all().await;
+}
