@@ -324,3 +324,36 @@ async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
         .expect("serve returned")
         .unwrap();
 }
+
+/// Requests already sent on connections the proxy had not read from yet when its shutdown
+/// began (still in the listener's accept queue, or accepted and unread) are answered, with
+/// `Connection: close`, rather than reset or closed unanswered: a load balancer or a peer
+/// proxy cannot tell whether such a request was handled.
+#[tokio::test]
+async fn shutdown_answers_requests_sent_on_connections_not_yet_read() {
+    let mut a = ProxyNode::start("node-a", Primary::Local, test_config()).await;
+    let mut socks = Vec::new();
+    for _ in 0..32 {
+        let mut s = TcpStream::connect(a.addr).await.expect("connect");
+        s.write_all(b"GET /items HTTP/1.1\r\nHost: example.test\r\n\r\n")
+            .await
+            .expect("write");
+        socks.push(s);
+    }
+    a.shutdown();
+    let mut answered = 0;
+    let mut unanswered = Vec::new();
+    for (i, mut s) in socks.into_iter().enumerate() {
+        let out = read_to_close(&mut s, Duration::from_secs(5)).await;
+        let text = String::from_utf8_lossy(&out);
+        if text.starts_with("HTTP/1.1 200") {
+            answered += 1;
+        } else {
+            unanswered.push((i, text.chars().take(40).collect::<String>()));
+        }
+    }
+    assert!(
+        unanswered.is_empty(),
+        "{answered} answered; not: {unanswered:?}"
+    );
+}

@@ -106,6 +106,9 @@ where
     let mut conn = conn.with_upgrades();
     let mut draining = false;
     let mut parking = false;
+    // Stopping before the first request was read: hyper would close at once, unanswered,
+    // a request the client has already sent; it gets its answer first.
+    let mut first_pending = false;
     loop {
         tokio::select! {
             res = &mut conn => {
@@ -120,6 +123,14 @@ where
             _ = stop.wait_for(|s| *s), if !draining => {
                 draining = true;
                 activity.keep_socket.store(false, Ordering::Relaxed);
+                if activity.served.load(Ordering::Relaxed) == 0 {
+                    first_pending = true;
+                } else {
+                    std::pin::Pin::new(&mut conn).graceful_shutdown();
+                }
+            }
+            _ = first_request_or_quiet(activity), if first_pending => {
+                first_pending = false;
                 std::pin::Pin::new(&mut conn).graceful_shutdown();
             }
             _ = activity.idle(idle_timeout) => {
@@ -137,6 +148,18 @@ where
                 std::pin::Pin::new(&mut conn).graceful_shutdown();
             }
         }
+    }
+}
+
+/// How long a connection that has sent nothing yet is kept open once the proxy stops.
+const UNREAD_GRACE: Duration = Duration::from_millis(250);
+
+/// Resolves once the connection's first request has been answered (its response head
+/// sent), or nothing arrived on it for [`UNREAD_GRACE`].
+async fn first_request_or_quiet(activity: &Activity) {
+    tokio::select! {
+        () = activity.quiet_after_request(0, Duration::ZERO) => {}
+        () = activity.idle(UNREAD_GRACE) => {}
     }
 }
 

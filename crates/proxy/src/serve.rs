@@ -3,6 +3,7 @@
 
 use std::{future::Future, io, time::Duration};
 
+use futures_util::FutureExt as _;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioTimer;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
@@ -56,6 +57,25 @@ pub async fn serve(
                 }
             }
         }
+    }
+    // Connections whose handshake is done are in the accept queue; closing the listener
+    // would reset them, requests sent included. They are taken and answered first.
+    let mut queued = 0usize;
+    while let Some(Ok((stream, peer))) = listener.accept().now_or_never() {
+        let _ = stream.set_nodelay(true);
+        let conn = connection(
+            builder.clone(),
+            proxy.clone(),
+            stream,
+            peer,
+            cfg.idle_timeout,
+            stop_rx.clone(),
+        );
+        conns.spawn(conn.instrument(tracing::info_span!("conn", client.addr = %peer)));
+        queued += 1;
+    }
+    if queued > 0 {
+        tracing::debug!(queued, "took the connections queued at shutdown");
     }
     drop(listener);
     let _ = stop_tx.send(true);
