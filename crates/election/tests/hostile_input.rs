@@ -217,10 +217,9 @@ async fn a_peer_that_accepts_and_resets_is_backed_off_from() {
         while let Ok((mut s, _)) = fake.accept().await {
             count.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
-                // Reads the request, then goes without a word.
+                // Reads the request, then closes without a word.
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf).await;
-                let _ = s.set_linger(Some(Duration::ZERO));
                 drop(s);
             });
         }
