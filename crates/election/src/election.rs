@@ -330,7 +330,7 @@ impl Election {
             me_name: cfg.node_id.clone(),
             peers: peers.clone(),
             token: cfg.lease_token.clone(),
-            renew_within: lease::http::RENEW_ANSWER_WITHIN,
+            renew_within: lease::renew_answer_within(cfg.election_timeout_min),
         });
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let state = RpcState {

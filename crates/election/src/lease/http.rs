@@ -37,7 +37,7 @@ mod session;
 use consistent::consistent;
 pub(crate) use consistent::read_index_local;
 use kv::{kv_delete, kv_get, kv_put};
-pub(crate) use session::RENEW_ANSWER_WITHIN;
+pub use session::{renew_answer_within, RENEW_ANSWER_MAX, RENEW_ANSWER_WITHIN};
 use session::{session_create, session_destroy, session_list, session_renew};
 
 /// What the handlers need.
@@ -53,7 +53,7 @@ pub(crate) struct HttpCtx {
     /// client sends `CONSUL_HTTP_TOKEN`, or `?token=`).
     pub token: Option<String>,
     /// A renewal not committed within this is answered "session gone"
-    /// ([`RENEW_ANSWER_WITHIN`]; a keeper whose own election is gone asks for longer).
+    /// ([`renew_answer_within`]; a keeper whose own election is gone asks for longer).
     pub renew_within: Duration,
 }
 
@@ -357,6 +357,14 @@ mod tests {
         assert_eq!(parse_duration_ms("0"), Some(0));
         assert_eq!(parse_duration_ms("10"), None);
         assert_eq!(parse_duration_ms("xs"), None);
+    }
+
+    #[test]
+    fn renewals_wait_as_long_as_the_election_timeout_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(renew_answer_within(ms(150)), ms(200));
+        assert_eq!(renew_answer_within(ms(400)), ms(400));
+        assert_eq!(renew_answer_within(ms(5000)), RENEW_ANSWER_MAX);
     }
 
     #[test]

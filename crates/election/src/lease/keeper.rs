@@ -30,7 +30,7 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
-use super::http::{handle_forwarded, read_body, token_ok, HttpCtx, RENEW_ANSWER_WITHIN};
+use super::http::{handle_forwarded, read_body, renew_answer_within, token_ok, HttpCtx};
 use super::WRITE_TIMEOUT;
 use crate::auth::Auth;
 use crate::config::{node_num, Config, Peer};
@@ -53,7 +53,7 @@ pub struct Forwarded {
     /// Base64.
     pub body: String,
     /// How long a renewal may wait to be committed before it is answered "session gone"
-    /// (the endpoint's own [`RENEW_ANSWER_WITHIN`] when not given).
+    /// (the endpoint's own [`renew_answer_within`] when not given).
     #[serde(default)]
     pub renew_within_ms: Option<u64>,
 }
@@ -125,6 +125,8 @@ struct Keeper {
     /// The peer that answered last when the local election did not (tried first next time).
     last_good: AtomicU64,
     token: Option<String>,
+    /// The local election's bound on a renewal.
+    renew_within: Duration,
 }
 
 /// Serves `cfg.lease_addr` (already bound: `listener`) for node `cfg.node_id` until
@@ -157,6 +159,7 @@ pub async fn serve(
         others,
         last_good: AtomicU64::new(me),
         token: cfg.lease_token.clone(),
+        renew_within: renew_answer_within(cfg.election_timeout_min),
     };
     crate::http_server::serve(
         "lease-keeper",
@@ -169,16 +172,11 @@ pub async fn serve(
 }
 
 /// How long LiteFS may wait for this request's answer. A renewal: what the endpoint allows
-/// ([`RENEW_ANSWER_WITHIN`], [`ORPHAN_RENEW_WITHIN`] from the others) and a little for the
-/// hops; anything else: a write's bound, plus a blocking query's `wait`.
-fn budget(uri: &http::Uri, orphan: bool) -> Duration {
+/// (`renew_within`, [`ORPHAN_RENEW_WITHIN`] from the others) and a little for the hops;
+/// anything else: a write's bound, plus a blocking query's `wait`.
+fn budget(uri: &http::Uri, renew_within: Duration) -> Duration {
     if uri.path().starts_with("/v1/session/renew/") {
-        let within = if orphan {
-            ORPHAN_RENEW_WITHIN
-        } else {
-            RENEW_ANSWER_WITHIN
-        };
-        return within + HOPS;
+        return renew_within + HOPS;
     }
     let wait = uri
         .query()
@@ -238,17 +236,22 @@ async fn handle(k: &Keeper, req: Request<Incoming>) -> Resp {
     // the others only if it is gone.
     let local = k
         .client
-        .call::<_, Answer>(k.me, PATH_LEASE_HTTP, &fwd, budget(&parts.uri, false))
+        .call::<_, Answer>(
+            k.me,
+            PATH_LEASE_HTTP,
+            &fwd,
+            budget(&parts.uri, k.renew_within),
+        )
         .await;
     match local {
         Ok(a) => return to_response(a),
         Err(TransportError::Connect { .. }) => {}
         Err(e) => {
             tracing::info!(path, error = %e, "lease request unanswered by the local election");
-            return text(StatusCode::INTERNAL_SERVER_ERROR, "No cluster leader");
+            return unanswered(path);
         }
     }
-    let deadline = tokio::time::Instant::now() + budget(&parts.uri, true);
+    let deadline = tokio::time::Instant::now() + budget(&parts.uri, ORPHAN_RENEW_WITHIN);
     fwd.renew_within_ms = Some(ORPHAN_RENEW_WITHIN.as_millis() as u64);
     let first = k.last_good.load(Ordering::Relaxed);
     let mut order: Vec<NodeId> = k.others.iter().copied().filter(|&o| o == first).collect();
@@ -273,9 +276,14 @@ async fn handle(k: &Keeper, req: Request<Incoming>) -> Resp {
         }
     }
     tracing::info!(path, errors = ?why, "lease request unanswered by every voter");
+    unanswered(path)
+}
+
+/// The answer when nobody answered. A renewal: "session gone", never an error, on which
+/// LiteFS would go on acting as primary for another second, past what the lock accounts
+/// for; it stops now instead. Anything else: Consul's 500.
+fn unanswered(path: &str) -> Resp {
     match path.strip_prefix("/v1/session/renew/") {
-        // LiteFS keeps acting as primary on an error; "gone" makes it stop now, while the
-        // lock still accounts for it.
         Some(id) => text(
             StatusCode::NOT_FOUND,
             &format!("Session id '{id}' not found"),

@@ -21,6 +21,7 @@
 
 pub(crate) mod http;
 pub mod keeper;
+pub use http::{renew_answer_within, RENEW_ANSWER_MAX, RENEW_ANSWER_WITHIN};
 pub mod state;
 
 use std::sync::{Arc, RwLock};

@@ -50,12 +50,23 @@ pub(super) async fn session_create(ctx: &HttpCtx, body: &[u8]) -> Resp {
     }
 }
 
-/// How long a renewal may take before it is answered "session gone". LiteFS blocks on a
-/// renewal without a timeout, acting as primary all the while, so an answer that does not
-/// come soon would stretch its belief past what the lock accounts for
-/// ([`crate::lease::state::CLOCK_MARGIN_MS`] covers this much). A node that is not a leader
-/// with a quorum cannot get a renewal committed in time, so its LiteFS steps down by itself.
+/// How long a renewal may take before it is answered "session gone", at least: the
+/// election's `election_timeout_min` when longer ([`renew_answer_within`]). LiteFS blocks on
+/// a renewal without a timeout, acting as primary all the while; told "gone" it stops at
+/// once. It renews TTL/2 after its last granted renewal, so it stops by then + this, which
+/// must come before the lock may move (that grant + `believed_ms(ttl)` + `CLOCK_MARGIN_MS`,
+/// at least 1.8 s for the shortest TTL, 1 s): [`RENEW_ANSWER_MAX`] keeps it so. A node that is
+/// not a leader with a quorum cannot get a renewal committed in time, so its LiteFS steps
+/// down by itself.
 pub const RENEW_ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_millis(200);
+/// The longest a renewal is held, whatever the election's timeouts.
+pub const RENEW_ANSWER_MAX: std::time::Duration = std::time::Duration::from_millis(600);
+
+/// [`RENEW_ANSWER_WITHIN`], or `election_timeout_min` when that is longer (a deployment
+/// tuned for a loaded machine commits more slowly too), at most [`RENEW_ANSWER_MAX`].
+pub fn renew_answer_within(election_timeout_min: std::time::Duration) -> std::time::Duration {
+    election_timeout_min.clamp(RENEW_ANSWER_WITHIN, RENEW_ANSWER_MAX)
+}
 
 pub(super) async fn session_renew(ctx: &HttpCtx, id: String) -> Resp {
     let req = LeaseRequest::SessionRenew {
