@@ -661,8 +661,19 @@ struct Flows {
 async fn admin_flows(c: &DjangoCluster, primary: usize) -> Flows {
     let tag = run_tag();
     let mut out = Flows::default();
+    // nginx's round robin is strictly cyclic, and a flow's length a multiple of the 3 nodes
+    // would put each step on the same node in every flow: pings between flows start flow n
+    // on node (start + n) mod 3, so each step lands on each node over the flows.
+    let mut sent = 0;
     for n in 0..FLOWS {
-        match admin::flow(c.nginx, &format!("admin-{tag}-{n}")).await {
+        while sent % 3 != n % 3 {
+            let ping = client::get(c.nginx, "/ping", &[]).await.expect("ping");
+            assert_eq!(ping.status, 200, "ping through nginx");
+            sent += 1;
+        }
+        let done = admin::flow(c.nginx, &format!("admin-{tag}-{n}")).await;
+        sent += done.as_ref().map_or_else(|e| e.requests, |d| d.requests);
+        match done {
             Ok(done) => {
                 out.completed += 1;
                 let gets = done.served_by.iter().filter(|(m, _)| *m == "GET");

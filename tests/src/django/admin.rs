@@ -26,6 +26,8 @@ pub struct StepFailed {
     pub served_by: Option<String>,
     /// What was wrong, with the page's title or the start of its text.
     pub detail: String,
+    /// Requests the flow sent, this one included.
+    pub requests: usize,
 }
 
 impl fmt::Display for StepFailed {
@@ -48,6 +50,8 @@ impl fmt::Display for StepFailed {
 #[derive(Debug, Clone)]
 pub struct Completed {
     pub served_by: Vec<(&'static str, String)>,
+    /// Requests the flow sent.
+    pub requests: usize,
 }
 
 /// One flow through `addr` on item `key` (unique per flow): the login page, login, the
@@ -161,6 +165,7 @@ pub async fn flow(addr: SocketAddr, key: &str) -> Result<Completed, StepFailed> 
     b.expect_redirect(&a, "/admin/login/?next=/admin/")?;
     Ok(Completed {
         served_by: b.served_by,
+        requests: b.requests,
     })
 }
 
@@ -170,6 +175,7 @@ struct Browser {
     addr: SocketAddr,
     jar: Jar,
     served_by: Vec<(&'static str, String)>,
+    requests: usize,
     /// The step and request now being checked, for [`StepFailed`].
     step: &'static str,
     method: &'static str,
@@ -182,6 +188,7 @@ impl Browser {
             addr,
             jar: Jar::default(),
             served_by: Vec::new(),
+            requests: 0,
             step: "",
             method: "",
             path: String::new(),
@@ -209,6 +216,7 @@ impl Browser {
         form: Option<&[(&str, &str)]>,
     ) -> Result<Answer, StepFailed> {
         (self.step, self.method, self.path) = (step, method, path.to_owned());
+        self.requests += 1;
         let host = self.addr.to_string();
         let mut req = http::Request::builder()
             .method(method)
@@ -240,6 +248,7 @@ impl Browser {
             status: None,
             served_by: None,
             detail: format!("{e:#}"),
+            requests: self.requests,
         })?;
         self.jar.store(&a);
         if let Some(n) = a.header("x-served-by") {
@@ -256,6 +265,7 @@ impl Browser {
             status: Some(a.status.as_u16()),
             served_by: a.header("x-served-by").map(str::to_owned),
             detail: format!("{what}; page: {}", gist(&a.text())),
+            requests: self.requests,
         }
     }
 

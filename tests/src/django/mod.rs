@@ -261,7 +261,10 @@ impl DjangoCluster {
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("PYTHONUNBUFFERED", "1")
             .env("LITEFS_DB", self.db_path(i))
-            .env("LITEFS_POS", self.pos_path(i))
+            .env(
+                "LITEFS_COUNTED",
+                litefs_sim::counted_path(&self.mounts[i], DB),
+            )
             .env("NODE_NAME", self.id(i))
             .env("STREAM_FLAG_DIR", &self.flag_dir)
             .env("UPLOAD_TEMP_DIR", self.dir.path())
