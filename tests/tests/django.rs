@@ -3,7 +3,9 @@
 //! default: a write is answered once a replica holds it) over the sim's LiteFS as a process
 //! per node (LiteFS's consul lease loop against the node's lease endpoint, replication over
 //! a stream from the primary, read-only replicas; the nodes' replicas lag 40, 120 and 200 ms,
-//! near and far ones), with a real nginx round-robin upstream (no stickiness) in front. Needs
+//! near and far ones), with a real nginx round-robin upstream (no stickiness) in front.
+//! Issue 15, item 3: full Django admin flows through it, with Django's defaults and with the
+//! settings that write on GET, with and without contrib/django's helper. Needs
 //! python3 with Django + gunicorn and nginx: skipped with a message when they are missing,
 //! unless `CI` is set (then they fail).
 
@@ -18,7 +20,7 @@ use std::{
 use http_body_util::BodyExt;
 use litefs_proxy_tests::{
     client::{self, Answer},
-    django::{self, DjangoCluster, Jar},
+    django::{self, admin, DjangoCluster, DjangoOptions, Jar},
 };
 
 /// One cluster at a time on the shared cores keeps Raft and replication timing honest.
@@ -565,11 +567,11 @@ async fn a_view_that_writes_on_get_fails_on_replicas_unless_the_helper_replays_i
     }
     let _serial = SERIAL.lock().await;
     for helper in [false, true] {
-        let c = if helper {
-            DjangoCluster::start_with_helper(LAGS_MS, "").await
-        } else {
-            DjangoCluster::start(LAGS_MS, "").await
+        let options = DjangoOptions {
+            helper,
+            ..DjangoOptions::default()
         };
+        let c = DjangoCluster::start_with(LAGS_MS, "", options).await;
         let l = c.wait_leader(Duration::from_secs(30)).await;
         let path = format!("/hits/p{}/", run_tag());
         let mut answers = Vec::new();
@@ -639,4 +641,194 @@ async fn a_view_that_writes_on_get_fails_on_replicas_unless_the_helper_replays_i
             }
         }
     }
+}
+
+/// Admin flows per configuration (each flow about 15 requests, a cluster per configuration).
+const FLOWS: usize = 10;
+
+/// What [`admin_flows`] saw.
+#[derive(Default, Debug)]
+struct Flows {
+    completed: usize,
+    failed: Vec<admin::StepFailed>,
+    /// GETs of completed flows, and those a replica's Django answered.
+    gets: usize,
+    gets_by_replicas: usize,
+}
+
+/// [`FLOWS`] admin flows one after the other through nginx, each with a fresh cookie jar,
+/// on a cluster whose primary is node `primary`.
+async fn admin_flows(c: &DjangoCluster, primary: usize) -> Flows {
+    let tag = run_tag();
+    let mut out = Flows::default();
+    // nginx's round robin is strictly cyclic, and a flow's length a multiple of the 3 nodes
+    // would put each step on the same node in every flow: pings between flows start flow n
+    // on node (start + n) mod 3, so each step lands on each node over the flows.
+    let mut sent = 0;
+    for n in 0..FLOWS {
+        while sent % 3 != n % 3 {
+            let ping = client::get(c.nginx, "/ping", &[]).await.expect("ping");
+            assert_eq!(ping.status, 200, "ping through nginx");
+            sent += 1;
+        }
+        let done = admin::flow(c.nginx, &format!("admin-{tag}-{n}")).await;
+        sent += done.as_ref().map_or_else(|e| e.requests, |d| d.requests);
+        match done {
+            Ok(done) => {
+                out.completed += 1;
+                let gets = done.served_by.iter().filter(|(m, _)| *m == "GET");
+                for (_, node) in gets {
+                    out.gets += 1;
+                    out.gets_by_replicas += usize::from(node != c.id(primary));
+                }
+            }
+            Err(e) => out.failed.push(e),
+        }
+    }
+    out
+}
+
+/// Starts a cluster set up as `options` say, runs the flows and prints what they did.
+async fn admin_run(options: DjangoOptions) -> (DjangoCluster, usize, Flows) {
+    let c = DjangoCluster::start_with(LAGS_MS, "", options).await;
+    let l = c.wait_leader(Duration::from_secs(30)).await;
+    let started = Instant::now();
+    let flows = admin_flows(&c, l).await;
+    let took = started.elapsed();
+    assert_eq!(
+        c.wait_leader(Duration::from_secs(30)).await,
+        l,
+        "the primary stayed put (else who answered what says little)"
+    );
+    println!(
+        "admin flows through nginx, {options:?}, replica lags {LAGS_MS:?} ms, primary {}: \
+         {}/{FLOWS} completed, {} failed, in {took:?}; {} of the completed flows' {} GETs \
+         answered by a replica's Django",
+        c.id(l),
+        flows.completed,
+        flows.failed.len(),
+        flows.gets_by_replicas,
+        flows.gets,
+    );
+    for f in &flows.failed {
+        println!("  failed: {f}");
+    }
+    for i in 0..3 {
+        assert_eq!(
+            c.foreign_writes(i),
+            0,
+            "nothing wrote to {}'s replica database",
+            c.id(i)
+        );
+    }
+    (c, l, flows)
+}
+
+fn app_errors(c: &DjangoCluster) -> String {
+    (0..3)
+        .flat_map(|i| {
+            c.app_errors(i)
+                .into_iter()
+                .map(move |e| format!("{}: {e}", i + 1))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Issue 15, item 3: a browser's session in the admin (log in, add, list with the message,
+/// change, delete, log out; about 15 requests, each redirect followed) through nginx's round
+/// robin, its cookie jar carrying Django's cookies and the proxy's token. With Django's
+/// defaults no GET writes, so replicas answer most of them and every flow goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_flows_through_nginx_go_through_with_djangos_defaults() {
+    if !django::available() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let (c, _, flows) = admin_run(DjangoOptions::default()).await;
+    assert!(
+        flows.failed.is_empty(),
+        "{} of {FLOWS} flows failed:\n{}\nDjango errors (node: exception):\n{}\n{}",
+        flows.failed.len(),
+        flows
+            .failed
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        app_errors(&c),
+        c.logs()
+    );
+    assert!(
+        // Two in three by chance.
+        flows.gets_by_replicas >= flows.gets / 3,
+        "round robin put the GETs on replicas: {flows:?}"
+    );
+}
+
+/// The same flows with the three settings that write on GET (`MESSAGE_STORAGE` the session
+/// storage, `SESSION_SAVE_EVERY_REQUEST`, `CSRF_USE_SESSIONS`) and without the helper: the
+/// GETs that write fail on replicas, whose database is read-only (the login page's new
+/// session: 500; a session saved on a replica: `SessionInterrupted`'s 400). This shows the
+/// flows can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_flows_with_settings_that_write_on_get_fail_on_replicas_without_the_helper() {
+    if !django::available() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let options = DjangoOptions {
+        helper: false,
+        get_writes: true,
+    };
+    let (c, l, flows) = admin_run(options).await;
+    assert!(
+        !flows.failed.is_empty(),
+        "the GETs that write must fail on replicas (else these flows prove nothing): {flows:?}"
+    );
+    for f in &flows.failed {
+        let on_replica = f.served_by.as_deref().is_some_and(|s| s != c.id(l));
+        assert!(
+            f.method == "GET" && matches!(f.status, Some(400 | 500)) && on_replica,
+            "a failure other than a GET that wrote on a replica: {f}\n{}",
+            c.logs()
+        );
+    }
+}
+
+/// The same settings with contrib/django's `ReplayOnPrimaryMiddleware`: the GETs that try to
+/// write on a replica are replayed on the primary, and every flow goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_flows_with_settings_that_write_on_get_go_through_with_the_helper() {
+    if !django::available() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let options = DjangoOptions {
+        helper: true,
+        get_writes: true,
+    };
+    let (c, l, flows) = admin_run(options).await;
+    assert!(
+        flows.failed.is_empty(),
+        "{} of {FLOWS} flows failed:\n{}\nDjango errors (node: exception):\n{}\n{}",
+        flows.failed.len(),
+        flows
+            .failed
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        app_errors(&c),
+        c.logs()
+    );
+    let mut replayed = 0;
+    for i in (0..3).filter(|&i| i != l) {
+        replayed += c.replayed_reads(i).await;
+    }
+    println!("replicas' proxies replayed {replayed} reads on the primary");
+    assert!(
+        replayed > 0,
+        "the replicas' proxies replayed the GETs that wrote"
+    );
 }

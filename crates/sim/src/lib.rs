@@ -63,8 +63,8 @@ pub use lag::{Lag, LagControl};
 pub use member::Member;
 pub use node::{node_id_of, HandoffRequest, Node, NodeConfig, Role, EVENT_BUFFER, PAGE_SIZE};
 pub use pos::{
-    content_checksum, fake_checksum, format_lag, format_pos, parse_pos, pos_path, write_lag,
-    write_pos, write_primary,
+    content_checksum, counted_path, fake_checksum, format_lag, format_pos, parse_pos, pos_path,
+    write_lag, write_pos, write_primary,
 };
 pub use replicate::{LinkEvent, ReplicaLink, Upstream, RECONNECT_DELAY};
 pub use watch::{CommitWatcher, DEFAULT_INTERVAL};

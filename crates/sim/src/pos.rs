@@ -41,6 +41,14 @@ pub fn pos_path(mount: &Path, db: &str) -> PathBuf {
     mount.join(format!("{db}-pos"))
 }
 
+/// The path of `<mount>/<db>-counted`, the sim's own (LiteFS has none): the database
+/// header's change counter (decimal) the commit watcher last accounted for on a primary, so
+/// a process in front of the app can hold a response until the watcher has counted the
+/// request's last commit (tests/django_app/litefs_sim_gate.py). Written after `<db>-pos`.
+pub fn counted_path(mount: &Path, db: &str) -> PathBuf {
+    mount.join(format!("{db}-counted"))
+}
+
 /// Writes `<mount>/<db>-pos` atomically.
 pub fn write_pos(mount: &Path, db: &str, txid: u64, checksum: u64) -> io::Result<()> {
     write_atomic(&pos_path(mount, db), format_pos(txid, checksum).as_bytes())

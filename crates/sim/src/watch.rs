@@ -11,10 +11,16 @@
 //! wake-up delay, normally at most `interval` + ~0.1 ms, more on an overloaded machine.
 //! A response that reaches the proxy inside that window gets a token one commit short, and
 //! a read routed to a replica on that token could miss the write. Django spends well over
-//! a millisecond between its COMMIT and the response leaving gunicorn, so at the default
-//! 1 ms interval the window is closed in practice; [`CommitWatcher::sync`] closes it
-//! exactly for callers in this process (e.g. call it before asserting). Several commits
-//! inside one interval advance the TXID once, which the proxy does not distinguish.
+//! a millisecond between a COMMIT and the response leaving gunicorn, but a request that
+//! commits several times (the admin's transaction, then the session save) answers soon
+//! after its last one, and an overloaded machine delays the poll: the window is real.
+//! [`CommitWatcher::sync`] closes it exactly for callers in this process (e.g. call it
+//! before asserting). Other processes (the Django harness's WSGI gate) cannot call it: on a
+//! primary the watcher also writes the change counter it last accounted for to
+//! `<db>-counted` ([`crate::pos::counted_path`]), after `<db>-pos`, so they can hold a
+//! response until the counter their app's last commit wrote is counted, however late the
+//! poll. Several commits inside one interval advance the TXID once, which the proxy does
+//! not distinguish.
 //!
 //! The change is detected from the header's change counter (rollback journal) or the
 //! WAL-index header in `<db>-shm` (WAL), read with plain file reads, so the poll takes no
@@ -98,6 +104,8 @@ impl CommitWatcher {
 impl Shared {
     fn check(&self) {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        // The change counter of a change seen on a primary (a commit or the sim's marking).
+        let mut accounted = None;
         // The file is read under the node's lock, so a promotion cannot land between the
         // read and the role check: a pre-promotion change would otherwise be judged
         // against the post-promotion role and counted as a commit.
@@ -105,6 +113,9 @@ impl Shared {
             let now = fingerprint(&self.node.db_path());
             if now == *last {
                 return false;
+            }
+            if is_primary {
+                accounted = now.as_ref().map(Fingerprint::counter);
             }
             // A database that disappeared is not a commit; on a replica, changes are
             // replication's (tracked, not counted); nor is the sim's own read-only marking
@@ -117,6 +128,12 @@ impl Shared {
         if let Some(txid) = committed {
             self.commits.fetch_add(1, Ordering::Relaxed);
             tracing::trace!(txid, "litefs-sim: commit seen");
+        }
+        if let Some(counter) = accounted {
+            let path = crate::pos::counted_path(self.node.mount(), self.node.db());
+            if let Err(e) = crate::pos::write_atomic(&path, format!("{counter}\n").as_bytes()) {
+                tracing::error!(error = %e, path = %path.display(), "litefs-sim: writing the counted change counter");
+            }
         }
     }
 }
@@ -239,6 +256,29 @@ mod tests {
     }
 
     #[test]
+    fn the_counted_change_counter_follows_the_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = primary(dir.path());
+        let watcher = CommitWatcher::spawn(node.clone(), DEFAULT_INTERVAL);
+        let conn = rusqlite::Connection::open(node.db_path()).unwrap();
+        conn.execute_batch("CREATE TABLE t(x)").unwrap();
+        let counted = || {
+            let path = crate::pos::counted_path(node.mount(), node.db());
+            std::fs::read_to_string(path)
+                .ok()?
+                .trim()
+                .parse::<u32>()
+                .ok()
+        };
+        for i in 0..5 {
+            conn.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
+            watcher.sync();
+            let header = crate::dbfile::change_counter(&node.db_path()).unwrap();
+            assert_eq!(counted(), header, "after commit {i}");
+        }
+    }
+
+    #[test]
     fn replica_changes_are_not_commits() {
         let dir = tempfile::tempdir().unwrap();
         let node = primary(dir.path());
@@ -248,5 +288,7 @@ mod tests {
         conn.execute_batch("CREATE TABLE t(x)").unwrap();
         assert_eq!(watcher.sync(), 0);
         assert_eq!(watcher.commits(), 0);
+        let counted = crate::pos::counted_path(node.mount(), node.db());
+        assert!(!counted.exists(), "a replica accounts for nothing");
     }
 }

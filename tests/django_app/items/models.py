@@ -8,6 +8,9 @@ class Item(models.Model):
     node = models.CharField(max_length=100)
     created = models.DateTimeField(auto_now_add=True)
 
+    def __str__(self):
+        return self.key
+
 
 class Upload(models.Model):
     name = models.CharField(max_length=200)

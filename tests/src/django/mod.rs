@@ -5,7 +5,8 @@
 //! replicas, the position advanced by a commit watcher on Django's database in its mount)
 //! and a real gunicorn serving `tests/django_app` on that database, the proxy's target; in
 //! front of all, a real nginx round-robin upstream without stickiness. The cookie jar and
-//! streamed uploads are in `web`, the outside tools and the prerequisite check in `tools`.
+//! streamed uploads are in `web`, a browser's session in the Django admin in `admin`, the
+//! outside tools and the prerequisite check in `tools`.
 
 use std::{
     net::SocketAddr,
@@ -19,6 +20,7 @@ use crate::{
     cluster::{free_port, Cluster, LiteFsOptions, Options, TOLERANT_ELECTION},
 };
 
+pub mod admin;
 mod tools;
 mod web;
 
@@ -28,6 +30,17 @@ pub use web::{multipart_file, sha256_file, ChannelBody, Jar};
 
 /// The database every node serves, as LiteFS names it in the mount.
 pub const DB: &str = "db.sqlite3";
+
+/// How the Django project is set up on every node (environment of `migrate` and gunicorn).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DjangoOptions {
+    /// `contrib/django`'s `ReplayOnPrimaryMiddleware` in MIDDLEWARE, before
+    /// SessionMiddleware, loaded from the source folder (`LITEFS_PROXY_DJANGO_HELPER=1`).
+    pub helper: bool,
+    /// The three settings that write on GET (`LITEFS_TEST_GET_WRITES=1`): `MESSAGE_STORAGE`
+    /// the session storage, `SESSION_SAVE_EVERY_REQUEST` and `CSRF_USE_SESSIONS`.
+    pub get_writes: bool,
+}
 
 /// Three Django nodes behind litefs-proxy behind nginx.
 pub struct DjangoCluster {
@@ -44,8 +57,7 @@ pub struct DjangoCluster {
     pub flag_dir: PathBuf,
     gunicorns: Vec<Option<Group>>,
     nginx_proc: Option<Group>,
-    /// `contrib/django`'s middleware is in the project's MIDDLEWARE ([`DjangoCluster::start_with_helper`]).
-    helper: bool,
+    options: DjangoOptions,
     dir: tempfile::TempDir,
 }
 
@@ -53,18 +65,17 @@ impl DjangoCluster {
     /// Starts everything: proxies and LiteFS (node i's LiteFS adds `lags_ms[i]` to every
     /// transaction it receives as a replica), election, migration on the elected primary,
     /// gunicorns, nginx. LiteFS's lease settings are `litefs-config`'s. Panics with the logs
-    /// if anything does not come up.
+    /// if anything does not come up. The project runs with Django's defaults.
     pub async fn start(lags_ms: [u64; 3], proxy_extra: &str) -> DjangoCluster {
-        Self::start_with(lags_ms, proxy_extra, false).await
+        Self::start_with(lags_ms, proxy_extra, DjangoOptions::default()).await
     }
 
-    /// [`DjangoCluster::start`] with `contrib/django`'s `ReplayOnPrimaryMiddleware` first in
-    /// the project's MIDDLEWARE (loaded from the source folder).
-    pub async fn start_with_helper(lags_ms: [u64; 3], proxy_extra: &str) -> DjangoCluster {
-        Self::start_with(lags_ms, proxy_extra, true).await
-    }
-
-    async fn start_with(lags_ms: [u64; 3], proxy_extra: &str, helper: bool) -> DjangoCluster {
+    /// [`DjangoCluster::start`] with the project set up as `options` say.
+    pub async fn start_with(
+        lags_ms: [u64; 3],
+        proxy_extra: &str,
+        options: DjangoOptions,
+    ) -> DjangoCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let n = lags_ms.len();
         let apps: Vec<SocketAddr> = (0..n).map(|_| free_port()).collect();
@@ -92,7 +103,7 @@ impl DjangoCluster {
             flag_dir,
             gunicorns: (0..n).map(|_| None).collect(),
             nginx_proc: None,
-            helper,
+            options,
             dir,
         };
         // Schema: `migrate` on the primary's database while its LiteFS watches it (the
@@ -250,15 +261,21 @@ impl DjangoCluster {
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("PYTHONUNBUFFERED", "1")
             .env("LITEFS_DB", self.db_path(i))
-            .env("LITEFS_POS", self.pos_path(i))
+            .env(
+                "LITEFS_COUNTED",
+                litefs_sim::counted_path(&self.mounts[i], DB),
+            )
             .env("NODE_NAME", self.id(i))
             .env("STREAM_FLAG_DIR", &self.flag_dir)
             .env("UPLOAD_TEMP_DIR", self.dir.path())
             .stdin(Stdio::null());
-        if self.helper {
+        if self.options.helper {
             let contrib = app_dir().join("../../contrib/django");
             cmd.env("LITEFS_PROXY_DJANGO_HELPER", "1")
                 .env("PYTHONPATH", contrib);
+        }
+        if self.options.get_writes {
+            cmd.env("LITEFS_TEST_GET_WRITES", "1");
         }
         cmd
     }
@@ -363,7 +380,9 @@ http {{
             proxy_pass http://litefs;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_set_header Host $host;
+            # The client's Host with its port, which Django's CSRF check compares with a
+            # POST's Origin (`$host` drops the port).
+            proxy_set_header Host $http_host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
             # Stream uploads to the proxies instead of spooling them first.
@@ -430,16 +449,29 @@ http {{
 
     /// `litefs_proxy_requests_total{class="write",outcome="forwarded"}` of node `i`.
     pub async fn forwarded_writes(&self, i: usize) -> u64 {
+        self.counter(
+            i,
+            "litefs_proxy_requests_total{",
+            &["class=\"write\"", "outcome=\"forwarded\""],
+        )
+        .await
+    }
+
+    /// `litefs_proxy_replays_total{outcome="replayed"}` of node `i`: reads its proxy sent on
+    /// to the primary because the app answered `litefs-replay: primary`.
+    pub async fn replayed_reads(&self, i: usize) -> u64 {
+        self.counter(i, "litefs_proxy_replays_total{", &["outcome=\"replayed\""])
+            .await
+    }
+
+    /// The sum of node `i`'s metric lines that start with `prefix` and carry every label.
+    async fn counter(&self, i: usize, prefix: &str, labels: &[&str]) -> u64 {
         let m = client::get(self.procs.nodes[i].proxy, "/litefs/metrics", &[])
             .await
             .expect("metrics")
             .text();
         m.lines()
-            .filter(|l| {
-                l.starts_with("litefs_proxy_requests_total{")
-                    && l.contains("class=\"write\"")
-                    && l.contains("outcome=\"forwarded\"")
-            })
+            .filter(|l| l.starts_with(prefix) && labels.iter().all(|k| l.contains(k)))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .map(|v| v as u64)
             .sum()
