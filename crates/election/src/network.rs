@@ -260,11 +260,20 @@ impl PeerConnection {
         E: std::error::Error + DeserializeOwned,
     {
         let timeout = option.hard_ttl();
-        let res: Result<Result<Resp, E>, TransportError> = self
+        let mut res: Result<Result<Resp, E>, TransportError> = self
             .factory
             .client
             .call(self.target, path, req, timeout)
             .await;
+        // A pooled connection the peer had closed fails once; a new one is tried at once
+        // (Raft RPCs may be sent twice). A second failure is the peer's state: back off.
+        if matches!(res, Err(TransportError::Send { .. })) {
+            res = self
+                .factory
+                .client
+                .call(self.target, path, req, timeout)
+                .await;
+        }
         match res {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
