@@ -219,9 +219,14 @@ impl LeaseWriter {
                         .await
                     {
                         Ok(o) => o,
-                        // Never sent (the leader's process is gone, say): retry once
-                        // another leader is known, within the same deadline.
+                        // Never sent (the leader's process is gone, say), or sent and lost
+                        // with a request that may be applied twice (the old primary's
+                        // renewal, which it needs for its handoff): retry once another
+                        // leader is known, within the same deadline.
                         Err(TransportError::Connect { .. }) => ProposeOutcome::NotLeader(None),
+                        Err(TransportError::Send { .. }) if req.is_idempotent() => {
+                            ProposeOutcome::NotLeader(None)
+                        }
                         // It may or may not have been applied: do not send it again.
                         Err(e) => ProposeOutcome::Failed(e.to_string()),
                     }

@@ -146,6 +146,25 @@ pub enum LeaseRequest {
     },
 }
 
+impl LeaseRequest {
+    /// Whether applying it twice does what applying it once does: such a request may be sent
+    /// again when it is not known whether the first one arrived.
+    pub fn is_idempotent(&self) -> bool {
+        match self {
+            LeaseRequest::Tick
+            | LeaseRequest::SessionRenew { .. }
+            | LeaseRequest::SessionDestroy { .. }
+            | LeaseRequest::KvAcquire { .. }
+            | LeaseRequest::KvRelease { .. } => true,
+            // A second session; a set or delete whose check-and-set now fails, or that
+            // overwrites a later one.
+            LeaseRequest::SessionCreate { .. }
+            | LeaseRequest::KvSet { .. }
+            | LeaseRequest::KvDelete { .. } => false,
+        }
+    }
+}
+
 /// A log entry's payload: the request plus the proposing leader's stamp.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
