@@ -248,6 +248,15 @@ async fn sigterm_hands_litefs_over_before_the_old_proxy_exits_and_no_write_fails
     if !handed_off {
         eprintln!("note: no LiteFS handoff this run; the old primary released its lease instead");
     }
+    // Handed over, it asks who the primary is: the answer waits for the new holder's
+    // acquire instead of naming itself (`cannot connect to self`, then LiteFS's 1 s retry,
+    // while it is nobody's replica: with sync_replicas 1 the first write waited for that).
+    if let Some((_, after)) = log.split_once("exiting primary, preserving lease for handoff") {
+        assert!(
+            !after.contains("cannot connect to self"),
+            "the old LiteFS was told it is the primary after handing over:\n{after}"
+        );
+    }
     primary_moves_to(&c, new, Duration::from_secs(5)).await;
     writer.acked(5).await;
     let writes = writer.finish().await;

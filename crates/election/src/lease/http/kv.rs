@@ -56,11 +56,47 @@ async fn hold_for_expiring_lock(ctx: &HttpCtx, key: &str) {
     }
 }
 
+/// The longest a read of a key that names the reader's own node waits for that to change.
+const HOLD_SELF_MAX: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// A read of a key locked by a session of the reading node itself, while another node leads
+/// Raft, is answered once the key no longer names it (at most [`HOLD_SELF_MAX`]): its LiteFS
+/// asks who the primary is after it handed its lease over (the new holder's acquire follows
+/// a few ms later) or after a restart, and an answer naming itself would only make it log
+/// `cannot connect to self` and wait out its 1 s retry (LiteFS's facts, item 3), during which
+/// it is nobody's replica.
+async fn hold_while_naming_the_reader(ctx: &HttpCtx, key: &str) {
+    let me = crate::config::node_num(&ctx.me_name);
+    let deadline = tokio::time::Instant::now() + HOLD_SELF_MAX;
+    let mut applied = ctx.shared.subscribe();
+    loop {
+        let other_leads = {
+            let m = ctx.raft.metrics();
+            let l = m.borrow().current_leader;
+            l.is_some_and(|l| l != me)
+        };
+        let names_reader = ctx.shared.read(|st| {
+            let holder = st.kv.get(key)?.session.as_ref()?;
+            Some(st.sessions.get(holder)?.node == ctx.me_name)
+        });
+        if !(other_leads && names_reader == Some(true)) {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, applied.changed())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
 pub(super) async fn kv_get(ctx: &HttpCtx, key: &str, query: &HashMap<String, String>) -> Resp {
     if let Err(r) = consistent(ctx, query).await {
         return r;
     }
     hold_for_expiring_lock(ctx, key).await;
+    hold_while_naming_the_reader(ctx, key).await;
     block(ctx, query, |st| st.kv_index).await;
     let leader = known_leader(ctx);
     let recurse = query.contains_key("recurse");
