@@ -20,9 +20,13 @@ pub async fn serve(
 ) -> io::Result<()> {
     let cfg = proxy.config().clone();
     let (stop_tx, stop_rx) = watch::channel(false);
+    // The position watcher runs through the drain: requests still being served read it,
+    // and the election reports it to the new leader (a write there may be waiting for this
+    // node, now its replica, to hold it).
+    let (watcher_stop_tx, watcher_stop_rx) = watch::channel(false);
     let watcher = tokio::spawn({
         let proxy = proxy.clone();
-        let mut stop = stop_rx.clone();
+        let mut stop = watcher_stop_rx;
         async move {
             proxy
                 .run_watcher(async move {
@@ -90,6 +94,7 @@ pub async fn serve(
         );
         conns.shutdown().await;
     }
+    let _ = watcher_stop_tx.send(true);
     let _ = watcher.await;
     Ok(())
 }

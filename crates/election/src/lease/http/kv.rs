@@ -56,36 +56,44 @@ async fn hold_for_expiring_lock(ctx: &HttpCtx, key: &str) {
     }
 }
 
-/// The longest a read of a key that names the reader's own node waits for that to change.
-const HOLD_SELF_MAX: std::time::Duration = std::time::Duration::from_millis(1500);
+/// After the key moved away from a node that does not lead: for its new holder to act as
+/// primary (a replica that connects before is refused, 503, and retries a second later).
+const NEW_HOLDER_SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// A read of a key locked by a session of the reading node itself, while another node leads
-/// Raft, is answered once the key no longer names it (at most [`HOLD_SELF_MAX`]): its LiteFS
-/// asks who the primary is after it handed its lease over (the new holder's acquire follows
-/// a few ms later) or after a restart, and an answer naming itself would only make it log
-/// `cannot connect to self` and wait out its 1 s retry (LiteFS's facts, item 3), during which
-/// it is nobody's replica.
-async fn hold_while_naming_the_reader(ctx: &HttpCtx, key: &str) {
-    let me = crate::config::node_num(&ctx.me_name);
-    let deadline = tokio::time::Instant::now() + HOLD_SELF_MAX;
+/// A read of a key locked by a session of a node that does not lead Raft (an old primary
+/// being handed over, dead or cut off, or the reader itself after its handoff or a restart)
+/// is answered once the lock moved (at most [`HOLD_MAX`]), a moment after it did: LiteFS
+/// asks who the primary is to connect to it, and the old holder is either gone (connection
+/// refused) or the reader itself (`cannot connect to self`, facts item 3); either way it
+/// would wait out its 1 s retry, during which it is nobody's replica (with sync_replicas,
+/// the first write waited for that).
+async fn hold_while_a_non_leader_holds(ctx: &HttpCtx, key: &str) {
+    let deadline = tokio::time::Instant::now() + HOLD_MAX;
     let mut applied = ctx.shared.subscribe();
+    let mut metrics = ctx.raft.metrics();
+    let mut held = false;
     loop {
-        let other_leads = {
-            let m = ctx.raft.metrics();
-            let l = m.borrow().current_leader;
-            l.is_some_and(|l| l != me)
-        };
-        let names_reader = ctx.shared.read(|st| {
+        let leader = metrics.borrow_and_update().current_leader;
+        let stale = ctx.shared.read(|st| {
             let holder = st.kv.get(key)?.session.as_ref()?;
-            Some(st.sessions.get(holder)?.node == ctx.me_name)
+            let node = crate::config::node_num(&st.sessions.get(holder)?.node);
+            Some(leader != Some(node))
         });
-        if !(other_leads && names_reader == Some(true)) {
+        if stale != Some(true) {
+            if held {
+                tokio::time::sleep(NEW_HOLDER_SETTLE).await;
+            }
             return;
         }
-        if tokio::time::timeout_at(deadline, applied.changed())
-            .await
-            .is_err()
-        {
+        held = true;
+        let woke = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                r = applied.changed() => r.is_ok(),
+                r = metrics.changed() => r.is_ok(),
+            }
+        })
+        .await;
+        if woke != Ok(true) {
             return;
         }
     }
@@ -96,7 +104,7 @@ pub(super) async fn kv_get(ctx: &HttpCtx, key: &str, query: &HashMap<String, Str
         return r;
     }
     hold_for_expiring_lock(ctx, key).await;
-    hold_while_naming_the_reader(ctx, key).await;
+    hold_while_a_non_leader_holds(ctx, key).await;
     block(ctx, query, |st| st.kv_index).await;
     let leader = known_leader(ctx);
     let recurse = query.contains_key("recurse");
