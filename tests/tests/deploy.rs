@@ -683,6 +683,14 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+fn sigterm(child: &std::process::Child) {
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+}
+
 fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
     let mut status = None;
     wait_for("the entrypoint to exit", || {
@@ -708,11 +716,7 @@ fn entrypoint_stops_the_proxy_before_litefs() {
             .contains("entrypoint: started");
         started && l.contains(&"litefs-proxy:ready".into()) && l.contains(&"litefs:ready".into())
     });
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
+    sigterm(&child);
     let status = wait_exit(&mut child);
     assert_eq!(status.code(), Some(0));
     let log: Vec<String> = log_lines(dir.path())
@@ -763,11 +767,7 @@ fn entrypoint_restarts_a_crashed_proxy_and_keeps_litefs() {
         child.try_wait().expect("try_wait").is_none(),
         "the container stayed up"
     );
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
+    sigterm(&child);
     assert_eq!(wait_exit(&mut child).code(), Some(0));
     let log: Vec<String> = log_lines(dir.path())
         .into_iter()

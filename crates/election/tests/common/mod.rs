@@ -20,14 +20,29 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// Free loopback ports, found by binding port 0 (the listeners are dropped again).
+/// Free loopback ports for nodes about to start, below Linux's ephemeral range (10000–
+/// 32767): a port the kernel picked for port 0 is, once released, free for another test's
+/// `127.0.0.1:0` listener or outgoing connection to take before the node binds it. Handed out
+/// in turn from a start that differs per test process; each is checked free by binding it.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
-        .collect();
-    ls.iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FLOOR: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    let mut out = Vec::new();
+    while out.len() < n {
+        let port = (FLOOR + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            out.push(port);
+        }
+    }
+    out
 }
 
 /// One slot of a test cluster: its config and, while running, its node.
