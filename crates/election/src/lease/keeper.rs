@@ -30,7 +30,7 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
-use super::http::{handle_forwarded, read_body, renew_answer_within, token_ok, HttpCtx};
+use super::http::{handle_forwarded, read_body, renew_answer_within, text, token_ok, HttpCtx};
 use super::WRITE_TIMEOUT;
 use crate::auth::Auth;
 use crate::config::{node_num, Config, Peer};
@@ -89,7 +89,7 @@ pub(crate) async fn answer(ctx: &HttpCtx, origin: &str, req: Forwarded) -> Answe
         .map(|ms| Duration::from_millis(ms).min(ORPHAN_RENEW_WITHIN));
     let resp = match decode(&req) {
         Ok((method, uri, body)) => handle_forwarded(ctx, origin, within, &method, &uri, body).await,
-        Err(e) => super::http::text(StatusCode::BAD_REQUEST, e),
+        Err(e) => text(StatusCode::BAD_REQUEST, e),
     };
     let status = resp.status().as_u16();
     let headers = resp
@@ -200,16 +200,10 @@ fn budget(uri: &http::Uri, renew_within: Duration) -> Duration {
     WRITE_TIMEOUT + wait + Duration::from_secs(1)
 }
 
-fn text(status: StatusCode, msg: &str) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(msg.to_owned())));
-    *r.status_mut() = status;
-    r
-}
-
 async fn handle(k: &Keeper, req: Request<Incoming>) -> Resp {
     if req.method() == Method::GET && req.uri().path() == PATH_WHO {
         let who = serde_json::json!({ "node": k.me_name, "pid": std::process::id() });
-        return text(StatusCode::OK, &who.to_string());
+        return text(StatusCode::OK, who.to_string());
     }
     if !token_ok(k.token.as_deref(), req.headers(), req.uri().query()) {
         return text(
@@ -286,7 +280,7 @@ fn unanswered(path: &str) -> Resp {
     match path.strip_prefix("/v1/session/renew/") {
         Some(id) => text(
             StatusCode::NOT_FOUND,
-            &format!("Session id '{id}' not found"),
+            format!("Session id '{id}' not found"),
         ),
         None => text(StatusCode::INTERNAL_SERVER_ERROR, "No cluster leader"),
     }

@@ -18,43 +18,8 @@ fn kv_json(e: &KvEntry) -> Value {
     v
 }
 
-/// The longest a read of a key waits for another node's expiring session to let go of it.
+/// The longest a read of a key waits for a lock held by a node that does not lead to move.
 const HOLD_MAX: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// On the leader, a read of a key still locked by another node's session that will expire
-/// soon (its LiteFS died or was cut off, and may still believe in its lease) is answered
-/// when the lock is gone: this node's LiteFS, which reads the key before it tries to
-/// acquire, then takes the lock the moment it may instead of up to its 1 s retry later.
-async fn hold_for_expiring_lock(ctx: &HttpCtx, key: &str) {
-    let deadline = tokio::time::Instant::now() + HOLD_MAX;
-    let mut applied = ctx.shared.subscribe();
-    loop {
-        let leading = {
-            let m = ctx.raft.metrics();
-            let m = m.borrow();
-            m.current_leader == Some(ctx.writer.me) && m.state == openraft::ServerState::Leader
-        };
-        let expiring = ctx.shared.read(|st| {
-            let holder = st.kv.get(key)?.session.as_ref()?;
-            let s = st.sessions.get(holder)?;
-            (crate::config::node_num(&s.node) != ctx.writer.me).then_some(s.expires_at_ms?)
-        });
-        let Some(at) = expiring.filter(|_| leading) else {
-            return;
-        };
-        let wait = std::time::Duration::from_millis(at.saturating_sub(crate::auth::now_ms()));
-        if tokio::time::Instant::now() + wait > deadline {
-            return;
-        }
-        // The reaper applies the expiry at `at`; wake on every applied change.
-        if tokio::time::timeout_at(deadline, applied.changed())
-            .await
-            .is_err()
-        {
-            return;
-        }
-    }
-}
 
 /// After the key moved away from a node that does not lead: for its new holder to act as
 /// primary (a replica that connects before is refused, 503, and retries a second later).
@@ -103,7 +68,6 @@ pub(super) async fn kv_get(ctx: &HttpCtx, key: &str, query: &HashMap<String, Str
     if let Err(r) = consistent(ctx, query).await {
         return r;
     }
-    hold_for_expiring_lock(ctx, key).await;
     hold_while_a_non_leader_holds(ctx, key).await;
     block(ctx, query, |st| st.kv_index).await;
     let leader = known_leader(ctx);
