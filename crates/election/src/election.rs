@@ -256,6 +256,7 @@ impl Election {
             election_timeout_min: cfg.election_timeout_min,
             election_timeout_max: cfg.election_timeout_max,
             started: std::time::Instant::now(),
+            candidacy: Arc::new(crate::prevote::Candidacy::new(cfg.election_timeout_min)),
         };
         let reports = ReportTable::default();
         let handover = HandoverCtx {

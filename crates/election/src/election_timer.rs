@@ -9,7 +9,8 @@
 //! before any leader, a random [min, max). Each attempt draws afresh, so two candidates that
 //! collided once do not collide again (openraft 0.9 draws once, which let two survivors
 //! campaign in the same millisecond for seconds). A vote change (this
-//! node voted, or a term moved) and any contact with a live leader restart the timer.
+//! node voted, or a term moved) and any contact with a live leader restart the timer; a
+//! pre-vote just granted to another node skips this node's own round (`prevote::Candidacy`).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -80,6 +81,10 @@ pub(crate) async fn run(ctx: PreVoteCtx, client: RpcClient) {
             continue;
         }
         if !single {
+            if ctx.candidacy.granted_recently(Instant::now()) {
+                // Another candidate was just granted: give its campaign the time to arrive.
+                continue;
+            }
             let asked = Instant::now();
             if !prevote::round(&ctx, &client).await {
                 continue;
@@ -93,6 +98,9 @@ pub(crate) async fn run(ctx: PreVoteCtx, client: RpcClient) {
             .counters()
             .pre_vote_elections
             .fetch_add(1, Ordering::Relaxed);
+        // Running from now, for the term the campaign will ask for (see `prevote`).
+        ctx.candidacy
+            .run_for(metrics.borrow().current_term + 1, Instant::now());
         if let Err(e) = ctx.raft.trigger().elect().await {
             tracing::warn!(error = %e, "cannot trigger an election");
             return;

@@ -4,11 +4,23 @@
 //! candidate's Raft log is at least as up to date as its own, and when the candidate's LiteFS
 //! TXID is at least its own. The same RPC, as a probe, tells a handing-over leader its
 //! followers' positions (`handover`). The timer that runs rounds is `election_timer`.
+//!
+//! Two survivors whose timers fire within one round trip of each other would both win a
+//! pre-vote (each grants the other) and split the vote in the same term: with one of three
+//! voters dead, nobody wins that term, and each split costs another election timeout (seen:
+//! two in a row, 0.86 s to a leader instead of 0.36 s, long enough for the old primary's
+//! LiteFS to give up the lease it was about to hand over). So a voter that is itself running
+//! for the same term (its own round or campaign began within `election_timeout_min`) grants
+//! only a candidate that is strictly ahead of it by (Raft log, LiteFS position, name): of two
+//! such candidates exactly one is granted. And a voter that granted a pre-vote does not
+//! start a round of its own for `election_timeout_min` after: the candidate it granted is
+//! about to campaign (a round begun just after granting would be granted in turn, before
+//! the other's vote request arrived).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::{LogId, ServerState};
@@ -74,6 +86,8 @@ pub enum Refusal {
     LogBehind { cand: String, mine: String },
     #[error("candidate's LiteFS position {cand} is behind mine {mine}")]
     PositionBehind { cand: String, mine: String },
+    #[error("running for term {0} myself, and the candidate is not ahead of me")]
+    Campaigning(u64),
 }
 
 /// `a` is at least as caught up as `b`, by TXID alone (the checksum names the history, but
@@ -120,6 +134,10 @@ pub(crate) struct VoterView {
     /// How long this node has been without a leader (since start when it never had one).
     pub leaderless: Duration,
     pub shutting_down: bool,
+    /// This voter's name.
+    pub me: String,
+    /// The term this voter is itself running for, while that round or campaign is fresh.
+    pub campaign: Option<u64>,
 }
 
 /// The rules' knobs.
@@ -146,16 +164,24 @@ pub(crate) fn judge(req: &PreVoteRequest, v: &VoterView, rules: &Rules) -> Resul
             mine: Show(v.last_log_id).to_string(),
         });
     }
-    if position_ge(req.position, v.position) {
-        return Ok(false);
+    let waived = if position_ge(req.position, v.position) {
+        false
+    } else if req.last_log_id > v.last_log_id && v.leaderless >= rules.waive_after {
+        true
+    } else {
+        return Err(Refusal::PositionBehind {
+            cand: Show(req.position).to_string(),
+            mine: Show(v.position).to_string(),
+        });
+    };
+    if let Some(term) = v.campaign.filter(|t| *t >= req.term) {
+        let theirs = (req.last_log_id, position_key(req.position), &req.candidate);
+        let mine = (v.last_log_id, position_key(v.position), &v.me);
+        if theirs <= mine {
+            return Err(Refusal::Campaigning(term));
+        }
     }
-    if req.last_log_id > v.last_log_id && v.leaderless >= rules.waive_after {
-        return Ok(true);
-    }
-    Err(Refusal::PositionBehind {
-        cand: Show(req.position).to_string(),
-        mine: Show(v.position).to_string(),
-    })
+    Ok(waived)
 }
 
 /// What both sides of a pre-vote need; cheap to clone.
@@ -174,6 +200,52 @@ pub struct PreVoteCtx {
     pub election_timeout_max: Duration,
     /// When this node started (leaderless time before any leader was heard from).
     pub started: Instant,
+    /// This node's own candidacy and the last pre-vote it granted.
+    pub candidacy: Arc<Candidacy>,
+}
+
+/// What keeps two simultaneous candidates from splitting a vote (see the module docs): the
+/// term this node last ran for and when, and when it last granted a pre-vote; each counts for
+/// `window` (`election_timeout_min`).
+#[derive(Debug)]
+pub struct Candidacy {
+    window: Duration,
+    running: Mutex<Option<(u64, Instant)>>,
+    granted: Mutex<Option<Instant>>,
+}
+
+impl Candidacy {
+    pub fn new(window: Duration) -> Candidacy {
+        Candidacy {
+            window,
+            running: Mutex::new(None),
+            granted: Mutex::new(None),
+        }
+    }
+
+    /// This node runs for `term` from `now` (its pre-vote round, then its campaign).
+    pub(crate) fn run_for(&self, term: u64, now: Instant) {
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some((term, now));
+    }
+
+    /// The term this node runs for, if it began within the window before `now`.
+    pub(crate) fn running(&self, now: Instant) -> Option<u64> {
+        let r = *self.running.lock().unwrap_or_else(|p| p.into_inner());
+        r.filter(|(_, at)| now.saturating_duration_since(*at) < self.window)
+            .map(|(term, _)| term)
+    }
+
+    /// This node granted a pre-vote at `now`.
+    pub(crate) fn granted(&self, now: Instant) {
+        *self.granted.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+    }
+
+    /// Whether it did within the window before `now` (its own round waits: the candidate
+    /// it granted is about to campaign).
+    pub(crate) fn granted_recently(&self, now: Instant) -> bool {
+        let g = *self.granted.lock().unwrap_or_else(|p| p.into_inner());
+        g.is_some_and(|at| now.saturating_duration_since(at) < self.window)
+    }
 }
 
 impl PreVoteCtx {
@@ -268,6 +340,8 @@ pub async fn on_pre_vote(ctx: &PreVoteCtx, req: PreVoteRequest) -> PreVoteRespon
         leader_heard,
         leaderless: leader_heard.unwrap_or_else(|| now.saturating_duration_since(ctx.started)),
         shutting_down: ctx.stepping_down.load(Ordering::SeqCst),
+        me: ctx.name(),
+        campaign: ctx.candidacy.running(now),
     };
     let verdict = if is_voter {
         judge(&req, &view, &ctx.rules())
@@ -290,6 +364,7 @@ pub async fn on_pre_vote(ctx: &PreVoteCtx, req: PreVoteRequest) -> PreVoteRespon
             }
             resp.granted = true;
             resp.position_waived = waived;
+            ctx.candidacy.granted(now);
         }
         Err(why) => {
             counters.pre_votes_refused.fetch_add(1, Ordering::Relaxed);
@@ -354,6 +429,7 @@ pub(crate) async fn ask(
 pub(crate) async fn round(ctx: &PreVoteCtx, client: &RpcClient) -> bool {
     let (_, quorum) = ctx.voters_and_quorum();
     let req = ctx.request(false);
+    ctx.candidacy.run_for(req.term, Instant::now());
     let granted =
         |a: &BTreeMap<NodeId, PreVoteResponse>| 1 + a.values().filter(|r| r.granted).count();
     let answers = ask(ctx, client, &req, ctx.election_timeout_min, |a| {
@@ -416,6 +492,8 @@ mod tests {
             leader_heard: Some(Duration::from_millis(400)),
             leaderless: Duration::from_millis(400),
             shutting_down: false,
+            me: "n2".into(),
+            campaign: None,
         }
     }
 
@@ -493,5 +571,65 @@ mod tests {
             judge(&req(log(2, 11), pos(4)), &view(log(2, 10), pos(5)), &RULES),
             Err(Refusal::PositionBehind { .. })
         ));
+    }
+
+    /// Two voters running for the same term at once, equally caught up: exactly one grants
+    /// the other (the name breaks the tie), so only one campaigns. A candidate strictly
+    /// ahead is granted by a running voter; a later term is not held back; a voter not
+    /// running grants as before.
+    #[test]
+    fn of_two_simultaneous_candidates_exactly_one_is_granted() {
+        let running = |me: &str| VoterView {
+            me: me.into(),
+            campaign: Some(3),
+            ..view(log(2, 10), pos(5))
+        };
+        let asks = |who: &str| PreVoteRequest {
+            candidate: who.into(),
+            ..req(log(2, 10), pos(5))
+        };
+        let n1_grants_n2 = judge(&asks("n2"), &running("n1"), &RULES);
+        let n2_grants_n1 = judge(&asks("n1"), &running("n2"), &RULES);
+        assert_eq!(n1_grants_n2, Ok(false));
+        assert_eq!(n2_grants_n1, Err(Refusal::Campaigning(3)));
+        // Ahead by log or by position: granted even by a running voter.
+        let ahead_log = PreVoteRequest {
+            candidate: "n1".into(),
+            ..req(log(2, 11), pos(5))
+        };
+        assert_eq!(judge(&ahead_log, &running("n2"), &RULES), Ok(false));
+        let ahead_pos = PreVoteRequest {
+            candidate: "n1".into(),
+            ..req(log(2, 10), pos(6))
+        };
+        assert_eq!(judge(&ahead_pos, &running("n2"), &RULES), Ok(false));
+        // Asking for a later term than the voter runs for.
+        let later = PreVoteRequest {
+            term: 4,
+            ..asks("n1")
+        };
+        assert_eq!(judge(&later, &running("n2"), &RULES), Ok(false));
+        // Not running (or no longer fresh): granted.
+        assert_eq!(
+            judge(&asks("n1"), &view(log(2, 10), pos(5)), &RULES),
+            Ok(false)
+        );
+    }
+
+    /// A candidacy and a granted pre-vote count for the window only.
+    #[test]
+    fn a_candidacy_and_a_grant_count_for_the_window_only() {
+        let c = Candidacy::new(Duration::from_millis(150));
+        let t0 = Instant::now();
+        assert_eq!(c.running(t0), None);
+        assert!(!c.granted_recently(t0));
+        c.run_for(7, t0);
+        c.granted(t0);
+        let soon = t0 + Duration::from_millis(149);
+        let late = t0 + Duration::from_millis(150);
+        assert_eq!(c.running(soon), Some(7));
+        assert!(c.granted_recently(soon));
+        assert_eq!(c.running(late), None);
+        assert!(!c.granted_recently(late));
     }
 }
