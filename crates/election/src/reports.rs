@@ -35,6 +35,21 @@ pub struct ReportAck {
     pub kept: bool,
 }
 
+/// `POST /raft/keeper-position`: a node's lease keeper, its litefs-proxy gone, reports that
+/// node's LiteFS position to whichever voter leads (it knows neither leader nor term; the
+/// receiver counts it in its own term, as a probed position).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeeperReport {
+    pub position: Position,
+}
+
+/// The answer: whether it was kept, and otherwise the leader the receiver knows of.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeeperReportAck {
+    pub kept: bool,
+    pub leader: Option<NodeId>,
+}
+
 /// What the leader knows of its replicas: their last reported positions, in `fresh_term`;
 /// `term` is the node's current term.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -121,14 +136,14 @@ impl ReportTable {
         peers: &BTreeMap<NodeId, Peer>,
         from: &str,
         position: Position,
-    ) {
+    ) -> ReportAck {
         let term = raft.metrics().borrow().current_term;
         let report = PositionReport {
             term,
             leader: me,
             position,
         };
-        self.on_report(raft, me, peers, from, report);
+        self.on_report(raft, me, peers, from, report)
     }
 }
 

@@ -20,7 +20,7 @@ use crate::auth::{now_ms, Auth, FROM_HEADER};
 use crate::faults::Faults;
 use crate::handover::{self, HandoverCtx, TimeoutNowRequest};
 use crate::lease::{self, state::LeaseRequest};
-use crate::reports::{PositionReport, ReportTable};
+use crate::reports::{KeeperReport, KeeperReportAck, PositionReport, ReportTable};
 use crate::status::StatusCell;
 use crate::types::{Raft, TypeConfig};
 
@@ -39,6 +39,9 @@ pub const PATH_LEASE_HTTP: &str = "/raft/lease-http";
 
 /// A replica reports its LiteFS position to the leader (answer: `reports::ReportAck`).
 pub const PATH_POSITION: &str = "/raft/position";
+/// A node's lease keeper reports that node's position while its litefs-proxy is gone
+/// (`reports::KeeperReport`, answer: `reports::KeeperReportAck`).
+pub const PATH_KEEPER_POSITION: &str = "/raft/keeper-position";
 /// A would-be candidate asks before campaigning, a handing-over leader probes positions
 /// (`prevote::PreVoteRequest`, answer: `prevote::PreVoteResponse`).
 pub const PATH_PRE_VOTE: &str = "/raft/pre-vote";
@@ -114,6 +117,7 @@ async fn handle(state: &RpcState, req: Request<Incoming>) -> Response<Full<Bytes
         PATH_LEASE_HTTP,
         PATH_READ_INDEX,
         PATH_POSITION,
+        PATH_KEEPER_POSITION,
         PATH_PRE_VOTE,
     ]
     .contains(&path.as_str())
@@ -202,6 +206,25 @@ async fn handle(state: &RpcState, req: Request<Incoming>) -> Response<Full<Bytes
                 &from,
                 report,
             )),
+            Err(e) => text(StatusCode::BAD_REQUEST, e),
+        },
+        PATH_KEEPER_POSITION => match decode::<KeeperReport>(&body) {
+            // For the signed `from`'s own node only (`note` ignores non-members).
+            Ok(report) => {
+                let me = state.handover.me;
+                let ack = state.reports.note(
+                    &state.raft,
+                    me,
+                    &state.handover.peers,
+                    &from,
+                    report.position,
+                );
+                let leader = state.raft.metrics().borrow().current_leader;
+                json(&KeeperReportAck {
+                    kept: ack.kept,
+                    leader,
+                })
+            }
             Err(e) => text(StatusCode::BAD_REQUEST, e),
         },
         PATH_PRE_VOTE => match decode::<crate::prevote::PreVoteRequest>(&body) {

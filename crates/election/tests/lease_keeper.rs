@@ -11,8 +11,9 @@ use common::{http_call, json_of, Cluster, GO_CREATE, PROXY_PORT};
 use litefs_election::lease::keeper::{self, ORPHAN_RENEW_WITHIN};
 use litefs_election::lease::state::{believed_ms, CLOCK_MARGIN_MS};
 use litefs_election::lease::RENEW_ANSWER_MAX;
+use litefs_election::Position;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 const KEY: &str = "litefs/primary";
 
@@ -137,4 +138,53 @@ async fn the_keeper_serves_its_node_then_the_others_once_its_election_is_gone() 
     );
     let (st, _, b) = http_call(ka, "GET", &format!("/v1/kv/{KEY}"), b"").await;
     assert_eq!((st, b.as_slice()), (500, b"No cluster leader".as_slice()));
+}
+
+/// Its election gone, a node's keeper reports the node's LiteFS position to the new leader
+/// in its stead (the leader counts it for that node, for `sync_replicas`), and again as it
+/// moves: the old primary's LiteFS, a replica right after its handoff, counts at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphaned_keeper_reports_its_nodes_position_to_the_new_leader() {
+    common::init_tracing();
+    let (mut c, _keepers, _stops) = kept_cluster().await;
+    let l = c.wait_agreed(Duration::from_secs(5)).await;
+    let lname = c.slots[l].name.clone();
+    let lcfg = c.slots[l].cfg.clone();
+    c.kill(l).await;
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != l).collect();
+    let l2 = loop {
+        if let Some(n) = c.agreed_leader().filter(|n| survivors.contains(n)) {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let at = |txid| Position {
+        txid,
+        checksum: 0xfeed_0000 + txid,
+    };
+    let (tx, rx) = watch::channel(Some(at(41)));
+    let reporter = tokio::spawn(async move {
+        keeper::report_position(&lcfg, PROXY_PORT, rx).await;
+    });
+    let table = c.slots[l2]
+        .node
+        .as_ref()
+        .expect("running")
+        .replica_positions();
+    let holds = |p: Position| {
+        let t = table.borrow();
+        t.positions.get(&lname) == Some(&p)
+    };
+    common::wait_for(
+        "the keeper's report at the leader",
+        Duration::from_secs(3),
+        || holds(at(41)),
+    )
+    .await;
+    tx.send_replace(Some(at(42)));
+    common::wait_for("the keeper's next report", Duration::from_secs(3), || {
+        holds(at(42))
+    })
+    .await;
+    reporter.abort();
 }

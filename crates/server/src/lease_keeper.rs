@@ -9,11 +9,15 @@
 //! pipe open. The keeper says `ready` (or `error: …`) on stdout once it listens. When `run`
 //! stops cleanly it writes `bye` and the keeper exits at once; when the pipe closes without
 //! it (`run` crashed or was killed), the keeper stays up for [`ORPHAN_GRACE`], forwarding to
-//! the other voters while the local election is gone. The listener has `SO_REUSEPORT`, so a
-//! restarted `run`'s keeper binds beside an orphan of the same node (they forward alike).
+//! the other voters while the local election is gone, and reporting the node's LiteFS
+//! position (`<mount>/<db>-pos`, re-read every [`ORPHAN_POSITION_POLL`] by a thread of its
+//! own, which a frozen mount blocks alone) to the leader in the proxy's stead. The listener
+//! has `SO_REUSEPORT`, so a restarted `run`'s keeper binds beside an orphan of the same node
+//! (they forward alike).
 
 use std::io::{BufRead as _, Write as _};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::time::Duration;
 
@@ -24,6 +28,8 @@ use tokio::net::{TcpListener, TcpSocket};
 /// How long a keeper whose `run` is gone keeps the endpoint up: longer than any handoff or
 /// lease lapse takes, short enough not to linger.
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(30);
+/// How often an orphaned keeper re-reads its node's position file.
+pub const ORPHAN_POSITION_POLL: Duration = Duration::from_millis(5);
 /// How long `run` waits for the keeper to listen.
 const READY_WITHIN: Duration = Duration::from_secs(5);
 
@@ -32,6 +38,9 @@ const READY_WITHIN: Duration = Duration::from_secs(5);
 struct Spec {
     election: litefs_election::Config,
     proxy_port: u16,
+    /// `<mount>/<db>-pos`: the position reported while `run` is gone.
+    #[serde(default)]
+    position_file: Option<PathBuf>,
 }
 
 /// `run`'s side: the keeper process and the pipe that says `run` is alive.
@@ -40,10 +49,12 @@ pub struct KeeperHandle {
     stdin: Option<ChildStdin>,
 }
 
-/// Starts the keeper for `election` (`lease_addr` set) and waits until it listens.
+/// Starts the keeper for `election` (`lease_addr` set) and waits until it listens;
+/// `position_file`: the node's `<mount>/<db>-pos`.
 pub async fn start(
     election: &litefs_election::Config,
     proxy_port: u16,
+    position_file: Option<PathBuf>,
 ) -> anyhow::Result<KeeperHandle> {
     let exe = std::env::current_exe().context("locating the litefs-proxy binary")?;
     let mut child = Command::new(exe)
@@ -58,6 +69,7 @@ pub async fn start(
     let spec = serde_json::to_string(&Spec {
         election: election.clone(),
         proxy_port,
+        position_file,
     })?;
     writeln!(stdin, "{spec}").context("configuring the lease keeper")?;
     let mut handle = KeeperHandle {
@@ -181,6 +193,11 @@ pub fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let (election, port, position_file) = (
+            spec.election.clone(),
+            spec.proxy_port,
+            spec.position_file.clone(),
+        );
         let stop = async move {
             tokio::select! {
                 _ = signal => tracing::info!("lease keeper: signal; stopping"),
@@ -188,8 +205,20 @@ pub fn main() -> ExitCode {
                     if bye.unwrap_or(false) {
                         tracing::info!("lease keeper: litefs-proxy stopped; stopping");
                     } else {
-                        tracing::warn!(grace = ?ORPHAN_GRACE, "lease keeper: litefs-proxy is gone; keeping the lease endpoint up (forwarding to the other voters) for a while");
-                        tokio::time::sleep(ORPHAN_GRACE).await;
+                        tracing::warn!(grace = ?ORPHAN_GRACE, "lease keeper: litefs-proxy is gone; keeping the lease endpoint up (forwarding to the other voters, reporting the position) for a while");
+                        let report = async {
+                            match position_file {
+                                Some(f) => {
+                                    let rx = watch_position(f);
+                                    litefs_election::lease::keeper::report_position(&election, port, rx).await;
+                                }
+                                None => std::future::pending().await,
+                            }
+                        };
+                        tokio::select! {
+                            _ = tokio::time::sleep(ORPHAN_GRACE) => {}
+                            _ = report => {}
+                        }
                     }
                 }
             }
@@ -198,6 +227,34 @@ pub fn main() -> ExitCode {
             .await;
         ExitCode::SUCCESS
     })
+}
+
+/// Follows `file` (`<db>-pos`) from a thread of its own, re-read every
+/// [`ORPHAN_POSITION_POLL`]; unreadable or malformed reads keep the last value.
+fn watch_position(
+    file: PathBuf,
+) -> tokio::sync::watch::Receiver<Option<litefs_election::Position>> {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    std::thread::spawn(move || {
+        while !tx.is_closed() {
+            let read = std::fs::read(&file)
+                .ok()
+                .and_then(|b| litefs_proxy::Position::parse(&b).ok());
+            if let Some(p) = read {
+                tx.send_if_modified(|cur| {
+                    let p = Some(litefs_election::Position {
+                        txid: p.txid.0,
+                        checksum: p.post_apply_checksum,
+                    });
+                    let changed = *cur != p;
+                    *cur = p;
+                    changed
+                });
+            }
+            std::thread::sleep(ORPHAN_POSITION_POLL);
+        }
+    });
+    rx
 }
 
 /// Binds `addr` with `SO_REUSEPORT`, unless something there already serves another node

@@ -126,7 +126,8 @@ async fn serve(
             });
             litefs_up = source.as_ref().map(LitefsSource::up);
             if election.lease_addr.is_some() && election.lease_keeper {
-                let k = lease_keeper::start(&election, addr.port()).await?;
+                let pos_file = cfg.proxy.mount.join(format!("{}-pos", cfg.proxy.db));
+                let k = lease_keeper::start(&election, addr.port(), Some(pos_file)).await?;
                 tracing::info!(pid = k.pid(), "lease keeper started");
                 keeper = Some(k);
             }

@@ -13,8 +13,14 @@
 //! answers, whatever it answers (a cut-off node's "session gone"), is never bypassed.
 //!
 //! Every answer comes within a bound: LiteFS blocks on a renewal, acting as primary all the
-//! while, so a renewal nobody answers in time is answered 500 (LiteFS retries, and stops being
-//! primary when its TTL runs out since its last granted renewal).
+//! while, so a renewal nobody answers in time is answered "session gone" (LiteFS stops being
+//! primary at once).
+//!
+//! While its litefs-proxy is gone, the keeper also reports its node's LiteFS position to the
+//! leader ([`report_position`]), as the proxy's reporter did: the old primary's LiteFS is a
+//! replica of the new one right after its handoff, and a write waiting for `sync_replicas`
+//! can count it instead of waiting for the third node's LiteFS, which reconnects only after
+//! LiteFS's 1 s retry delay.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -29,6 +35,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use super::http::{handle_forwarded, read_body, renew_answer_within, text, token_ok, HttpCtx};
 use super::WRITE_TIMEOUT;
@@ -36,7 +43,9 @@ use crate::auth::Auth;
 use crate::config::{node_num, Config, Peer};
 use crate::faults::Faults;
 use crate::network::{RpcClient, TransportError};
-use crate::rpc_server::PATH_LEASE_HTTP;
+use crate::position::Position;
+use crate::reports::{KeeperReport, KeeperReportAck, REPORT_EVERY};
+use crate::rpc_server::{PATH_KEEPER_POSITION, PATH_LEASE_HTTP};
 use crate::types::NodeId;
 
 type Resp = Response<Full<Bytes>>;
@@ -129,14 +138,8 @@ struct Keeper {
     renew_within: Duration,
 }
 
-/// Serves `cfg.lease_addr` (already bound: `listener`) for node `cfg.node_id` until
-/// `shutdown` completes.
-pub async fn serve(
-    cfg: &Config,
-    local_proxy_port: u16,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) {
+/// The keeper's RPC client (signing as its node), its node and the other voters.
+fn rpc_client(cfg: &Config, local_proxy_port: u16) -> (RpcClient, NodeId, Vec<NodeId>) {
     let peers: BTreeMap<NodeId, Peer> = cfg
         .resolve_peers(local_proxy_port)
         .into_iter()
@@ -152,6 +155,18 @@ pub async fn serve(
         // A voter that does not accept a connection within this is skipped.
         Duration::from_millis(100),
     );
+    (client, me, others)
+}
+
+/// Serves `cfg.lease_addr` (already bound: `listener`) for node `cfg.node_id` until
+/// `shutdown` completes.
+pub async fn serve(
+    cfg: &Config,
+    local_proxy_port: u16,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (client, me, others) = rpc_client(cfg, local_proxy_port);
     let keeper = Keeper {
         client,
         me,
@@ -302,4 +317,68 @@ fn to_response(a: Answer) -> Resp {
         }
     }
     r
+}
+
+/// How long a position report may take.
+const REPORT_TIMEOUT: Duration = Duration::from_millis(300);
+/// After a round in which no voter kept the report (no leader yet), the next one waits this.
+const REPORT_RETRY: Duration = Duration::from_millis(20);
+
+/// Runs until dropped (the keeper runs it while its litefs-proxy is gone): reports this
+/// node's LiteFS position, as `position` follows it, to whichever voter leads, whenever it
+/// moves and every [`REPORT_EVERY`]. The receiver counts it for this node (the signed sender)
+/// in its own term, as it counts a probed position.
+pub async fn report_position(
+    cfg: &Config,
+    local_proxy_port: u16,
+    mut position: watch::Receiver<Option<Position>>,
+) {
+    let (client, _me, others) = rpc_client(cfg, local_proxy_port);
+    let mut leader: Option<NodeId> = None;
+    let mut last: Option<(Position, tokio::time::Instant)> = None;
+    loop {
+        let pos = *position.borrow_and_update();
+        let due =
+            pos.filter(|p| last.map_or(true, |(q, at)| q != *p || at.elapsed() >= REPORT_EVERY));
+        if let Some(p) = due {
+            let report = KeeperReport { position: p };
+            // The leader last heard of first, then the others; a refusal names the leader.
+            let mut hint = leader;
+            let mut rest = others.clone().into_iter();
+            let mut tried = Vec::new();
+            last = None;
+            while let Some(target) = hint.take().or_else(|| rest.next()) {
+                if tried.contains(&target) || !others.contains(&target) {
+                    continue;
+                }
+                tried.push(target);
+                match client
+                    .call::<_, KeeperReportAck>(
+                        target,
+                        PATH_KEEPER_POSITION,
+                        &report,
+                        REPORT_TIMEOUT,
+                    )
+                    .await
+                {
+                    Ok(a) if a.kept => {
+                        leader = Some(target);
+                        last = Some((p, tokio::time::Instant::now()));
+                        break;
+                    }
+                    Ok(a) => hint = a.leader,
+                    Err(e) => tracing::debug!(error = %e, "keeper: position report failed"),
+                }
+            }
+            if last.is_none() {
+                leader = None;
+                tokio::time::sleep(REPORT_RETRY).await;
+                continue;
+            }
+        }
+        tokio::select! {
+            r = position.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(REPORT_EVERY) => {}
+        }
+    }
 }
