@@ -188,3 +188,49 @@ async fn an_orphaned_keeper_reports_its_nodes_position_to_the_new_leader() {
     .await;
     reporter.abort();
 }
+
+/// kill -9 of a node's litefs-proxy while its keeper is forwarding a renewal: the connection
+/// to the local election breaks mid-request. The keeper asks once more, is refused (the
+/// process is gone) and has the other voters answer, so the old primary's LiteFS still gets
+/// the renewal its handoff needs; answering "session gone" at once (as before) made it drop
+/// the lease and the primary moved only after LiteFS's 1 s retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_cut_off_by_the_local_elections_death_is_answered_by_the_others() {
+    common::init_tracing();
+    let (mut c, keepers, _stops) = kept_cluster().await;
+    let l = c.wait_agreed(Duration::from_secs(5)).await;
+    let ka = keepers[l];
+    let sid = create(ka).await;
+    let (st, _, _) = http_call(ka, "PUT", &format!("/v1/kv/{KEY}?acquire={sid}"), b"{}").await;
+    assert_eq!(st, 200);
+    let raft_addr = c.slots[l].cfg.raft_addr;
+    c.kill(l).await;
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != l).collect();
+    let l2 = loop {
+        if let Some(n) = c.agreed_leader().filter(|n| survivors.contains(n)) {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    c.slots[l2]
+        .node
+        .as_ref()
+        .and_then(|n| n.lease())
+        .expect("lease")
+        .open_handoff(Duration::from_secs(3));
+    // The dying election: takes the keeper's request, then its process is gone (the
+    // connection closes unanswered, the port refuses from then on).
+    let dying = TcpListener::bind(raft_addr)
+        .await
+        .expect("the dead node's raft port");
+    let dies = tokio::spawn(async move {
+        let (mut conn, _) = dying.accept().await.expect("the keeper's request");
+        let mut buf = [0u8; 1024];
+        let _ = tokio::io::AsyncReadExt::read(&mut conn, &mut buf).await;
+        drop(dying);
+    });
+    let (st, _, b) = http_call(ka, "PUT", &format!("/v1/session/renew/{sid}"), b"").await;
+    dies.await.expect("the dying election took the request");
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(json_of(&b)[0]["ID"], sid.as_str());
+}

@@ -243,15 +243,22 @@ async fn handle(k: &Keeper, req: Request<Incoming>) -> Resp {
     let path = parts.uri.path();
     // The local election, whatever it answers (a cut-off node's "session gone" included);
     // the others only if it is gone.
-    let local = k
-        .client
-        .call::<_, Answer>(
+    let ask_local = || {
+        k.client.call::<_, Answer>(
             k.me,
             PATH_LEASE_HTTP,
             &fwd,
             budget(&parts.uri, k.renew_within),
         )
-        .await;
+    };
+    let mut local = ask_local().await;
+    // The connection broke mid-request: the process may have died with the request (a
+    // kill -9 during a renewal). Ask once more, on a new connection, which tells: refused
+    // (gone: the others answer) or an answer. Not for a session create, which the dead
+    // election may have proposed already (LiteFS creates again on an error).
+    if matches!(local, Err(TransportError::Send { .. })) && !is_create(&parts.method, path) {
+        local = ask_local().await;
+    }
     match local {
         Ok(a) => return to_response(a),
         Err(TransportError::Connect { .. }) => {}
@@ -286,6 +293,11 @@ async fn handle(k: &Keeper, req: Request<Incoming>) -> Resp {
     }
     tracing::info!(path, errors = ?why, "lease request unanswered by every voter");
     unanswered(path)
+}
+
+/// `PUT /v1/session/create`: the one request LiteFS sends that is not safe to send twice.
+fn is_create(method: &Method, path: &str) -> bool {
+    method == Method::PUT && path == "/v1/session/create"
 }
 
 /// The answer when nobody answered. A renewal: "session gone", never an error, on which
