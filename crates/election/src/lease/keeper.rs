@@ -74,6 +74,8 @@ pub struct Forwarded {
 /// renewal, so it stops by then + this, before the lock may move (last grant +
 /// `believed_ms(ttl)` + `CLOCK_MARGIN_MS`, at least 1.8 s for the shortest TTL, 1 s).
 pub const ORPHAN_RENEW_WITHIN: Duration = Duration::from_millis(800);
+/// How many times a request whose connection to the local election broke is sent again.
+const LOCAL_RETRIES: usize = 4;
 /// On top of a forwarded wait, for the hops.
 const HOPS: Duration = Duration::from_millis(100);
 
@@ -253,10 +255,16 @@ async fn handle(k: &Keeper, req: Request<Incoming>) -> Resp {
     };
     let mut local = ask_local().await;
     // The connection broke mid-request: the process may have died with the request (a
-    // kill -9 during a renewal). Ask once more, on a new connection, which tells: refused
-    // (gone: the others answer) or an answer. Not for a session create, which the dead
-    // election may have proposed already (LiteFS creates again on an error).
-    if matches!(local, Err(TransportError::Send { .. })) && !is_create(&parts.method, path) {
+    // kill -9 during a renewal). Ask again until a new connection tells: refused (gone: the
+    // others answer) or an answer; the pool's other idle connections to the dead process
+    // fail the same way first. Not for a session create, which the dead election may have
+    // proposed already (LiteFS creates again on an error).
+    let mut retries = 0;
+    while matches!(local, Err(TransportError::Send { .. }))
+        && !is_create(&parts.method, path)
+        && retries < LOCAL_RETRIES
+    {
+        retries += 1;
         local = ask_local().await;
     }
     match local {
