@@ -171,6 +171,8 @@ pub struct Cluster {
     pub relays: Vec<Vec<Option<Relay>>>,
     litefs: Option<LiteFsOptions>,
     lag_ms: Vec<u64>,
+    /// [`Options::non_voters`].
+    non_voters: Vec<usize>,
     /// With [`Options::netns`]; dropped after the processes are stopped.
     net: Option<Net>,
     /// The cluster's files; kept after the test when `LITEFS_TEST_KEEP` is set (its path is
@@ -216,6 +218,9 @@ pub struct Options {
     /// with a cluster secret, as off loopback they must be); [`Cluster::isolate`] cuts the
     /// network between it and its peers. Needs root.
     pub netns: bool,
+    /// Nodes listed with `voter = false` (read replicas that never lead; their LiteFS is no
+    /// candidate, as `litefs-config` prints it).
+    pub non_voters: Vec<usize>,
 }
 
 /// The LiteFS settings of [`Options::litefs`] (litefs.yml's `lease.consul.ttl` and
@@ -251,6 +256,7 @@ impl Default for Options {
             lag_ms_per_node: Vec::new(),
             election_extra: String::new(),
             netns: false,
+            non_voters: Vec::new(),
         }
     }
 }
@@ -302,8 +308,13 @@ impl Cluster {
             let peers: Vec<String> = (0..n)
                 .map(|j| {
                     let raft = relays[i][j].as_ref().map_or(rafts[j], |r| r.addr);
+                    let voter = if opts.non_voters.contains(&j) {
+                        ", voter = false"
+                    } else {
+                        ""
+                    };
                     format!(
-                        r#"{{ id = "{}", raft = "{raft}", proxy = "http://{}" }}"#,
+                        r#"{{ id = "{}", raft = "{raft}", proxy = "http://{}"{voter} }}"#,
                         ids[j], proxies[j]
                     )
                 })
@@ -417,6 +428,7 @@ peers = [{peers}]
             relays,
             litefs: opts.litefs,
             lag_ms: opts.lag_ms_per_node,
+            non_voters: opts.non_voters.clone(),
             net,
             dir: Some(dir),
         };
@@ -459,6 +471,7 @@ peers = [{peers}]
                 &format!("{}ms", opts.lock_delay.as_millis()),
             ])
             .args(["--lag-ms", &lag_ms.to_string()])
+            .args(["--candidate", &(!self.non_voters.contains(&i)).to_string()])
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))

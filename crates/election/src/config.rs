@@ -92,11 +92,14 @@ impl Default for Config {
 pub enum PeerSpec {
     /// `"node-1:4321"`: id = host, proxy = `http://host:<local proxy port>`.
     Short(String),
-    /// `{ id = "node-1", raft = "10.0.0.1:4321", proxy = "http://10.0.0.1:8080" }`.
+    /// `{ id = "node-1", raft = "10.0.0.1:4321", proxy = "http://10.0.0.1:8080" }`, with
+    /// `voter = false` for a read replica that never leads (an openraft learner).
     Table {
         id: String,
         raft: String,
         proxy: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        voter: Option<bool>,
     },
 }
 
@@ -109,6 +112,8 @@ struct PeerTable {
     raft: String,
     #[serde(default)]
     proxy: Option<String>,
+    #[serde(default)]
+    voter: Option<bool>,
 }
 
 impl<'de> Deserialize<'de> for PeerSpec {
@@ -117,7 +122,7 @@ impl<'de> Deserialize<'de> for PeerSpec {
         impl<'de> serde::de::Visitor<'de> for Visit {
             type Value = PeerSpec;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str(r#""host:port" or { id, raft, proxy }"#)
+                f.write_str(r#""host:port" or { id, raft, proxy, voter }"#)
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PeerSpec, E> {
                 Ok(PeerSpec::Short(v.to_owned()))
@@ -128,6 +133,7 @@ impl<'de> Deserialize<'de> for PeerSpec {
                     id: t.id,
                     raft: t.raft,
                     proxy: t.proxy,
+                    voter: t.voter,
                 })
             }
         }
@@ -143,6 +149,14 @@ pub struct Peer {
     pub raft: String,
     /// Base URL of its proxy, where forwarded writes go.
     pub proxy: String,
+    /// A voter may lead and counts for the quorum; a non-voter (openraft learner) follows
+    /// the leader only: it forwards writes and serves reads, never leads, never counts.
+    #[serde(default = "yes")]
+    pub voter: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A config value that cannot work.
@@ -307,7 +321,9 @@ impl Config {
                     check_id(&key, host)?;
                     check_port(&key, s, port)?;
                 }
-                PeerSpec::Table { id, raft, proxy } => {
+                PeerSpec::Table {
+                    id, raft, proxy, ..
+                } => {
                     check_id(&format!("{key}.id"), id)?;
                     let (_, port) = split_host_port(raft).ok_or_else(|| {
                         err(format!("{key}.raft"), raft, "expected \"host:port\"")
@@ -326,6 +342,13 @@ impl Config {
             }
         }
         let peers = self.resolve_peers(0);
+        if !peers.iter().any(|p| p.voter) {
+            return Err(err(
+                "peers",
+                "",
+                "no voter: at least one peer must have voter = true (the default)",
+            ));
+        }
         let mut names = HashSet::new();
         let mut nums: BTreeMap<u64, &str> = BTreeMap::new();
         for p in &peers {
@@ -358,9 +381,15 @@ impl Config {
                         id: host.to_string(),
                         raft: s.clone(),
                         proxy: format!("http://{}:{local_proxy_port}", bracket(host)),
+                        voter: true,
                     }
                 }
-                PeerSpec::Table { id, raft, proxy } => {
+                PeerSpec::Table {
+                    id,
+                    raft,
+                    proxy,
+                    voter,
+                } => {
                     let host = split_host_port(raft)
                         .map(|(h, _)| h)
                         .unwrap_or(raft.as_str());
@@ -370,6 +399,7 @@ impl Config {
                         proxy: proxy.clone().unwrap_or_else(|| {
                             format!("http://{}:{local_proxy_port}", bracket(host))
                         }),
+                        voter: voter.unwrap_or(true),
                     }
                 }
             })
@@ -383,6 +413,7 @@ impl Config {
                 id: self.node_id.clone(),
                 raft,
                 proxy: format!("http://{}:{local_proxy_port}", bracket(&self.node_id)),
+                voter: true,
             });
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -460,10 +491,50 @@ mod tests {
                     id: "node-3".into(),
                     raft: "10.0.0.3:4321".into(),
                     proxy: Some("http://10.0.0.3:8080".into()),
+                    voter: None,
                 },
             ],
             ..Config::default()
         }
+    }
+
+    /// `voter = false` marks a non-voting peer; voters are the default; a cluster needs one.
+    #[test]
+    fn a_peer_table_may_be_a_non_voter_but_not_every_peer() {
+        let cfg: Config = toml::from_str(
+            r#"
+            node_id = "node-1"
+            raft_addr = "127.0.0.1:4321"
+            peers = ["node-1:4321", { id = "r-1", raft = "127.0.0.1:4322", voter = false }]
+            "#,
+        )
+        .expect("parse");
+        cfg.validate().expect("valid");
+        let voters: Vec<(String, bool)> = cfg
+            .resolve_peers(8080)
+            .into_iter()
+            .map(|p| (p.id, p.voter))
+            .collect();
+        assert_eq!(
+            voters,
+            [("node-1".to_owned(), true), ("r-1".to_owned(), false)]
+        );
+        let none: Config = toml::from_str(
+            r#"
+            node_id = "node-1"
+            raft_addr = "127.0.0.1:4321"
+            peers = [{ id = "node-1", raft = "127.0.0.1:4321", voter = false }]
+            "#,
+        )
+        .expect("parse");
+        assert_eq!(none.validate().unwrap_err().key, "peers");
+        let typo = toml::from_str::<Config>(
+            r#"
+            node_id = "node-1"
+            peers = [{ id = "node-1", raft = "127.0.0.1:4321", votr = false }]
+            "#,
+        );
+        assert!(typo.unwrap_err().to_string().contains("votr"));
     }
 
     #[test]
@@ -490,12 +561,14 @@ mod tests {
                 Peer {
                     id: "node-1".into(),
                     raft: "node-1:4321".into(),
-                    proxy: "http://node-1:8080".into()
+                    proxy: "http://node-1:8080".into(),
+                    voter: true,
                 },
                 Peer {
                     id: "node-2".into(),
                     raft: "10.0.0.2:4321".into(),
-                    proxy: "http://10.0.0.2:8080".into()
+                    proxy: "http://10.0.0.2:8080".into(),
+                    voter: true,
                 },
             ]
         );

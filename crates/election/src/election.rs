@@ -99,6 +99,7 @@ pub struct Election {
     reports: ReportTable,
     /// Sends this node's position to the leader while following.
     reports_task: JoinHandle<()>,
+    learners_task: JoinHandle<()>,
     catch_up_task: JoinHandle<()>,
 }
 
@@ -200,25 +201,29 @@ impl Election {
         .await
         .map_err(|e| Error::Raft(e.to_string()))?;
 
+        // The voters make the initial membership; non-voters join as learners, added by the
+        // leader (`learners`), and never initialize (openraft: a node initializes only a
+        // membership it is a voter of).
         let members: BTreeMap<NodeId, BasicNode> = peers
             .iter()
+            .filter(|(_, p)| p.voter)
             .map(|(id, p)| (*id, BasicNode::new(&p.id)))
             .collect();
         let initialized = raft
             .is_initialized()
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
-        if !initialized {
+        if !initialized && members.contains_key(&me) {
             match raft.initialize(members.clone()).await {
                 Ok(()) => {
-                    tracing::info!(members = ?peers.values().map(|p| &p.id).collect::<Vec<_>>(), "initialized cluster membership")
+                    tracing::info!(voters = ?peers.values().filter(|p| p.voter).map(|p| &p.id).collect::<Vec<_>>(), "initialized cluster membership")
                 }
                 Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
                     tracing::debug!(error = %e, "already initialized")
                 }
                 Err(e) => return Err(Error::Raft(e.to_string())),
             }
-        } else {
+        } else if initialized {
             let stored: BTreeSet<NodeId> = raft
                 .metrics()
                 .borrow()
@@ -311,6 +316,7 @@ impl Election {
         );
         let timer_task = tokio::spawn(crate::election_timer::run(pre_vote, client.clone()));
 
+        let learners_task = tokio::spawn(crate::learners::run(raft.clone(), peers.clone()));
         let reports_task = tokio::spawn(crate::reports::run(
             raft.clone(),
             me,
@@ -409,6 +415,7 @@ impl Election {
             fence,
             reports,
             reports_task,
+            learners_task,
             catch_up_task,
         })
     }
@@ -442,7 +449,16 @@ impl Election {
     }
 
     pub fn status(&self) -> Status {
-        self.status.get()
+        let mut s = self.status.get();
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let in_membership = m.membership_config.nodes().any(|(id, _)| *id == self.me);
+        s.voter = if in_membership {
+            m.membership_config.voter_ids().any(|id| id == self.me)
+        } else {
+            self.handover.peers.get(&self.me).map_or(true, |p| p.voter)
+        };
+        s
     }
 
     /// Prometheus text lines prefixed `litefs_election_`.
@@ -530,6 +546,7 @@ impl Election {
         self.timer_task.abort();
         self.eligibility_task.abort();
         self.reports_task.abort();
+        self.learners_task.abort();
         self.catch_up_task.abort();
         self.tracker_task.abort();
         let _ = (&mut self.tracker_task).await;
@@ -554,6 +571,7 @@ impl Drop for Election {
         self.timer_task.abort();
         self.eligibility_task.abort();
         self.reports_task.abort();
+        self.learners_task.abort();
         self.catch_up_task.abort();
         self.tracker_task.abort();
         self.server_task.abort();

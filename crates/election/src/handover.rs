@@ -259,12 +259,14 @@ async fn targets(
     client: &RpcClient,
     m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>,
 ) -> Vec<NodeId> {
+    // Voters only: a non-voter (learner) is replicated to but can never lead.
+    let voters: Vec<NodeId> = m.membership_config.voter_ids().collect();
     let matched: BTreeMap<NodeId, Option<u64>> = m
         .replication
         .as_ref()
         .map(|r| {
             r.iter()
-                .filter(|(id, _)| **id != ctx.me)
+                .filter(|(id, _)| **id != ctx.me && voters.contains(id))
                 .map(|(id, l)| (*id, l.map(|l| l.index)))
                 .collect()
         })

@@ -250,6 +250,7 @@ mod tests {
                         id: format!("n{i}"),
                         raft: format!("h{i}:1"),
                         proxy: format!("http://h{i}:8080"),
+                        voter: true,
                     },
                 )
             })

@@ -84,6 +84,7 @@ mod handover;
 mod hooks;
 mod http_server;
 mod leadership;
+mod learners;
 pub mod lease;
 mod network;
 mod position;

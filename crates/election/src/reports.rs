@@ -2,7 +2,8 @@
 //! every RPC), and the leader keeps the latest report per node for `proxy.sync_replicas`: a
 //! write is answered once enough replicas hold it. A report is addressed to a leader and a
 //! term; the leader keeps only those naming itself in its current term, so a report meant
-//! for another leader never counts here.
+//! for another leader never counts here, and only those of voters (a non-voter's copy of a
+//! write does not make it survive a failover).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -90,12 +91,17 @@ impl ReportTable {
         from: &str,
         report: PositionReport,
     ) -> ReportAck {
-        let (state, term) = {
+        let (state, term, voters) = {
             let m = raft.metrics();
             let m = m.borrow();
-            (m.state, m.current_term)
+            let voters: Vec<NodeId> = m.membership_config.voter_ids().collect();
+            (m.state, m.current_term, voters)
         };
-        let known = peers.values().any(|p| p.id == from);
+        // Only a voter's copy makes an acknowledged write survive a failover (the next
+        // leader is a voter a quorum granted); a non-voter's does not count.
+        let known = peers
+            .iter()
+            .any(|(id, p)| p.id == from && voters.contains(id));
         if !known || state != ServerState::Leader || report.leader != me || report.term != term {
             return ReportAck { kept: false };
         }

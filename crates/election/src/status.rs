@@ -27,6 +27,10 @@ pub struct Status {
     pub quorum_ack_age_ms: Option<u64>,
     /// Whether this node may lead (false while its LiteFS is down).
     pub eligible: bool,
+    /// A voter (may lead, counts for the quorum) or a non-voter (`voter = false`: an openraft
+    /// learner, a read replica that never leads); as the membership says once it holds this
+    /// node, as configured before.
+    pub voter: bool,
     /// Role hook runs started.
     pub hook_runs: u64,
     /// Role hook runs that failed.
@@ -87,6 +91,7 @@ impl StatusCell {
             i.status.node_id = node_id.to_string();
             i.status.role = "unknown";
             i.status.eligible = true;
+            i.status.voter = true;
         });
         cell
     }

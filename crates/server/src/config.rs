@@ -281,7 +281,7 @@ fn raft_peers(cfg: &Config) -> Option<usize> {
     (cfg.role.source == RoleSource::Raft)
         .then(|| crate::role::raft_source::election_config(cfg.election.as_ref()).ok())
         .flatten()
-        .map(|e| e.peers.len())
+        .map(|e| e.resolve_peers(0).iter().filter(|p| p.voter).count())
 }
 
 /// `proxy.sync_replicas` when unset: 1 with the Raft role source and at least 3 voters
@@ -308,7 +308,7 @@ fn validate_sync(cfg: &Config) -> Result<(), InvalidConfig> {
             "proxy.sync_replicas",
             k.to_string(),
             format!(
-                "the cluster has {} other peer(s); set at most that, or 0",
+                "the cluster has {} other voter(s) (only voters' copies count); set at most that, or 0",
                 n.saturating_sub(1)
             ),
         )),

@@ -140,7 +140,13 @@ pub fn render(cfg: &Config, opts: &Options) -> Result<String, InvalidConfig> {
             let _ = writeln!(lease, "  type: \"consul\"");
             let _ = writeln!(lease, "  hostname: {}", q(&node));
             let _ = writeln!(lease, "  advertise-url: {}", q(&advertise));
-            let _ = writeln!(lease, "  candidate: true");
+            // A non-voter (`voter = false`) never leads, so its LiteFS never takes the lease.
+            let voter = e
+                .resolve_peers(0)
+                .into_iter()
+                .find(|p| p.id == e.node_id)
+                .map_or(true, |p| p.voter);
+            let _ = writeln!(lease, "  candidate: {voter}");
             let _ = writeln!(
                 lease,
                 "  # LiteFS never promotes itself; litefs-proxy asks for its handoff when Raft moves."
@@ -402,6 +408,18 @@ primary_url = "http://node-1:8080"
         let v = parse_yaml(&render(&primary, &Options::default()).expect("static primary"));
         assert_eq!(at(&v, "lease.hostname"), "node-2");
         assert_eq!(at(&v, "lease.candidate"), true);
+    }
+
+    /// A non-voter's LiteFS is no candidate: it never leads, so it must never take the lease.
+    #[test]
+    fn a_non_voters_litefs_is_no_candidate() {
+        let text = RAFT_TOML.replace(
+            r#"peers = ["node-1:4321", "node-2:4321", "node-3:4321"]"#,
+            r#"peers = [{ id = "node-1", raft = "node-1:4321", voter = false }, "node-2:4321", "node-3:4321", "node-4:4321"]"#,
+        );
+        let v = parse_yaml(&render(&cfg(&text), &opts()).expect("raft"));
+        assert_eq!(at(&v, "lease.candidate"), false);
+        assert_eq!(at(&v, "lease.hostname"), "node-1");
     }
 
     /// Two nodes on one host (ports and dirs apart), the other nodes reaching node-1 at an

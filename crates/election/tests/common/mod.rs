@@ -70,6 +70,7 @@ impl Cluster {
                 id: name.clone(),
                 raft: format!("127.0.0.1:{port}"),
                 proxy: Some(format!("http://{name}.test:{PROXY_PORT}")),
+                voter: None,
             })
             .collect();
         let slots = names
