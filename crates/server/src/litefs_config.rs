@@ -145,7 +145,7 @@ pub fn render(cfg: &Config, opts: &Options) -> Result<String, InvalidConfig> {
                 .resolve_peers(0)
                 .into_iter()
                 .find(|p| p.id == e.node_id)
-                .map_or(true, |p| p.voter);
+                .is_none_or(|p| p.voter);
             let _ = writeln!(lease, "  candidate: {voter}");
             let _ = writeln!(
                 lease,
