@@ -213,6 +213,8 @@ pub struct Options {
     pub lag_ms_per_node: Vec<u64>,
     /// Extra `[election]` lines for every node (e.g. longer election timeouts).
     pub election_extra: String,
+    /// Per node, `[election]` lines after [`Options::election_extra`] (e.g. `priority`).
+    pub election_extra_per_node: Vec<String>,
     /// With [`Options::litefs`]: each node (its proxy and its LiteFS) in a network
     /// namespace of its own, its Raft, proxy and LiteFS API on its address there (signed
     /// with a cluster secret, as off loopback they must be); [`Cluster::isolate`] cuts the
@@ -255,6 +257,7 @@ impl Default for Options {
             app_targets: Vec::new(),
             lag_ms_per_node: Vec::new(),
             election_extra: String::new(),
+            election_extra_per_node: Vec::new(),
             netns: false,
             non_voters: Vec::new(),
         }
@@ -396,13 +399,19 @@ peers = [{peers}]
                 mount = mount.display(),
                 id = ids[i],
                 extra = opts.proxy_extra,
-                election_extra = if net.is_some() {
-                    format!(
-                        "cluster_secret = \"netns-test-cluster-secret\"\n{}",
-                        opts.election_extra
-                    )
-                } else {
-                    opts.election_extra.clone()
+                election_extra = {
+                    let own = opts
+                        .election_extra_per_node
+                        .get(i)
+                        .map_or("", String::as_str);
+                    if net.is_some() {
+                        format!(
+                            "cluster_secret = \"netns-test-cluster-secret\"\n{}{own}",
+                            opts.election_extra
+                        )
+                    } else {
+                        format!("{}{own}", opts.election_extra)
+                    }
                 },
                 raft = rafts[i],
                 data = data_dir.display(),

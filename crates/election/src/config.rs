@@ -58,6 +58,11 @@ pub struct Config {
     /// LiteFS's `lease.consul.lock-delay`: how long a lost lock stays unavailable.
     #[serde(with = "humantime_serde")]
     pub lease_lock_delay: Duration,
+    /// Among healthy voters holding everything the leader holds, the one with the highest
+    /// priority leads: a leader that finds such a voter above its own priority hands
+    /// leadership to it (the planned handover), so the primary can be kept near the writers.
+    /// Equal priorities (the default, 0 everywhere) never move leadership.
+    pub priority: u32,
     pub peers: Vec<PeerSpec>,
 }
 
@@ -81,6 +86,7 @@ impl Default for Config {
             lease_keeper: false,
             lease_ttl: Duration::from_secs(1),
             lease_lock_delay: Duration::ZERO,
+            priority: 0,
             peers: Vec::new(),
         }
     }

@@ -100,6 +100,11 @@ pub struct Election {
     /// Sends this node's position to the leader while following.
     reports_task: JoinHandle<()>,
     learners_task: JoinHandle<()>,
+    priority_task: JoinHandle<()>,
+    /// Set once a shutdown's handover began (a priority yield must not clear `stepping_down`).
+    shutdown: Arc<AtomicBool>,
+    /// The server's wait for writes at the app, run before a priority yield's handover.
+    quiesce: Arc<std::sync::Mutex<Option<crate::priority::Quiesce>>>,
     catch_up_task: JoinHandle<()>,
 }
 
@@ -262,6 +267,7 @@ impl Election {
             election_timeout_max: cfg.election_timeout_max,
             started: std::time::Instant::now(),
             candidacy: Arc::new(crate::prevote::Candidacy::new(cfg.election_timeout_min)),
+            priority: cfg.priority,
         };
         let reports = ReportTable::default();
         let handover = HandoverCtx {
@@ -315,6 +321,20 @@ impl Election {
             .run(),
         );
         let timer_task = tokio::spawn(crate::election_timer::run(pre_vote, client.clone()));
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let quiesce = Arc::new(std::sync::Mutex::new(None));
+        let priority_task = tokio::spawn(
+            crate::priority::Preference {
+                handover: handover.clone(),
+                client: client.clone(),
+                wake: wake.clone(),
+                leadership: rx.clone(),
+                stepping_down: stepping_down.clone(),
+                shutdown: shutdown.clone(),
+                quiesce: quiesce.clone(),
+            }
+            .run(),
+        );
 
         let learners_task = tokio::spawn(crate::learners::run(raft.clone(), peers.clone()));
         let reports_task = tokio::spawn(crate::reports::run(
@@ -416,6 +436,9 @@ impl Election {
             reports,
             reports_task,
             learners_task,
+            priority_task,
+            shutdown,
+            quiesce,
             catch_up_task,
         })
     }
@@ -516,6 +539,7 @@ impl Election {
     /// acting as primary (no new write reaches its app) and the probe of the followers'
     /// positions: the writes already at the app then count in the position it hands over.
     pub async fn hand_over_after(&self, quiesced: impl Future<Output = ()>) -> Option<Duration> {
+        self.shutdown.store(true, Ordering::SeqCst);
         let was_leader = self.raft.metrics().borrow().state == openraft::ServerState::Leader;
         // Once only: a second call (the drain's, then the shutdown's) would wait again for a
         // successor that the first one already asked for.
@@ -525,6 +549,12 @@ impl Election {
         quiesced.await;
         let mut rx = self.leadership.clone();
         handover::step_down(&self.handover, &self.client, &self.wake, &mut rx).await
+    }
+
+    /// What to wait for before a planned handover to a voter of higher priority (see
+    /// `election.priority`): the server passes its wait for the writes already at the app.
+    pub fn set_quiesce(&self, quiesce: crate::priority::Quiesce) {
+        *self.quiesce.lock().unwrap_or_else(|p| p.into_inner()) = Some(quiesce);
     }
 
     /// Stop: a leader first hands over (see [`Election::hand_over`]).
@@ -547,6 +577,7 @@ impl Election {
         self.eligibility_task.abort();
         self.reports_task.abort();
         self.learners_task.abort();
+        self.priority_task.abort();
         self.catch_up_task.abort();
         self.tracker_task.abort();
         let _ = (&mut self.tracker_task).await;
@@ -572,6 +603,7 @@ impl Drop for Election {
         self.eligibility_task.abort();
         self.reports_task.abort();
         self.learners_task.abort();
+        self.priority_task.abort();
         self.catch_up_task.abort();
         self.tracker_task.abort();
         self.server_task.abort();

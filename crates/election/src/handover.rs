@@ -151,12 +151,23 @@ async fn campaign(ctx: HandoverCtx, old_leader: NodeId, old_term: u64) {
 
 /// Leader side, as a whole: the tracker is woken (it has already been told this node no
 /// longer acts as leader) and must publish "not leader" before anyone else can lead; then
-/// [`hand_over`], then the new leader is given a moment to reach the watch (and `.primary`).
+/// [`hand_over_to`], then the new leader is given a moment to reach the watch (and `.primary`).
 pub(crate) async fn step_down(
     ctx: &HandoverCtx,
     client: &RpcClient,
     wake: &Notify,
     leadership: &mut watch::Receiver<Leadership>,
+) -> Option<Duration> {
+    step_down_to(ctx, client, wake, leadership, None).await
+}
+
+/// [`step_down`], trying `prefer` first.
+pub(crate) async fn step_down_to(
+    ctx: &HandoverCtx,
+    client: &RpcClient,
+    wake: &Notify,
+    leadership: &mut watch::Receiver<Leadership>,
+    prefer: Option<NodeId>,
 ) -> Option<Duration> {
     wake.notify_one();
     let _ = tokio::time::timeout(
@@ -164,7 +175,7 @@ pub(crate) async fn step_down(
         leadership.wait_for(|l| *l != Leadership::Leader),
     )
     .await;
-    let took = hand_over(ctx, client).await;
+    let took = hand_over_to(ctx, client, prefer).await;
     if took.is_some() {
         let _ = tokio::time::timeout(
             Duration::from_millis(500),
@@ -176,12 +187,8 @@ pub(crate) async fn step_down(
 }
 
 /// Leader side: returns how long until another node was seen leading, or None when this node
-/// was not leader or nobody took over in time.
-pub async fn hand_over(ctx: &HandoverCtx, client: &RpcClient) -> Option<Duration> {
-    hand_over_to(ctx, client, None).await
-}
-
-/// [`hand_over`], trying `prefer` first (the catch-up check's choice).
+/// was not leader or nobody took over in time; `prefer` is tried first (the catch-up check's
+/// or the priority's choice).
 pub(crate) async fn hand_over_to(
     ctx: &HandoverCtx,
     client: &RpcClient,

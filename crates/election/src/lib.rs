@@ -90,6 +90,7 @@ mod network;
 mod position;
 mod prevote;
 mod primary_file;
+mod priority;
 mod reachability;
 mod reports;
 mod rpc_server;
@@ -107,6 +108,7 @@ pub use leadership::Leadership;
 pub use position::{InHistory, LocalPosition, Position};
 pub use prevote::{PreVoteRequest, PreVoteResponse};
 pub use primary_file::PrimaryFileError;
+pub use priority::Quiesce;
 pub use reports::{ReplicaPositions, REPORT_EVERY};
 pub use rpc_server::{
     MAX_BODY, PATH_APPEND, PATH_LEASE, PATH_PRE_VOTE, PATH_READ_INDEX, PATH_SNAPSHOT,

@@ -71,6 +71,9 @@ pub struct PreVoteResponse {
     /// tell that a position ahead of the requester's is of another history.
     #[serde(default)]
     pub has_your_position: Option<InHistory>,
+    /// The voter's `election.priority` (see `priority`).
+    #[serde(default)]
+    pub priority: u32,
 }
 
 /// Why a voter refuses a pre-vote.
@@ -202,6 +205,8 @@ pub struct PreVoteCtx {
     pub started: Instant,
     /// This node's own candidacy and the last pre-vote it granted.
     pub candidacy: Arc<Candidacy>,
+    /// This node's `election.priority`.
+    pub priority: u32,
 }
 
 /// What keeps two simultaneous candidates from splitting a vote (see the module docs): the
@@ -324,6 +329,7 @@ pub async fn on_pre_vote(ctx: &PreVoteCtx, req: PreVoteRequest) -> PreVoteRespon
         position,
         can_lead: ctx.can_lead(),
         has_your_position: req.position.map(|p| ctx.position.in_history(p)),
+        priority: ctx.priority,
     };
     if req.probe {
         resp.reason = "probe".into();

@@ -189,6 +189,16 @@ async fn serve(
     // sent on to it); the election stops last.
     let handing_over = raft.clone();
     let writes = proxy.writes_in_flight();
+    if let Some(role) = &raft {
+        // A handover to a voter of higher priority waits for them too.
+        let writes = writes.clone();
+        role.set_quiesce(std::sync::Arc::new(move || {
+            let writes = writes.clone();
+            Box::pin(async move {
+                let _ = writes.drained(QUIESCE_WITHIN).await;
+            })
+        }));
+    }
     let shutdown = async move {
         tokio::select! {
             _ = signal => {}

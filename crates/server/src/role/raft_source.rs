@@ -159,6 +159,16 @@ impl RaftRole {
         self.election.lock().ok()?.as_ref()?.lease()
     }
 
+    /// What a planned handover to a voter of higher priority waits for first (see
+    /// `litefs_election::Election::set_quiesce`).
+    pub fn set_quiesce(&self, quiesce: litefs_election::Quiesce) {
+        if let Ok(e) = self.election.lock() {
+            if let Some(e) = e.as_ref() {
+                e.set_quiesce(quiesce);
+            }
+        }
+    }
+
     /// Hands leadership over (if leader); the election keeps following the new leader, so
     /// requests held while the proxy drains are sent on to it.
     pub async fn hand_over(&self) {
