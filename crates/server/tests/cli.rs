@@ -936,4 +936,21 @@ fn sync_replicas_defaults_by_role_source_and_is_checked() {
         &check(&["--config", f.to_str().unwrap()], &[]),
         "proxy.sync_replicas",
     );
+    // Non-voters do not count: 2 voters and 3 read replicas default to 0 and refuse 2.
+    let mixed = raft.replace(
+        r#"peers = ["a:4321", "b:4321", "c:4321"]"#,
+        r#"peers = ["a:4321", "b:4321", { id = "c", raft = "c:4321", voter = false }, { id = "d", raft = "d:4321", voter = false }, { id = "e", raft = "e:4321", voter = false }]"#,
+    );
+    let f = write(dir.path(), "mixed.toml", &mixed);
+    let cfg = ok_config(&["--config", f.to_str().unwrap()], &[]);
+    assert_eq!(get(&cfg, "proxy.sync_replicas").as_integer(), Some(0));
+    let f = write(
+        dir.path(),
+        "mixed-sync.toml",
+        &format!("[proxy]\nsync_replicas = 2\n{mixed}"),
+    );
+    assert_invalid(
+        &check(&["--config", f.to_str().unwrap()], &[]),
+        "proxy.sync_replicas",
+    );
 }
