@@ -74,7 +74,11 @@ impl PeerRow {
             node: text(&s["node"]).unwrap_or_default(),
             url: url.to_owned(),
             role: text(&s["role"]).unwrap_or_else(|| "unknown".into()),
-            raft_role: text(&e["role"]),
+            // A read replica (`voter = false`) says so: it never leads.
+            raft_role: text(&e["role"]).map(|r| match e["voter"].as_bool() {
+                Some(false) => format!("{r}, non-voter"),
+                _ => r,
+            }),
             litefs_role: text(&e["litefs_role"]),
             litefs: text(&s["litefs"]),
             txid: text(&s["txid"]),
@@ -283,7 +287,7 @@ mod tests {
         let s = serde_json::json!({
             "node": "node-2", "role": "replica", "primary": "node-1", "txid": "0000000000000007",
             "lag_ms": 12, "litefs": "up",
-            "election": { "role": "follower", "term": 4, "leader": "node-1", "litefs_role": "replica" },
+            "election": { "role": "follower", "term": 4, "leader": "node-1", "litefs_role": "replica", "voter": true },
         });
         let row = PeerRow::from_status("http://b:8080", &s);
         assert_eq!(
@@ -303,6 +307,11 @@ mod tests {
                 error: None,
             }
         );
+        // A non-voter says so.
+        let mut nv = s.clone();
+        nv["election"]["voter"] = serde_json::json!(false);
+        let row = PeerRow::from_status("http://b:8080", &nv);
+        assert_eq!(row.raft_role.as_deref(), Some("follower, non-voter"));
         // A static node: no election, the leader is the primary it names.
         let s = serde_json::json!({ "node": "a", "role": "primary", "primary": "a", "txid": "0000000000000001", "lag_ms": 0 });
         let row = PeerRow::from_status("http://a", &s);
