@@ -19,6 +19,12 @@ use litefs_proxy_tests::{
     cluster::{Cluster, LiteFsOptions, Options},
 };
 
+/// One cluster at a time: each case times LiteFS's lease loop against Raft (a handoff must
+/// land before a renewal's hold runs out), and six clusters of six processes each at once on
+/// two cores stretched elections past it (seen in a CI rehearsal), a different event than
+/// the fault under test.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn start() -> Cluster {
     start_with(false).await
 }
@@ -216,6 +222,7 @@ async fn under_writes(c: &Cluster) -> (usize, Vec<usize>, Sampler, Writer) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_litefs_over_before_the_old_proxy_exits_and_no_write_fails() {
+    let _serial = SERIAL.lock().await;
     let mut c = start().await;
     let (old, survivors, sampler, writer) = under_writes(&c).await;
 
@@ -303,6 +310,7 @@ async fn writes_at_app(c: &Cluster, i: usize) -> Option<u64> {
 /// that wait the handover is done before the app commits, and the write fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_at_the_app_when_the_leader_is_sigtermed_is_acknowledged() {
+    let _serial = SERIAL.lock().await;
     let c = start().await;
     let old = settled_leader(&c).await;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
@@ -358,6 +366,7 @@ async fn kill_the_leaders_proxy(c: &mut Cluster) -> (String, String) {
 /// to the new leader's LiteFS (LiteFS's handoff), instead of waiting for it to lapse.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_leaders_proxy_hands_litefs_over_through_its_lease_keeper() {
+    let _serial = SERIAL.lock().await;
     // Through relays, which accept a connection to the dead proxy and then close it: the
     // old primary's renewal, forwarded to a follower and from there to the dead leader, is
     // lost after it was sent, and is sent again once the new leader is known.
@@ -378,6 +387,7 @@ async fn kill_9_of_the_leaders_proxy_hands_litefs_over_through_its_lease_keeper(
 /// its session lapsed. The check above fails here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_lease_keeper_a_killed_proxys_litefs_cannot_hand_over() {
+    let _serial = SERIAL.lock().await;
     let mut c = Cluster::start(Options {
         proxy_extra: "primary_redirect_timeout = \"5s\"\nshutdown_grace = \"2s\"\n".into(),
         litefs: Some(LiteFsOptions::with_lag(0)),
@@ -395,6 +405,7 @@ async fn without_the_lease_keeper_a_killed_proxys_litefs_cannot_hand_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_whole_leader_node_moves_litefs_to_the_new_leader() {
+    let _serial = SERIAL.lock().await;
     let mut c = start().await;
     let (old, survivors, sampler, writer) = under_writes(&c).await;
     c.kill_node(old);
@@ -417,6 +428,7 @@ async fn kill_9_of_the_whole_leader_node_moves_litefs_to_the_new_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_off_leader_node_steps_down_by_itself_and_litefs_moves_to_the_new_leader() {
+    let _serial = SERIAL.lock().await;
     let c = start_with(true).await;
     let (old, survivors, sampler, writer) = under_writes(&c).await;
     // Cut off: its Raft traffic both ways and the replicas' streams from its LiteFS.
