@@ -5,6 +5,10 @@
 
 use litefs_proxy_tests::chaos::run;
 
+/// One run at a time: two netns clusters at once on two cores churned elections (term 29
+/// before LiteFS first settled, seen in a CI rehearsal under load).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 // Once (2026-12-01 14:28 UTC, no logs kept) this lost an acknowledged write. The path found
 // since: a survivor whose Raft log was ahead but whose LiteFS was behind could win through
 // the pre-vote's liveness waiver and become primary. A new leader now acts only after its
@@ -13,6 +17,7 @@ use litefs_proxy_tests::chaos::run;
 // `LITEFS_TEST_KEEP=1` a run keeps its nodes' logs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_sync_replicas_1_no_fault_loses_an_acknowledged_write_or_a_read() {
+    let _serial = SERIAL.lock().await;
     let o = run(1).await;
     eprintln!("sync_replicas 1: {o:?}");
     assert!(
@@ -37,6 +42,7 @@ async fn with_sync_replicas_1_no_fault_loses_an_acknowledged_write_or_a_read() {
 /// are acknowledged and gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_sync_replicas_0_the_same_run_loses_writes() {
+    let _serial = SERIAL.lock().await;
     let o = run(0).await;
     eprintln!("sync_replicas 0: {o:?}");
     assert!(o.acked > 40, "the run did work: {o:?}");
