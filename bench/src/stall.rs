@@ -148,11 +148,7 @@ pub async fn run(ctx: &Ctx) -> Result<Section> {
             bars: vec![],
         };
         for (i, rep) in reps.iter().enumerate() {
-            let (r, a, f) = (
-                Lat::of(&resp[i]),
-                Lat::of(&arrive[i]),
-                Lat::of(&floor[i]),
-            );
+            let (r, a, f) = (Lat::of(&resp[i]), Lat::of(&arrive[i]), Lat::of(&floor[i]));
             let vs_floor = r.p99 / f.p99;
             eprintln!(
                 "  s3 {:>8} k={k:>4}: response p50 {:.0} p99 {:.0} max {:.0} µs; at app min {:.0} p50 {:.0} p99 {:.0} µs; burst floor p50 {:.0} p99 {:.0} µs (release/floor p99 {vs_floor:.2}); errors {}",
