@@ -100,8 +100,11 @@ pub async fn serve_on_cores(
 }
 
 /// A TCP listener on `addr` that [`serve_on_cores`] can join with `SO_REUSEPORT`
-/// siblings, one per runtime.
+/// siblings, one per runtime. A port something else listens on fails here as a plain bind
+/// does (`AddrInUse`): with `SO_REUSEPORT` alone it would join another process's group
+/// (same user, e.g. a second proxy started on the same port) and share its connections.
 pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    drop(std::net::TcpListener::bind(addr)?);
     TcpListener::from_std(reuse_port_listener(addr)?)
 }
 
@@ -300,6 +303,18 @@ mod tests {
         let by_worker = serve_forty(listener, 2).await;
         assert_eq!(by_worker.iter().sum::<u64>(), 40);
         assert!(by_worker.iter().all(|&n| n > 0), "{by_worker:?}");
+    }
+
+    /// `bind` refuses a port that is taken, by a listener of its own kind too.
+    #[tokio::test]
+    async fn bind_refuses_a_port_in_use() {
+        let first = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = first.local_addr().unwrap();
+        let again = bind(addr).map(|_| ()).unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::AddrInUse);
+        let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let taken = bind(plain.local_addr().unwrap()).map(|_| ()).unwrap_err();
+        assert_eq!(taken.kind(), io::ErrorKind::AddrInUse);
     }
 
     /// A listener bound elsewhere (no `SO_REUSEPORT`) is shared by the runtimes.
