@@ -196,10 +196,10 @@ pub fn spawn_nginx(
         r#"daemon off;
 master_process on;
 worker_processes {workers};
-worker_rlimit_nofile 40000;
+worker_rlimit_nofile 80000;
 pid {p}/nginx.pid;
 error_log {p}/logs/error.log warn;
-events {{ worker_connections 16384; }}
+events {{ worker_connections 40000; }}
 http {{
     access_log off;
     client_body_temp_path {p}/client_body;

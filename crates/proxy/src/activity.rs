@@ -114,11 +114,16 @@ pub(crate) struct IdleIo<S> {
 }
 
 impl<S: AsyncRead + Unpin> IdleIo<S> {
-    /// Puts `first` in front of the bytes not yet handed out.
+    /// Puts `first` in front of the bytes not yet handed out. `first` is copied: it is a
+    /// view into hyper's 8 KiB read buffer (even when empty), which it would keep alive
+    /// for as long as the connection is parked.
     pub(crate) fn unread_first(&mut self, first: Bytes) {
+        if first.is_empty() {
+            return;
+        }
         if self.unread.is_empty() {
-            self.unread = first;
-        } else if !first.is_empty() {
+            self.unread = Bytes::copy_from_slice(&first);
+        } else {
             let mut joined = BytesMut::with_capacity(first.len() + self.unread.len());
             joined.extend_from_slice(&first);
             joined.extend_from_slice(&self.unread);

@@ -37,6 +37,8 @@ use crate::{
 /// one, which is often the very node that forwarded it). A request that arrives after two
 /// hops is only ever served or held, never sent on, so loops end; more hops is a loop.
 const MAX_HOPS: u8 = 2;
+/// How long a connection to the local app may take.
+const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Retry pace for an upstream that refuses connections.
 const RETRY_EVERY: Duration = Duration::from_millis(100);
 
@@ -50,6 +52,10 @@ pub trait StatusExtension: Send + Sync {
 #[derive(Clone)]
 pub struct Proxy {
     pub(crate) inner: Arc<Shared>,
+    /// The local app, over pooled connections: one pool per runtime, so a request and
+    /// the app connection it uses are served by the same thread (see
+    /// [`Proxy::with_own_pool`]).
+    app: Arc<Upstream>,
 }
 
 pub(crate) struct Shared {
@@ -60,8 +66,6 @@ pub(crate) struct Shared {
     tokens: Tokens,
     pub(crate) txid: LocalTxid,
     pub(crate) primary: watch::Receiver<Primary>,
-    /// The local app, over pooled connections.
-    app: Upstream,
     /// The primary's proxy: a connection of its own per request (see `crate::forward`).
     to_primary: Forwarder,
     pub(crate) metrics: Metrics,
@@ -203,6 +207,7 @@ impl Proxy {
         let trusted_proxies = Cidrs::parse("proxy.trusted_proxies", &cfg.trusted_proxies)?;
         let admin_allow = Cidrs::parse("proxy.admin_allow", &cfg.admin_allow)?;
         Ok(Proxy {
+            app: Arc::new(Upstream::new(APP_CONNECT_TIMEOUT)),
             inner: Arc::new(Shared {
                 target,
                 passthrough,
@@ -210,7 +215,6 @@ impl Proxy {
                 tokens,
                 txid,
                 primary,
-                app: Upstream::new(Duration::from_secs(1)),
                 to_primary: Forwarder::new(Duration::from_secs(1)),
                 metrics: Metrics::default(),
                 writes: WritesInFlight::default(),
@@ -277,6 +281,16 @@ impl Proxy {
             inner.peers = peers;
         }
         self
+    }
+
+    /// The same proxy with a pool of app connections of its own, for a runtime of its own
+    /// (`serve_on_cores`): a connection of another runtime's pool would be served by that
+    /// runtime's thread, a cross-thread wake-up each way for every request.
+    pub fn with_own_pool(&self) -> Proxy {
+        Proxy {
+            inner: self.inner.clone(),
+            app: Arc::new(Upstream::new(APP_CONNECT_TIMEOUT)),
+        }
     }
 
     /// Whether this node is the primary and may act as one right now.
@@ -356,7 +370,8 @@ impl Proxy {
             }
             Err(e) => {
                 s.metrics.request(class.label(), e.outcome());
-                tracing::info!(error = %e, class = class.label(), "request failed");
+                // The connection's span (with the client's address) is at `debug`.
+                tracing::info!(error = %e, class = class.label(), client.addr = %client.ip, "request failed");
                 e.into_response()
             }
         }
@@ -674,7 +689,11 @@ impl Proxy {
         // Only a request without a body may be sent twice: nothing of it can be half-read.
         let bodyless = p.body.is_end_stream();
         loop {
-            match s.app.send(&s.target, &p.head, p.body, &mut p.upgrade).await {
+            match self
+                .app
+                .send(&s.target, &p.head, p.body, &mut p.upgrade)
+                .await
+            {
                 Ok(resp) => {
                     let mut resp = response(resp);
                     let ask = replay::take(resp.headers_mut(), &s.primary.borrow());

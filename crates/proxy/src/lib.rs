@@ -46,7 +46,7 @@ pub use connection::PARK_AFTER;
 pub use error::ProxyError;
 pub use handler::{Fence, Proxy, StatusExtension, WritesInFlight};
 pub use primary::Primary;
-pub use serve::serve;
+pub use serve::{bind, serve, serve_on_cores};
 pub use token::Token;
 pub use txid::{Position, TxId};
 

@@ -47,6 +47,8 @@ pub struct Metrics {
     pub conns_parked: Gauge<i64, AtomicI64>,
     /// Times a connection was parked.
     pub parks: Counter<u64, AtomicU64>,
+    /// Client connections accepted, by the runtime (`serve_on_cores`) that serves them.
+    pub accepted: Family<[(&'static str, String); 1], Counter>,
     /// Seconds writes on the primary waited for `sync_replicas` replicas.
     pub sync_wait: Histogram,
     pub syncs: Family<[(&'static str, &'static str); 1], Counter>,
@@ -211,6 +213,12 @@ impl Default for Metrics {
             "Times an idle keep-alive client connection was parked",
             parks.clone(),
         );
+        let accepted = Family::<[(&'static str, String); 1], Counter>::default();
+        registry.register(
+            "client_connections_accepted",
+            "Client connections accepted, by the worker runtime serving them",
+            accepted.clone(),
+        );
         let sync_wait = Histogram::new(exponential_buckets(0.000_1, 2.0, 18));
         registry.register(
             "sync_wait_seconds",
@@ -238,6 +246,7 @@ impl Default for Metrics {
             sync_wait,
             syncs,
             parks,
+            accepted,
             conns_serving,
             conns_parked,
             registry,
@@ -265,6 +274,13 @@ impl Metrics {
         self.requests
             .get_or_create(&[("class", class), ("outcome", outcome)])
             .inc();
+    }
+
+    /// The counter of connections accepted by `worker`.
+    pub fn accepted_by(&self, worker: usize) -> Counter {
+        self.accepted
+            .get_or_create(&[("worker", worker.to_string())])
+            .clone()
     }
 
     pub fn sync(&self, outcome: crate::sync::SyncOutcome, seconds: f64) {

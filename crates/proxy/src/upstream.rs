@@ -81,11 +81,13 @@ pub(crate) fn connector(connect_timeout: Duration) -> HttpConnector {
     http
 }
 
-/// The app's connections, acknowledging every segment at once (`TCP_QUICKACK`, set again
-/// before each read: Linux leaves quick-ACK mode by itself). An app that writes its answer's
-/// head and body in two writes without `TCP_NODELAY` (Python's `http.server`, Django's
-/// `runserver`) holds the body back (Nagle) until the head is acknowledged; on a pooled
-/// connection a delayed ACK costs every such answer 40 ms. One `setsockopt` per read.
+/// The app's connections, acknowledging what was read at once (`TCP_QUICKACK`, set after
+/// each read that got bytes: it sends the ACK the kernel was delaying, and Linux leaves
+/// quick-ACK mode by itself). An app that writes its answer's head and body in two writes
+/// without `TCP_NODELAY` (Python's `http.server`, Django's `runserver`) holds the body back
+/// (Nagle) until the head is acknowledged; on a pooled connection a delayed ACK costs every
+/// such answer 40 ms. One `setsockopt` per read that returned (hyper polls a connection
+/// several times per response, six `setsockopt` per request when it was set on every poll).
 #[derive(Clone)]
 pub(crate) struct QuickAckConnector(HttpConnector);
 
@@ -120,9 +122,12 @@ impl hyper::rt::Read for QuickAck {
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
         let io = &mut self.get_mut().0;
-        // Best effort: a socket that refuses it only costs latency.
-        let _ = socket2::SockRef::from(io.inner()).set_tcp_quickack(true);
-        Pin::new(io).poll_read(cx, buf)
+        let read = Pin::new(&mut *io).poll_read(cx, buf);
+        if read.is_ready() {
+            // Best effort: a socket that refuses it only costs latency.
+            let _ = socket2::SockRef::from(io.inner()).set_tcp_quickack(true);
+        }
+        read
     }
 }
 

@@ -7,7 +7,7 @@ use litefs_proxy::{
     trust::{Cidrs, PeerAuth},
     Primary, Proxy,
 };
-use tokio::{net::TcpListener, sync::watch};
+use tokio::sync::watch;
 
 use crate::{
     config::Config,
@@ -219,9 +219,7 @@ async fn serve(
             .await;
         }
     };
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = litefs_proxy::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     let bound = listener.local_addr().context("reading the bound address")?;
     tracing::info!(
         addr = %bound,
@@ -231,7 +229,10 @@ async fn serve(
         primary = %*tx.borrow(),
         "litefs-proxy listening"
     );
-    litefs_proxy::serve(listener, proxy, shutdown)
+    // A runtime per core for the client connections (see `serve_on_cores`); the election,
+    // the role source and the position watcher stay on this one.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    litefs_proxy::serve_on_cores(listener, proxy, shutdown, workers)
         .await
         .context("serving")?;
     if let Some(litefs) = handing_off {
