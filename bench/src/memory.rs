@@ -54,6 +54,34 @@ fn mem_kib(pid: u32, with_children: bool) -> Option<u64> {
     Some(total)
 }
 
+/// How long nginx is given to settle after connections opened (it frees their buffers at
+/// once; this covers the accepts still queued).
+const NGINX_SETTLE: Duration = Duration::from_millis(500);
+/// The longest litefs-proxy may take to park every idle connection (PARK_AFTER is 1 s).
+const PARK_WITHIN: Duration = Duration::from_secs(10);
+
+/// Waits until the server holds `conns` idle connections at rest: for litefs-proxy, until
+/// its status counts them all parked (an idle keep-alive connection then holds no buffers);
+/// for nginx, a short settle.
+async fn settle(addr: SocketAddr, nginx: bool, conns: usize) {
+    if nginx {
+        tokio::time::sleep(NGINX_SETTLE).await;
+        return;
+    }
+    let end = tokio::time::Instant::now() + PARK_WITHIN;
+    while tokio::time::Instant::now() < end {
+        let parked = client::status(addr)
+            .await
+            .and_then(|s| s["client_connections"]["parked"].as_u64())
+            .unwrap_or(0);
+        if parked as usize >= conns {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("  s5: not every connection parked within {PARK_WITHIN:?}");
+}
+
 /// Memory idle, with `n` idle connections, and with `n / 2` more (the bench's and the
 /// proxy's open files stay under 20,000); for litefs-proxy (`with_children` false) also its
 /// `client_connections` status at the end (serving / parked).
@@ -69,12 +97,10 @@ async fn measure(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = mem_kib(pid, with_children).context("reading memory")?;
     let conns = open(addr, n).await?;
-    // Idle: longer than litefs-proxy's PARK_AFTER (1 s), after which an idle keep-alive
-    // connection holds no buffers (nginx frees them at once).
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    settle(addr, with_children, n).await;
     let loaded = mem_kib(pid, with_children).context("reading memory")?;
     let more = open(addr, n / 2).await?;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    settle(addr, with_children, n + n / 2).await;
     let loaded2 = mem_kib(pid, with_children).context("reading memory")?;
     let conns_status = if with_children {
         serde_json::Value::Null

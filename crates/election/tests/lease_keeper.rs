@@ -49,6 +49,18 @@ async fn kept_cluster() -> (Cluster, Vec<SocketAddr>, Vec<oneshot::Sender<()>>) 
     (c, addrs, stops)
 }
 
+/// The leader every running node agrees on, once it is one of `survivors` (within 10 s).
+async fn survivor_leads(c: &Cluster, survivors: &[usize]) -> usize {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(n) = c.agreed_leader().filter(|n| survivors.contains(n)) {
+            return n;
+        }
+        assert!(Instant::now() < end, "no survivor leads");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn create(addr: SocketAddr) -> String {
     let (st, _, b) = http_call(addr, "PUT", "/v1/session/create", GO_CREATE).await;
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
@@ -96,12 +108,7 @@ async fn the_keeper_serves_its_node_then_the_others_once_its_election_is_gone() 
     // The leader's election dies (its process crashed); its keeper lives on.
     c.kill(l).await;
     let survivors: Vec<usize> = (0..3).filter(|&i| i != l).collect();
-    let l2 = loop {
-        if let Some(n) = c.agreed_leader().filter(|n| survivors.contains(n)) {
-            break n;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let l2 = survivor_leads(&c, &survivors).await;
     // The new leader's LiteFS asks the old primary for a handoff: its window is open, so
     // the old holder's last renewal, which can only go through its own node's keeper, is
     // granted by the other voters.
@@ -152,12 +159,7 @@ async fn an_orphaned_keeper_reports_its_nodes_position_to_the_new_leader() {
     let lcfg = c.slots[l].cfg.clone();
     c.kill(l).await;
     let survivors: Vec<usize> = (0..3).filter(|&i| i != l).collect();
-    let l2 = loop {
-        if let Some(n) = c.agreed_leader().filter(|n| survivors.contains(n)) {
-            break n;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let l2 = survivor_leads(&c, &survivors).await;
     let at = |txid| Position {
         txid,
         checksum: 0xfeed_0000 + txid,
@@ -206,12 +208,7 @@ async fn a_renewal_cut_off_by_the_local_elections_death_is_answered_by_the_other
     let raft_addr = c.slots[l].cfg.raft_addr;
     c.kill(l).await;
     let survivors: Vec<usize> = (0..3).filter(|&i| i != l).collect();
-    let l2 = loop {
-        if let Some(n) = c.agreed_leader().filter(|n| survivors.contains(n)) {
-            break n;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let l2 = survivor_leads(&c, &survivors).await;
     c.slots[l2]
         .node
         .as_ref()
